@@ -1,0 +1,242 @@
+//! A real BIND 9 authoritative server per backend: config, zone, start, stop, readiness.
+
+use std::{
+    fmt::Write as _,
+    fs::OpenOptions,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{dns, netns::NetNs, tempdir::TempDir, tools::command_line};
+
+/// The port every backend's named listens on.
+pub const DNS_PORT: u16 = 53;
+/// The zone each backend serves.
+pub const ZONE: &str = "example.";
+/// `A` = the answering backend's own address, so an answer names the backend.
+pub const WHOAMI_NAME: &str = "whoami.example.";
+/// `A 127.0.0.1` on every backend: a fixed answer for health probes.
+pub const HEALTH_NAME: &str = "health.example.";
+/// `TXT` records totalling more than [`BIG_TXT_MIN_BYTES`], so a UDP answer is truncated.
+pub const BIG_NAME: &str = "big.example.";
+/// BIND 9.18's default `max-udp-size`/`edns-udp-size` (the DNS Flag Day 2020 value).
+pub const BIG_TXT_MIN_BYTES: usize = 1232;
+
+const BIG_TXT_RECORDS: usize = 8;
+const BIG_TXT_LEN: usize = 200;
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const LOG_FILE: &str = "named.stderr";
+
+/// One backend's named: its private directory (config, zone, pid and key files, log)
+/// lives as long as this value, so it can be stopped and started again.
+pub(crate) struct BindServer {
+    child: Option<Child>,
+    addr: Ipv4Addr,
+    dir: TempDir,
+}
+
+impl BindServer {
+    /// Writes the config and zone for a server answering on `addr`; does not start it.
+    pub(crate) fn prepare(addr: Ipv4Addr, label: &str) -> Result<Self> {
+        let dir = TempDir::new(&format!("named-{label}"))?;
+        let zone_path = dir.path().join("example.zone");
+        std::fs::write(&zone_path, zone_file(addr, label))
+            .with_context(|| format!("writing {}", zone_path.display()))?;
+        let conf_path = dir.path().join("named.conf");
+        std::fs::write(&conf_path, named_conf(dir.path(), addr, DNS_PORT))
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+        Ok(Self {
+            child: None,
+            addr,
+            dir,
+        })
+    }
+
+    pub(crate) fn target(&self) -> SocketAddr {
+        SocketAddr::from((self.addr, DNS_PORT))
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts `named -g -n 1 -c <conf>` in `ns`; a no-op if it is already running.
+    pub(crate) fn start(&mut self, ns: &NetNs) -> Result<()> {
+        if self.child.is_some() {
+            self.check_running()?;
+            return Ok(());
+        }
+        let log_path = self.dir.path().join(LOG_FILE);
+        // Append: a restart keeps the earlier run's log for error messages.
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let conf = self.dir.path().join("named.conf");
+        let mut cmd = ns.command("named");
+        // -g: foreground, log to stderr; -n 1: one worker, we need no throughput from BIND.
+        cmd.args(["-g", "-n", "1", "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // `ip netns exec` execs named in place, so this pid is named's own.
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting `{}`", command_line(&cmd)))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period; always reaps the process.
+    pub(crate) fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: the child is not yet reaped (try_wait above), so the pid is still ours.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().ok();
+        child.wait().context("reaping named")?;
+        Ok(())
+    }
+
+    /// Err with named's log if it was started and has exited.
+    pub(crate) fn check_running(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            self.child = None;
+            bail!(
+                "named for {} exited ({status}); its stderr:\n{}",
+                self.addr,
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls [`HEALTH_NAME`] from `from` until named answers or `timeout` passes.
+    pub(crate) fn wait_ready(&mut self, from: &NetNs, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            self.check_running()?;
+            match dns::query_once(from, self.target(), HEALTH_NAME, Duration::from_millis(300)) {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => last = "no answer".to_owned(),
+                Err(e) => {
+                    last = format!("{e:#}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        bail!(
+            "named for {} did not answer {HEALTH_NAME} from {} within {timeout:?} (last: {last}); its stderr:\n{}",
+            self.addr,
+            from.name(),
+            self.log()
+        )
+    }
+
+    /// named's stderr so far (all runs).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE))
+            .unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+}
+
+impl Drop for BindServer {
+    fn drop(&mut self) {
+        // Must run before the TempDir goes (named writes into it) and before the namespace.
+        if let Err(e) = self.stop() {
+            eprintln!("testbed: stopping named for {}: {e:#}", self.addr);
+        }
+    }
+}
+
+/// Everything named would otherwise write under /var/cache/bind or /run/named goes to
+/// `dir`, so servers run side by side and leave nothing behind.
+fn named_conf(dir: &Path, addr: Ipv4Addr, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        r#"options {{
+    directory "{dir}";
+    pid-file "{dir}/named.pid";
+    session-keyfile "{dir}/session.key";
+    managed-keys-directory "{dir}";
+    listen-on port {port} {{ {addr}; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+
+// No control channel: nothing may reach rndc, and no rndc.key is needed.
+controls {{ }};
+
+zone "{ZONE}" {{
+    type primary;
+    file "{dir}/example.zone";
+}};
+"#
+    )
+}
+
+fn zone_file(addr: Ipv4Addr, label: &str) -> String {
+    let mut zone = format!(
+        "$ORIGIN {ZONE}\n\
+         $TTL 60\n\
+         @       IN SOA ns hostmaster 1 3600 600 86400 60\n\
+         @       IN NS  ns\n\
+         ns      IN A   {addr}\n\
+         whoami  IN A   {addr}\n\
+         whoami  IN TXT \"{label}\"\n\
+         health  IN A   127.0.0.1\n"
+    );
+    for i in 0..BIG_TXT_RECORDS {
+        // Distinct strings: identical RDATA would be merged into one record.
+        let text = format!("{i:02}-{}", "x".repeat(BIG_TXT_LEN - 3));
+        writeln!(zone, "big     IN TXT \"{text}\"").expect("writing to a String");
+    }
+    zone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_txt_exceeds_the_udp_limit() {
+        let zone = zone_file(Ipv4Addr::new(10, 0, 0, 2), "backend-0");
+        let bytes: usize = zone
+            .lines()
+            .filter(|l| l.starts_with("big "))
+            .map(|l| l.split('"').nth(1).unwrap().len() + 1)
+            .sum();
+        assert!(bytes > BIG_TXT_MIN_BYTES, "{bytes}");
+    }
+
+    #[test]
+    fn config_keeps_state_in_the_private_dir() {
+        let conf = named_conf(Path::new("/tmp/x"), Ipv4Addr::new(10, 0, 0, 2), 53);
+        assert!(conf.contains("listen-on port 53 { 10.0.0.2; };"));
+        assert!(conf.contains("pid-file \"/tmp/x/named.pid\""));
+        assert!(conf.contains("recursion no;"));
+    }
+}

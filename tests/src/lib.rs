@@ -1,0 +1,17 @@
+//! dnsteer's test bed: network namespaces wired as client / node / backends, real BIND
+//! on the backends, and a DNS client to drive load through whatever runs on the node.
+//!
+//! Everything is created inside namespaces named `dnst-*` and torn down on drop (also
+//! when a test panics); nothing touches the root namespace.
+
+mod bind;
+pub mod dns;
+mod netns;
+mod tempdir;
+mod tools;
+mod topology;
+
+pub use bind::{BIG_NAME, BIG_TXT_MIN_BYTES, DNS_PORT, HEALTH_NAME, WHOAMI_NAME, ZONE};
+pub use netns::NetNs;
+pub use tools::require_root_tools;
+pub use topology::{BACKEND_IFACE, BackendHost, CLIENT_IFACE, Topology, TopologyConfig};

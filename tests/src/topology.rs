@@ -1,0 +1,476 @@
+//! The test network: client ns --veth-- node ns --(one veth per backend)-- backend ns x N.
+//!
+//! The node is where dnsteer attaches (on `node_iface`); clients talk to the service
+//! addresses on it, backends answer DNS with real BIND.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{
+    bind::{BindServer, DNS_PORT},
+    netns::NetNs,
+    tools::require_root_tools,
+};
+
+/// The client's only interface (the veth peer of the node's `node_iface`).
+pub const CLIENT_IFACE: &str = "eth0";
+/// Each backend's only interface (the veth peer of its [`BackendHost::node_iface`]).
+pub const BACKEND_IFACE: &str = "eth0";
+/// How long a freshly started named gets to answer.
+const DNS_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Linux IFNAMSIZ - 1; address labels are limited the same way.
+const MAX_IFNAME: usize = 15;
+
+/// Every address, prefix and count of a [`Topology`]; tests that run side by side can
+/// use different values, and nothing below hard-codes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyConfig {
+    pub backends: usize,
+    /// The node's client-facing interface, where dnsteer attaches.
+    pub node_iface: String,
+    pub client_addr: Ipv4Addr,
+    /// On `node_iface`: the first is the primary address, the others are labelled
+    /// `<node_iface>:1`, `:2`, ... like an operator's aliases. The client routes via the first.
+    pub service_addrs: Vec<Ipv4Addr>,
+    /// Prefix of the client/service subnet.
+    pub prefix_len: u8,
+    /// Backend `i` gets `backend_base + i`.
+    pub backend_base: Ipv4Addr,
+    /// The node's /32 on every backend veth, the backends' gateway.
+    pub node_backend_addr: Ipv4Addr,
+    /// Start BIND on every backend.
+    pub dns: bool,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            backends: 4,
+            node_iface: "eth3".to_owned(),
+            client_addr: Ipv4Addr::new(192, 0, 2, 100),
+            service_addrs: vec![Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 11)],
+            prefix_len: 24,
+            backend_base: Ipv4Addr::new(10, 100, 13, 2),
+            node_backend_addr: Ipv4Addr::new(10, 100, 13, 1),
+            dns: true,
+        }
+    }
+}
+
+impl TopologyConfig {
+    /// Address of backend `i`, or None if it would leave the IPv4 space.
+    pub fn backend_addr(&self, i: usize) -> Option<Ipv4Addr> {
+        let i = u32::try_from(i).ok()?;
+        u32::from(self.backend_base)
+            .checked_add(i)
+            .map(Ipv4Addr::from)
+    }
+
+    /// The node-side veth of backend `i`.
+    pub fn backend_node_iface(&self, i: usize) -> String {
+        format!("be{i}")
+    }
+
+    /// The label of service address `k >= 1` (`eth3:1`, ...).
+    pub fn alias_label(&self, k: usize) -> String {
+        format!("{}:{k}", self.node_iface)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let iface = &self.node_iface;
+        ensure!(
+            !iface.is_empty()
+                && iface.len() <= MAX_IFNAME
+                && iface != "lo"
+                && !iface.contains(['/', ':'])
+                && !iface.contains(char::is_whitespace),
+            "TopologyConfig.node_iface {iface:?} must be 1-{MAX_IFNAME} characters, not \"lo\", without '/', ':' or spaces"
+        );
+        ensure!(
+            !self.service_addrs.is_empty(),
+            "TopologyConfig.service_addrs is empty; give at least the primary address"
+        );
+        let last_label = self.alias_label(self.service_addrs.len() - 1);
+        ensure!(
+            last_label.len() <= MAX_IFNAME,
+            "TopologyConfig.node_iface {iface:?} is too long for the alias label {last_label:?} (at most {MAX_IFNAME} characters)"
+        );
+        ensure!(
+            (1..=30).contains(&self.prefix_len),
+            "TopologyConfig.prefix_len {} must be 1-30 so client and node share a subnet",
+            self.prefix_len
+        );
+        let mask = u32::MAX << (32 - u32::from(self.prefix_len));
+        let subnet = |a: Ipv4Addr| u32::from(a) & mask;
+        for (k, addr) in self.service_addrs.iter().enumerate() {
+            ensure!(
+                subnet(*addr) == subnet(self.client_addr),
+                "TopologyConfig.service_addrs[{k}] {addr} is not in client_addr {}/{}",
+                self.client_addr,
+                self.prefix_len
+            );
+            ensure!(
+                *addr != self.client_addr && !self.service_addrs[..k].contains(addr),
+                "TopologyConfig.service_addrs[{k}] {addr} duplicates another address"
+            );
+        }
+        for i in 0..self.backends {
+            let Some(addr) = self.backend_addr(i) else {
+                bail!(
+                    "TopologyConfig: {} backends from backend_base {} run past 255.255.255.255",
+                    self.backends,
+                    self.backend_base
+                );
+            };
+            ensure!(
+                addr != self.node_backend_addr,
+                "TopologyConfig: backend {i} address {addr} equals node_backend_addr"
+            );
+            ensure!(
+                *iface != self.backend_node_iface(i),
+                "TopologyConfig.node_iface {iface:?} collides with backend {i}'s veth name"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One backend host: its namespace, address and (if configured) named.
+pub struct BackendHost {
+    // Declared before `ns`: fields drop in order, and named must be gone before its
+    // namespace is deleted, or the namespace outlives the test.
+    dns: Option<BindServer>,
+    pub ns: NetNs,
+    pub addr: Ipv4Addr,
+    /// The node-side end of this backend's veth (e.g. `be0`).
+    pub node_iface: String,
+}
+
+impl BackendHost {
+    /// Where this backend's named listens.
+    pub fn dns_target(&self) -> SocketAddr {
+        SocketAddr::from((self.addr, DNS_PORT))
+    }
+
+    /// The pid of the running named, if any.
+    pub fn dns_pid(&self) -> Option<u32> {
+        self.dns.as_ref().and_then(BindServer::pid)
+    }
+
+    /// named's stderr so far, for failure messages; None without DNS.
+    pub fn dns_log(&self) -> Option<String> {
+        self.dns.as_ref().map(BindServer::log)
+    }
+}
+
+/// The whole test network. Drop stops every named, then deletes every namespace.
+pub struct Topology {
+    pub client: NetNs,
+    pub node: NetNs,
+    pub backends: Vec<BackendHost>,
+    pub config: TopologyConfig,
+}
+
+impl Topology {
+    pub fn build(config: TopologyConfig) -> Result<Self> {
+        config.validate()?;
+        let tools: &[&str] = if config.dns {
+            &["ip", "sysctl", "named"]
+        } else {
+            &["ip", "sysctl"]
+        };
+        require_root_tools(tools)?;
+
+        let client = NetNs::new("client")?;
+        let node = NetNs::new("node")?;
+        setup_node_sysctls(&node).context("configuring the node's sysctls")?;
+        setup_client_link(&config, &client, &node).context("wiring client and node")?;
+
+        let mut backends = Vec::with_capacity(config.backends);
+        for i in 0..config.backends {
+            let backend = setup_backend(&config, &node, i)
+                .with_context(|| format!("setting up backend {i}"))?;
+            backends.push(backend);
+        }
+        let mut topology = Self {
+            client,
+            node,
+            backends,
+            config,
+        };
+        if topology.config.dns {
+            // Start all first and wait after, so the servers boot in parallel.
+            for (i, backend) in topology.backends.iter_mut().enumerate() {
+                let mut server = BindServer::prepare(backend.addr, &format!("backend-{i}"))?;
+                server.start(&backend.ns)?;
+                backend.dns = Some(server);
+            }
+            for i in 0..topology.backends.len() {
+                topology.wait_dns(i)?;
+            }
+        }
+        Ok(topology)
+    }
+
+    pub fn backend_addrs(&self) -> Vec<Ipv4Addr> {
+        self.backends.iter().map(|b| b.addr).collect()
+    }
+
+    /// `backend_addrs` with the DNS port.
+    pub fn backend_targets(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(BackendHost::dns_target).collect()
+    }
+
+    /// The service addresses with the DNS port: what a client of dnsteer queries.
+    pub fn service_targets(&self) -> Vec<SocketAddr> {
+        self.config
+            .service_addrs
+            .iter()
+            .map(|a| SocketAddr::from((*a, DNS_PORT)))
+            .collect()
+    }
+
+    /// Names of all namespaces: client, node, then backends in order.
+    pub fn namespace_names(&self) -> Vec<String> {
+        [&self.client, &self.node]
+            .into_iter()
+            .chain(self.backends.iter().map(|b| &b.ns))
+            .map(|ns| ns.name().to_owned())
+            .collect()
+    }
+
+    /// Pids of the named processes running now.
+    pub fn dns_pids(&self) -> Vec<u32> {
+        self.backends
+            .iter()
+            .filter_map(BackendHost::dns_pid)
+            .collect()
+    }
+
+    /// Stops backend `i`'s named (SIGTERM, then SIGKILL after 5 s); a no-op if stopped.
+    pub fn stop_dns(&mut self, i: usize) -> Result<()> {
+        self.dns_mut(i)?.stop()
+    }
+
+    /// Starts backend `i`'s named again and waits until it answers from the node.
+    pub fn start_dns(&mut self, i: usize) -> Result<()> {
+        let backend = self.backend_mut(i)?;
+        let server = backend
+            .dns
+            .as_mut()
+            .context("this topology was built with dns: false")?;
+        server.start(&backend.ns)?;
+        self.wait_dns(i)
+    }
+
+    fn wait_dns(&mut self, i: usize) -> Result<()> {
+        let Self { node, backends, .. } = self;
+        let backend = &mut backends[i];
+        let server = backend.dns.as_mut().context("backend has no named")?;
+        server
+            .wait_ready(node, DNS_READY_TIMEOUT)
+            .with_context(|| format!("backend {i} ({}) in {}", backend.addr, backend.ns.name()))
+    }
+
+    fn backend_mut(&mut self, i: usize) -> Result<&mut BackendHost> {
+        let n = self.backends.len();
+        self.backends
+            .get_mut(i)
+            .with_context(|| format!("backend {i} does not exist (there are {n})"))
+    }
+
+    fn dns_mut(&mut self, i: usize) -> Result<&mut BindServer> {
+        self.backend_mut(i)?
+            .dns
+            .as_mut()
+            .context("this topology was built with dns: false")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Processes first: a namespace with a process in it survives `ip netns del`.
+        for backend in &mut self.backends {
+            if let Some(server) = backend.dns.as_mut()
+                && let Err(e) = server.stop()
+            {
+                eprintln!("testbed: stopping named in {}: {e:#}", backend.ns.name());
+            }
+        }
+        // The NetNs fields delete their namespaces as they drop.
+    }
+}
+
+fn setup_node_sysctls(node: &NetNs) -> Result<()> {
+    node.sysctl("net.ipv4.ip_forward", "1")?;
+    // Replies from backends and clients arrive on interfaces that are not the route back
+    // to their source once dnsteer rewrites addresses; strict rp_filter would drop them.
+    // `default` first, so interfaces created later start with 0.
+    node.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    node.sysctl("net.ipv4.conf.all.rp_filter", "0")
+}
+
+fn no_rp_filter(node: &NetNs, iface: &str) -> Result<()> {
+    node.sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0")
+}
+
+fn setup_client_link(config: &TopologyConfig, client: &NetNs, node: &NetNs) -> Result<()> {
+    let iface = config.node_iface.as_str();
+    // Created inside the node with the peer placed straight into the client: the root
+    // namespace never sees either end.
+    node.run(&[
+        "ip",
+        "link",
+        "add",
+        iface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        CLIENT_IFACE,
+        "netns",
+        client.name(),
+    ])?;
+    no_rp_filter(node, iface)?;
+    let prefix = config.prefix_len;
+    for (k, addr) in config.service_addrs.iter().enumerate() {
+        let cidr = format!("{addr}/{prefix}");
+        if k == 0 {
+            node.run(&["ip", "addr", "add", &cidr, "dev", iface])?;
+        } else {
+            let label = config.alias_label(k);
+            node.run(&["ip", "addr", "add", &cidr, "dev", iface, "label", &label])?;
+        }
+    }
+    node.run(&["ip", "link", "set", iface, "up"])?;
+
+    let cidr = format!("{}/{prefix}", config.client_addr);
+    client.run(&["ip", "addr", "add", &cidr, "dev", CLIENT_IFACE])?;
+    client.run(&["ip", "link", "set", CLIENT_IFACE, "up"])?;
+    let gateway = config.service_addrs[0].to_string();
+    client.run(&["ip", "route", "add", "default", "via", &gateway])?;
+    Ok(())
+}
+
+fn setup_backend(config: &TopologyConfig, node: &NetNs, i: usize) -> Result<BackendHost> {
+    let addr = config.backend_addr(i).context("backend address overflow")?;
+    let ns = NetNs::new(&format!("be{i}"))?;
+    let node_iface = config.backend_node_iface(i);
+    node.run(&[
+        "ip",
+        "link",
+        "add",
+        &node_iface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        BACKEND_IFACE,
+        "netns",
+        ns.name(),
+    ])?;
+    no_rp_filter(node, &node_iface)?;
+    // Point-to-point /32s instead of a shared subnet: works without the bridge module and
+    // gives every backend its own interface on the node.
+    let gateway = config.node_backend_addr.to_string();
+    let backend = addr.to_string();
+    node.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{gateway}/32"),
+        "dev",
+        &node_iface,
+    ])?;
+    node.run(&["ip", "link", "set", &node_iface, "up"])?;
+    node.run(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{backend}/32"),
+        "dev",
+        &node_iface,
+    ])?;
+
+    ns.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{backend}/32"),
+        "dev",
+        BACKEND_IFACE,
+    ])?;
+    ns.run(&["ip", "link", "set", BACKEND_IFACE, "up"])?;
+    ns.run(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{gateway}/32"),
+        "dev",
+        BACKEND_IFACE,
+    ])?;
+    ns.run(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway,
+        "dev",
+        BACKEND_IFACE,
+    ])?;
+    Ok(BackendHost {
+        dns: None,
+        ns,
+        addr,
+        node_iface,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_matches_the_documented_layout() {
+        let config = TopologyConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.backend_addr(0), Some(Ipv4Addr::new(10, 100, 13, 2)));
+        assert_eq!(config.backend_addr(3), Some(Ipv4Addr::new(10, 100, 13, 5)));
+        assert_eq!(config.alias_label(1), "eth3:1");
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let cases = [
+            TopologyConfig {
+                service_addrs: vec![],
+                ..Default::default()
+            },
+            TopologyConfig {
+                client_addr: Ipv4Addr::new(198, 51, 100, 1),
+                ..Default::default()
+            },
+            TopologyConfig {
+                node_iface: "a-very-long-interface".to_owned(),
+                ..Default::default()
+            },
+            TopologyConfig {
+                backend_base: Ipv4Addr::new(255, 255, 255, 254),
+                ..Default::default()
+            },
+            TopologyConfig {
+                node_backend_addr: Ipv4Addr::new(10, 100, 13, 3),
+                ..Default::default()
+            },
+        ];
+        for config in cases {
+            let err = config.validate().expect_err("must be rejected");
+            assert!(format!("{err}").contains("TopologyConfig"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Builds the kernel side (`xdp-ebpf`) for the bpf target with the nightly
+//! toolchain and bpf-linker, as aya's template does; `cargo xtask` installs both.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root = PathBuf::from(manifest_dir).join("../xdp-ebpf");
+    let root_dir = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let ebpf = Package { name: "xdp-ebpf", root_dir, ..Default::default() };
+    aya_build::build_ebpf([ebpf], Toolchain::default())
+        .context("building the eBPF program needs nightly's rust-src and bpf-linker: run `cargo xtask build` once to install them")
+}

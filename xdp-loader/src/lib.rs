@@ -1,0 +1,18 @@
+//! dnsteer's userspace: configuration, the map plan, the running instance and its stats.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules; the tests crate
+//! uses them directly to load the same object and fill maps the same way.
+
+pub mod config;
+pub mod maps;
+pub mod pins;
+pub mod run;
+pub mod stats;
+
+/// The compiled kernel side (both programs and their maps), built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
+
+/// The XDP program's name in `EBPF_OBJECT`.
+pub const XDP_PROGRAM: &str = "dnsteer_steer";
+/// The TC egress program's name in `EBPF_OBJECT`.
+pub const TC_PROGRAM: &str = "dnsteer_reply";

@@ -1,0 +1,175 @@
+//! Where a running instance keeps its maps, and how one instance per interface
+//! is enforced.
+//!
+//! Each instance pins its maps under `<root>/<iface>/` on the BPF filesystem
+//! (root: `/sys/fs/bpf/dnsteer`, or `$DNSTEER_PIN_ROOT`) and holds an exclusive
+//! `flock` on that directory while it runs. The lock dies with the process, so a
+//! crashed instance never blocks the next one, and `dnsteer stats` can tell a live
+//! instance from pins left behind.
+
+use std::{
+    ffi::CString,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{Ebpf, maps::{Map, MapData}};
+use log::{info, warn};
+use xdp_common::names;
+
+const DEFAULT_ROOT: &str = "/sys/fs/bpf/dnsteer";
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The directory holding one directory per running interface.
+pub fn root() -> PathBuf {
+    std::env::var_os("DNSTEER_PIN_ROOT").map_or_else(|| PathBuf::from(DEFAULT_ROOT), PathBuf::from)
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Mounts the BPF filesystem on /sys/fs/bpf when the pin root needs it and nothing is mounted.
+fn ensure_bpffs(root: &Path) -> Result<()> {
+    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    if !root.starts_with(BPFFS) {
+        bail!("{} is not on a BPF filesystem; mount one there (mount -t bpf bpf DIR) or unset DNSTEER_PIN_ROOT", root.display());
+    }
+    let (src, target, fstype) = (c"bpf", CString::new(BPFFS)?, c"bpf");
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("mounting the BPF filesystem on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)");
+    }
+    info!("mounted the BPF filesystem on {BPFFS}");
+    Ok(())
+}
+
+fn try_lock(dir: &File) -> io::Result<bool> {
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
+}
+
+/// The pins of a running instance: created locked, removed on drop.
+pub struct Pins {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Pins {
+    /// Creates and locks `<root>/<iface>`, clearing pins a crashed instance left.
+    /// Refuses when another live instance holds the interface.
+    pub fn claim(iface: &str) -> Result<Self> {
+        let root = root();
+        ensure_bpffs(&root)?;
+        let dir = root.join(iface);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", dir.display()))?;
+        let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        if !try_lock(&lock).with_context(|| format!("locking {}", dir.display()))? {
+            bail!(
+                "dnsteer is already running on {iface} (it holds {}); stop that instance first, or pick another interface",
+                dir.display()
+            );
+        }
+        let pins = Pins { dir, _lock: lock };
+        for stale in pins.entries()? {
+            warn!("removing {} left by an instance that did not exit cleanly", stale.display());
+            fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+        }
+        Ok(pins)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entries(&self) -> Result<Vec<PathBuf>> {
+        let read = fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?;
+        read.map(|e| Ok(e?.path())).collect::<io::Result<_>>().map_err(Into::into)
+    }
+
+    /// Pins every map of `ebpf` under the directory, by map name.
+    pub fn pin_maps(&self, ebpf: &Ebpf) -> Result<()> {
+        for name in names::ALL {
+            let map = ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+            let path = self.dir.join(name);
+            map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        // Unpinning only drops the bpffs names; the maps live on while the
+        // programs that use them are attached.
+        let cleaned = self.entries().and_then(|entries| {
+            for path in entries {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            fs::remove_dir(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+        });
+        match cleaned {
+            Ok(()) => info!("unpinned {}", self.dir.display()),
+            Err(err) => warn!("{err:#}"),
+        }
+    }
+}
+
+/// A running (or crashed) instance found on the BPF filesystem.
+pub struct Instance {
+    pub iface: String,
+    pub dir: PathBuf,
+    /// False when the pins are left over from an instance that is gone.
+    pub live: bool,
+}
+
+impl Instance {
+    /// The instance on `iface`, or the only one there is.
+    pub fn find(iface: Option<&str>) -> Result<Self> {
+        let root = root();
+        let iface = match iface {
+            Some(iface) => iface.to_owned(),
+            None => {
+                let mut found: Vec<String> = fs::read_dir(&root)
+                    .map(|dir| dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+                    .unwrap_or_default();
+                found.sort();
+                match found.as_slice() {
+                    [one] => one.clone(),
+                    [] => bail!("no dnsteer instance found (nothing under {}); start one with `dnsteer run --config FILE`", root.display()),
+                    many => bail!("dnsteer runs on several interfaces ({}); pick one with --iface", many.join(", ")),
+                }
+            }
+        };
+        let dir = root.join(&iface);
+        let lock = File::open(&dir).with_context(|| {
+            format!("no dnsteer instance on {iface} ({} does not exist); is `dnsteer run` running there?", dir.display())
+        })?;
+        let live = !try_lock(&lock).with_context(|| format!("checking the lock on {}", dir.display()))?;
+        Ok(Instance { iface, dir, live })
+    }
+
+    /// One pinned map, by name.
+    pub fn map(&self, name: &str) -> Result<Map> {
+        let path = self.dir.join(name);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        Map::from_map_data(data).with_context(|| format!("reading pinned map {}", path.display()))
+    }
+}
