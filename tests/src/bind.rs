@@ -82,6 +82,8 @@ impl BindServer {
         // -g: foreground, log to stderr; -n 1: one worker, we need no throughput from BIND.
         cmd.args(["-g", "-n", "1", "-c"])
             .arg(&conf)
+            // Anything named writes before reading `directory` (a core file) stays private.
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -230,6 +232,31 @@ mod tests {
             .map(|l| l.split('"').nth(1).unwrap().len() + 1)
             .sum();
         assert!(bytes > BIG_TXT_MIN_BYTES, "{bytes}");
+    }
+
+    #[test]
+    fn a_named_that_dies_is_reported_with_its_stderr() {
+        crate::require_root_tools(&["ip", "named"]).unwrap_or_else(|e| panic!("{e:#}"));
+        let ns = NetNs::new("unit").unwrap();
+        let mut server = BindServer::prepare(Ipv4Addr::new(127, 0, 0, 1), "broken").unwrap();
+        let dir = server.dir.path().to_owned();
+        std::fs::write(
+            dir.join("named.conf"),
+            "options { this is not bind syntax };\n",
+        )
+        .unwrap();
+        server.start(&ns).unwrap();
+        let err = server
+            .wait_ready(&ns, Duration::from_secs(10))
+            .expect_err("a broken config must not become ready");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("exited") && msg.contains("named.conf"),
+            "{msg}"
+        );
+        assert_eq!(server.pid(), None);
+        drop(server);
+        assert!(!dir.exists(), "temp dir left behind");
     }
 
     #[test]

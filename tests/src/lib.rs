@@ -6,6 +6,7 @@
 
 mod bind;
 pub mod dns;
+pub mod dnsteer;
 mod netns;
 mod tempdir;
 mod tools;

@@ -156,7 +156,7 @@ impl BackendHost {
         SocketAddr::from((self.addr, DNS_PORT))
     }
 
-    /// The pid of the running named, if any.
+    /// The pid of the named this test bed started and has not stopped, if any.
     pub fn dns_pid(&self) -> Option<u32> {
         self.dns.as_ref().and_then(BindServer::pid)
     }

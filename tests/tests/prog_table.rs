@@ -267,7 +267,7 @@ fn xdp_no_backend() {
     let mut prog = Loaded::new();
     // Config validation never produces an empty service; the data path must still cope.
     let mut confs: Array<_, ServiceConf> = Array::try_from(prog.ebpf.map_mut(names::SERVICE_CONF).unwrap()).unwrap();
-    confs.set(9, ServiceConf { backend_count: 0, select: 0 }, 0).unwrap();
+    confs.set(9, ServiceConf { in_use: 1, ..Default::default() }, 0).unwrap();
     let mut services: HashMap<_, Endpoint, u32> = HashMap::try_from(prog.ebpf.map_mut(names::SERVICES).unwrap()).unwrap();
     services.insert(Endpoint::new([192, 0, 2, 30], 53u16.to_be_bytes(), 17), 9, 0).unwrap();
     prog.check(XDP_PROGRAM, &[case("service without backends", query([192, 0, 2, 30], 53).bytes(), Out::Unchanged, Some(Reason::NoBackend))]);

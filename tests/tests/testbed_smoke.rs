@@ -22,6 +22,13 @@ fn listed_namespaces() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Exact name match: `dnst-be0-7-1` must not match `dnst-be0-7-12`.
+fn is_listed(listed: &str, name: &str) -> bool {
+    listed
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(name))
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -112,14 +119,42 @@ fn default_topology_backends_answer_and_teardown_is_complete() {
     let listed = listed_namespaces();
     for name in &namespaces {
         assert!(
-            !listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+            !is_listed(&listed, name),
             "{name} survived the drop:\n{listed}"
         );
     }
     for pid in pids {
         assert!(!alive(pid), "named pid {pid} survived the drop");
+    }
+}
+
+#[test]
+fn topology_is_torn_down_when_the_test_panics() {
+    require_testbed_tools();
+    let mut namespaces = Vec::new();
+    let mut pids = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let topo = Topology::build(TopologyConfig {
+            backends: 1,
+            ..Default::default()
+        })
+        .expect("building a one-backend topology");
+        namespaces = topo.namespace_names();
+        pids = topo.dns_pids();
+        topo.node
+            .enter(|| panic!("a test failing while the topology is up"));
+    }));
+    assert!(result.is_err());
+    assert_eq!((namespaces.len(), pids.len()), (3, 1));
+    let listed = listed_namespaces();
+    for name in &namespaces {
+        assert!(
+            !is_listed(&listed, name),
+            "{name} survived the panic:\n{listed}"
+        );
+    }
+    for pid in pids {
+        assert!(!alive(pid), "named pid {pid} survived the panic");
     }
 }
 

@@ -8,7 +8,6 @@
 pub mod names {
     pub const SERVICES: &str = "SERVICES";
     pub const SERVICE_CONF: &str = "SERVICE_CONF";
-    pub const SERVICE_META: &str = "SERVICE_META";
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const BACKEND_SOURCES: &str = "BACKEND_SOURCES";
@@ -17,10 +16,9 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
 
     /// Every map the loader pins, in a fixed order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 8] = [
         SERVICES,
         SERVICE_CONF,
-        SERVICE_META,
         BACKENDS,
         BACKEND_STATS,
         BACKEND_SOURCES,
@@ -86,34 +84,30 @@ pub enum SelectMode {
     Random = 1,
 }
 
-/// `SERVICE_CONF[id]`: what the data path needs to select a backend.
+/// `SERVICE_CONF[id]`: what the data path needs to select a backend, and the
+/// service's name for `dnsteer stats`. The name lives here rather than in a map of
+/// its own so that every map stats reads is reachable from the attached program
+/// (by id), also from a mount namespace that cannot see the pins.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceConf {
     /// Backends in slots `backend_slot(id, 0..backend_count)`.
     pub backend_count: u32,
     /// A `SelectMode` discriminant.
     pub select: u32,
-}
-const _: () = assert!(core::mem::size_of::<ServiceConf>() == 8);
-
-/// `SERVICE_META[id]`: what only userspace reads (stats from another process).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServiceMeta {
-    /// UTF-8, NUL-padded.
-    pub name: [u8; SERVICE_NAME_LEN],
     /// The `PROTO_*` the service balances.
     pub proto: u8,
     /// 1 while the id is in use.
     pub in_use: u8,
     pub _pad: [u8; 6],
+    /// UTF-8, NUL-padded.
+    pub name: [u8; SERVICE_NAME_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 40);
+const _: () = assert!(core::mem::size_of::<ServiceConf>() == 48);
 
-impl Default for ServiceMeta {
+impl Default for ServiceConf {
     fn default() -> Self {
-        Self { name: [0; SERVICE_NAME_LEN], proto: 0, in_use: 0, _pad: [0; 6] }
+        Self { backend_count: 0, select: 0, proto: 0, in_use: 0, _pad: [0; 6], name: [0; SERVICE_NAME_LEN] }
     }
 }
 
@@ -215,7 +209,6 @@ mod pod {
     // arrays, with explicit padding fields, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::ServiceConf {}
-    unsafe impl aya::Pod for super::ServiceMeta {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FlowKey {}

@@ -7,20 +7,16 @@ use aya_ebpf::{
 };
 use xdp_common::{
     BACKEND_SLOTS, Backend, Counter, Endpoint, FLOW_CAPACITY, FlowKey, FlowValue,
-    MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, ServiceConf, ServiceMeta,
+    MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, ServiceConf,
 };
 
 /// Listen address (or `*`, address 0) -> service id.
 #[map]
 pub static SERVICES: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
-/// Service id -> backend count and selection mode.
+/// Service id -> backend count, selection mode and name.
 #[map]
 pub static SERVICE_CONF: Array<ServiceConf> = Array::with_max_entries(MAX_SERVICES, 0);
-
-/// Service id -> name, for userspace only (stats from another process).
-#[map]
-pub static SERVICE_META: Array<ServiceMeta> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// `backend_slot(service, i)` -> backend address and port.
 #[map]

@@ -59,7 +59,7 @@ fn stats_command(iface: Option<String>, json: bool, per_cpu: bool, watch: Option
     if !instance.live {
         eprintln!(
             "warning: no dnsteer process holds {}; these counters were left by an instance that exited uncleanly",
-            instance.dir.display()
+            instance.location
         );
     }
     let mut previous: Option<(stats::Snapshot, Instant)> = None;

@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap},
 };
 use xdp_common::{
-    Backend, Endpoint, SERVICE_NAME_LEN, SelectMode, ServiceConf, ServiceMeta, backend_slot, names,
+    Backend, Endpoint, SERVICE_NAME_LEN, SelectMode, ServiceConf, backend_slot, names,
 };
 
 use crate::config::{Config, Select};
@@ -22,7 +22,6 @@ use crate::config::{Config, Select};
 pub struct Plan {
     pub services: Vec<(Endpoint, u32)>,
     pub confs: Vec<(u32, ServiceConf)>,
-    pub metas: Vec<(u32, ServiceMeta)>,
     pub backends: Vec<(u32, Backend)>,
     /// Backend endpoint -> how many slots point at it.
     pub sources: BTreeMap<[u8; 8], (Endpoint, u32)>,
@@ -43,8 +42,7 @@ impl Plan {
                 Select::Random => SelectMode::Random,
             };
             let backend_count = service.backends.len() as u32;
-            plan.confs.push((id, ServiceConf { backend_count, select: select as u32 }));
-            plan.metas.push((id, meta(&service.name, proto)));
+            plan.confs.push((id, conf(&service.name, proto, select, backend_count)));
             for (index, addr) in (0u32..).zip(&service.backends) {
                 let (ip, port) = (addr.ip().octets(), addr.port().to_be_bytes());
                 plan.backends.push((backend_slot(id, index), Backend { addr: ip, port, _pad: [0; 2] }));
@@ -68,10 +66,6 @@ impl Plan {
         for (source, count) in self.sources.values() {
             sources.insert(source, count, 0).context("writing a backend source")?;
         }
-        let mut metas: Array<_, ServiceMeta> = typed(ebpf, names::SERVICE_META)?;
-        for (id, meta) in &self.metas {
-            metas.set(*id, meta, 0).with_context(|| format!("writing service {id}'s name"))?;
-        }
         let mut confs: Array<_, ServiceConf> = typed(ebpf, names::SERVICE_CONF)?;
         for (id, conf) in &self.confs {
             confs.set(*id, conf, 0).with_context(|| format!("writing service {id}"))?;
@@ -84,13 +78,13 @@ impl Plan {
     }
 }
 
-/// A service's kernel-side name record.
-fn meta(name: &str, proto: u8) -> ServiceMeta {
-    let mut meta = ServiceMeta { proto, in_use: 1, ..Default::default() };
+/// A service's kernel-side record.
+fn conf(name: &str, proto: u8, select: SelectMode, backend_count: u32) -> ServiceConf {
+    let mut conf = ServiceConf { backend_count, select: select as u32, proto, in_use: 1, ..Default::default() };
     // Config validation keeps names below SERVICE_NAME_LEN; the NUL pad stays.
     let len = name.len().min(SERVICE_NAME_LEN - 1);
-    meta.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-    meta
+    conf.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    conf
 }
 
 /// A typed view of one of the object's maps, by name.
@@ -136,13 +130,13 @@ backends = ["10.100.13.2:53"]
                 (Endpoint::new([0; 4], 5300u16.to_be_bytes(), 17), 1),
             ]
         );
-        assert_eq!(plan.confs[0].1, ServiceConf { backend_count: 2, select: SelectMode::Random as u32 });
-        assert_eq!(plan.confs[1].1, ServiceConf { backend_count: 1, select: SelectMode::Nth as u32 });
+        assert_eq!((plan.confs[0].1.backend_count, plan.confs[0].1.select), (2, SelectMode::Random as u32));
+        assert_eq!((plan.confs[1].1.backend_count, plan.confs[1].1.select), (1, SelectMode::Nth as u32));
         assert_eq!(plan.backends[1], (backend_slot(0, 1), Backend { addr: [10, 100, 13, 3], port: 5353u16.to_be_bytes(), _pad: [0; 2] }));
         assert_eq!(plan.backends[2].0, backend_slot(1, 0));
         // 10.100.13.2:53 serves both services: one source entry, used twice.
         let shared = plan.sources.values().find(|(e, _)| e.addr == [10, 100, 13, 2]).unwrap();
         assert_eq!((plan.sources.len(), shared.1), (2, 2));
-        assert_eq!(&plan.metas[1].1.name[..4], b"any\0");
+        assert_eq!(&plan.confs[1].1.name[..4], b"any\0");
     }
 }

@@ -8,6 +8,7 @@
 //! instance from pins left behind.
 
 use std::{
+    collections::BTreeMap,
     ffi::CString,
     fs::{self, File},
     io,
@@ -16,9 +17,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{Ebpf, maps::{Map, MapData}};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, MapInfo},
+    programs::{ProgramInfo, SchedClassifier, TcAttachType, loaded_programs},
+};
 use log::{info, warn};
 use xdp_common::names;
+
+use crate::{TC_PROGRAM, XDP_PROGRAM};
 
 const DEFAULT_ROOT: &str = "/sys/fs/bpf/dnsteer";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -132,12 +139,27 @@ impl Drop for Pins {
     }
 }
 
-/// A running (or crashed) instance found on the BPF filesystem.
+/// Where an instance's maps are found.
+enum Source {
+    /// Pinned under this directory.
+    Pins(PathBuf),
+    /// Map ids (by map name) of the programs attached to the interface.
+    Attached(BTreeMap<String, u32>),
+}
+
+/// A running (or crashed) instance, for `dnsteer stats`.
+///
+/// Found by its pins when they are visible, else through the programs attached to
+/// the interface: `ip netns exec` gives every command its own /sys, so a `stats`
+/// started that way cannot see the pins of a `run` started the same way, but it
+/// sees the interface and, through it, the programs and their maps.
 pub struct Instance {
     pub iface: String,
-    pub dir: PathBuf,
+    /// The pin directory, or how the instance was found without one.
+    pub location: String,
     /// False when the pins are left over from an instance that is gone.
     pub live: bool,
+    source: Source,
 }
 
 impl Instance {
@@ -153,23 +175,78 @@ impl Instance {
                 found.sort();
                 match found.as_slice() {
                     [one] => one.clone(),
-                    [] => bail!("no dnsteer instance found (nothing under {}); start one with `dnsteer run --config FILE`", root.display()),
+                    [] => bail!(
+                        "no dnsteer instance found (nothing pinned under {}); name the interface with --iface, or start one with `dnsteer run --config FILE`",
+                        root.display()
+                    ),
                     many => bail!("dnsteer runs on several interfaces ({}); pick one with --iface", many.join(", ")),
                 }
             }
         };
         let dir = root.join(&iface);
-        let lock = File::open(&dir).with_context(|| {
-            format!("no dnsteer instance on {iface} ({} does not exist); is `dnsteer run` running there?", dir.display())
-        })?;
+        let Ok(lock) = File::open(&dir) else {
+            let maps = attached_maps(&iface).with_context(|| {
+                format!("no dnsteer instance on {iface}: nothing pinned at {} and none attached to it", dir.display())
+            })?;
+            let location = format!("programs attached to {iface}");
+            return Ok(Instance { iface, location, live: true, source: Source::Attached(maps) });
+        };
         let live = !try_lock(&lock).with_context(|| format!("checking the lock on {}", dir.display()))?;
-        Ok(Instance { iface, dir, live })
+        Ok(Instance { iface, location: dir.display().to_string(), live, source: Source::Pins(dir) })
     }
 
-    /// One pinned map, by name.
+    /// One of the instance's maps, by name.
     pub fn map(&self, name: &str) -> Result<Map> {
-        let path = self.dir.join(name);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-        Map::from_map_data(data).with_context(|| format!("reading pinned map {}", path.display()))
+        let data = match &self.source {
+            Source::Pins(dir) => {
+                let path = dir.join(name);
+                MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?
+            }
+            Source::Attached(ids) => {
+                let id = ids.get(name).with_context(|| format!("the attached program uses no map {name}"))?;
+                MapData::from_id(*id).with_context(|| format!("opening map {name} (id {id})"))?
+            }
+        };
+        Map::from_map_data(data).with_context(|| format!("reading map {name}"))
     }
+}
+
+/// Whether a dnsteer instance is attached to `iface`, whatever mount namespace
+/// (and so whatever pins) it has.
+pub fn attached(iface: &str) -> bool {
+    attached_maps(iface).is_ok()
+}
+
+/// Map name -> id for the maps `prog` uses.
+fn map_ids(prog: &ProgramInfo) -> Result<BTreeMap<String, u32>> {
+    let ids = prog.map_ids().context("listing a program's maps")?.unwrap_or_default();
+    ids.into_iter()
+        .map(|id| {
+            let info = MapInfo::from_id(id).with_context(|| format!("reading map {id}"))?;
+            Ok((info.name_as_str().unwrap_or_default().to_owned(), id))
+        })
+        .collect()
+}
+
+/// The maps of the dnsteer instance attached to `iface`: its reply program sits
+/// on the interface's egress (tcx); the steering program with the same counters
+/// map is its twin and uses every map stats reads.
+fn attached_maps(iface: &str) -> Result<BTreeMap<String, u32>> {
+    let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+        .with_context(|| format!("listing the programs on the egress of {iface}"))?;
+    let reply = progs
+        .iter()
+        .find(|p| p.name_as_str() == Some(TC_PROGRAM))
+        .ok_or_else(|| anyhow!("no {TC_PROGRAM} on the egress of {iface}"))?;
+    let reasons = map_ids(reply)?.remove(names::REASONS).ok_or_else(|| anyhow!("{TC_PROGRAM} has no {}", names::REASONS))?;
+    for prog in loaded_programs() {
+        let prog = prog.context("listing loaded programs")?;
+        if prog.name_as_str() == Some(XDP_PROGRAM) {
+            let maps = map_ids(&prog)?;
+            if maps.get(names::REASONS) == Some(&reasons) {
+                return Ok(maps);
+            }
+        }
+    }
+    bail!("no {XDP_PROGRAM} shares {TC_PROGRAM}'s counters on {iface}")
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
@@ -15,7 +15,7 @@ use crate::{
     EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM,
     config::{self, Config, XdpModeSetting},
     maps::Plan,
-    pins::Pins,
+    pins::{self, Pins},
 };
 
 /// What `dnsteer run` was asked to do.
@@ -42,6 +42,9 @@ impl Instance {
     pub fn start(config: &Config) -> Result<Self> {
         let iface = config.interface.as_str();
         let pins = Pins::claim(iface)?;
+        if pins::attached(iface) {
+            bail!("dnsteer is already running on {iface} (its programs are attached there); stop that instance first");
+        }
         let mut ebpf = Ebpf::load(EBPF_OBJECT)
             .context("loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")?;
         // Maps are filled before anything is attached: the first packet already

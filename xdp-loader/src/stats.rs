@@ -11,7 +11,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
     Backend, Counter, Endpoint, MAX_BACKENDS_PER_SERVICE, PROTO_UDP, Reason, SelectMode,
-    ServiceConf, ServiceMeta, backend_slot, names,
+    ServiceConf, backend_slot, names,
 };
 
 use crate::pins::Instance;
@@ -71,7 +71,6 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(instance: &Instance, name
 
 /// Reads a snapshot of `instance`.
 pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
-    let metas: Array<MapData, ServiceMeta> = typed(instance, names::SERVICE_META)?;
     let confs: Array<MapData, ServiceConf> = typed(instance, names::SERVICE_CONF)?;
     let services: HashMap<MapData, Endpoint, u32> = typed(instance, names::SERVICES)?;
     let backends: Array<MapData, Backend> = typed(instance, names::BACKENDS)?;
@@ -85,15 +84,14 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     }
 
     let mut out = Vec::new();
-    for id in 0..metas.len() {
-        let meta = metas.get(&id, 0).with_context(|| format!("reading service {id}"))?;
-        if meta.in_use == 0 {
+    for id in 0..confs.len() {
+        let conf = confs.get(&id, 0).with_context(|| format!("reading service {id}"))?;
+        if conf.in_use == 0 {
             continue;
         }
-        let conf = confs.get(&id, 0).with_context(|| format!("reading service {id}'s conf"))?;
         let mut stats = ServiceStats {
-            name: name_of(&meta),
-            protocol: if meta.proto == PROTO_UDP { "udp" } else { "unknown" }.to_owned(),
+            name: name_of(&conf),
+            protocol: if conf.proto == PROTO_UDP { "udp" } else { "unknown" }.to_owned(),
             select: if conf.select == SelectMode::Random as u32 { "random" } else { "nth" }.to_owned(),
             listen: listen.remove(&id).map(sorted).unwrap_or_default(),
             packets: 0,
@@ -138,9 +136,9 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn name_of(meta: &ServiceMeta) -> String {
-    let end = meta.name.iter().position(|&b| b == 0).unwrap_or(meta.name.len());
-    String::from_utf8_lossy(&meta.name[..end]).into_owned()
+fn name_of(conf: &ServiceConf) -> String {
+    let end = conf.name.iter().position(|&b| b == 0).unwrap_or(conf.name.len());
+    String::from_utf8_lossy(&conf.name[..end]).into_owned()
 }
 
 fn endpoint_string(e: &Endpoint) -> String {

@@ -1,0 +1,163 @@
+//! A `dnsteer run` process inside a namespace, for the demo and the end-to-end tests.
+//!
+//! Each instance gets a pin root of its own on the BPF filesystem
+//! (`DNSTEER_PIN_ROOT`), so tests using the same interface name in different
+//! namespaces never see each other's pins.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{netns::NetNs, tempdir::TempDir};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The `dnsteer` binary: `$DNSTEER_BIN` (set by `cargo xtask test`), else
+/// `target/debug/dnsteer` beside the running test executable.
+pub fn binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("DNSTEER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/debug/deps/<test> -> target/debug/dnsteer
+    let bin = exe.parent().and_then(Path::parent).map(|dir| dir.join("dnsteer"));
+    match bin {
+        Some(bin) if bin.exists() => Ok(bin),
+        _ => bail!("no dnsteer binary: run `cargo xtask test`, or `cargo build -p xdp-loader` and set DNSTEER_BIN"),
+    }
+}
+
+pub struct Dnsteer {
+    child: Option<Child>,
+    bin: PathBuf,
+    ns: String,
+    iface: String,
+    pin_root: PathBuf,
+    dir: TempDir,
+}
+
+impl Dnsteer {
+    /// Starts `dnsteer run` with `config` (TOML text) in `ns`, and waits until its
+    /// maps are pinned (it is steering then).
+    pub fn start(ns: &NetNs, bin: &Path, iface: &str, config: &str) -> Result<Self> {
+        let dir = TempDir::new("dnsteer")?;
+        let config_path = dir.path().join("dnsteer.toml");
+        fs::write(&config_path, config).context("writing the config")?;
+        let log = fs::File::create(dir.path().join("dnsteer.log")).context("creating the log")?;
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/dnsteer-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let child = ns
+            .command(bin.to_str().context("non-UTF-8 binary path")?)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("DNSTEER_PIN_ROOT", &pin_root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dnsteer run")?;
+        let mut me = Self { child: Some(child), bin: bin.to_owned(), ns: ns.name().to_owned(), iface: iface.to_owned(), pin_root, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().transpose()).transpose()? {
+                bail!("dnsteer run exited with {status} before it was ready:\n{}", me.log());
+            }
+            if me.stats(&["--json"]).is_ok() {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("dnsteer run was not ready after 20 s:\n{}", me.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `dnsteer stats` command for this instance, ready for more arguments.
+    /// It runs in the node namespace through its own `ip netns exec`, as an
+    /// operator would, so it finds the instance through the interface.
+    pub fn stats_command(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).arg(&self.bin).args(["stats", "--iface", &self.iface]);
+        cmd.env("DNSTEER_PIN_ROOT", &self.pin_root);
+        cmd
+    }
+
+    /// Runs `dnsteer stats --iface IF <args>`; Ok(stdout).
+    pub fn stats(&self, args: &[&str]) -> Result<String> {
+        let out = self.stats_command().args(args).output().context("running dnsteer stats")?;
+        if !out.status.success() {
+            bail!("dnsteer stats failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dnsteer.log")).unwrap_or_default()
+    }
+
+    /// The pin directory of this instance (gone after a clean stop).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_root.join(&self.iface)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; Err with the log otherwise.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("dnsteer run ignored SIGTERM for 10 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if !status.success() {
+            bail!("dnsteer run exited with {status}:\n{}", self.log());
+        }
+        Ok(())
+    }
+}
+
+/// `ip netns exec` execs the program in place, so the child's pid is dnsteer's.
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling a child we own and have not reaped.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+impl Drop for Dnsteer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A test failed mid-run: SIGTERM lets it detach and unpin.
+            signal(&child, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The instance removes its own directory; the root is ours.
+        let _ = fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+/// A one-service config: `listen` and `backends` as `ADDR:PORT`, `select` nth or random.
+pub fn service_config(iface: &str, select: &str, listen: &[std::net::SocketAddr], backends: &[std::net::SocketAddr]) -> String {
+    let quoted = |addrs: &[std::net::SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "interface = \"{iface}\"\n\n[[service]]\nname = \"dns\"\nlisten = [{}]\nprotocol = \"udp\"\nselect = \"{select}\"\nbackends = [{}]\n",
+        quoted(listen),
+        quoted(backends)
+    )
+}
