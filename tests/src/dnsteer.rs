@@ -18,6 +18,9 @@ use crate::{netns::NetNs, tempdir::TempDir};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// What `dnsteer run` logs when it is steering.
+const READY_LINE: &str = "running; stop with";
+
 /// The `dnsteer` binary: `$DNSTEER_BIN` (set by `cargo xtask test`), else
 /// `target/debug/dnsteer` beside the running test executable.
 pub fn binary() -> Result<PathBuf> {
@@ -67,7 +70,9 @@ impl Dnsteer {
             if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().transpose()).transpose()? {
                 bail!("dnsteer run exited with {status} before it was ready:\n{}", me.log());
             }
-            if me.stats(&["--json"]).is_ok() {
+            // `run` logs this line once it is attached and pinned; stats answering
+            // alone could come from another instance on the same interface.
+            if me.log().contains(READY_LINE) && me.stats(&["--json"]).is_ok() {
                 return Ok(me);
             }
             if Instant::now() > deadline {

@@ -119,6 +119,14 @@ backends = ["10.100.13.2:53"]
 "#;
 
     #[test]
+    fn shipped_example_is_valid() {
+        let example = include_str!("../../examples/dnsteer.toml");
+        let config = config::parse(example, Path::new("examples/dnsteer.toml")).unwrap();
+        let plan = Plan::new(&config);
+        assert_eq!((plan.services.len(), plan.backends.len(), plan.sources.len()), (2, 4, 4));
+    }
+
+    #[test]
     fn plan_lays_out_services_and_backends() {
         let config = config::parse(EXAMPLE, Path::new("test.toml")).unwrap();
         let plan = Plan::new(&config);

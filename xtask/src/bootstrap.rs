@@ -56,7 +56,8 @@ pub fn toolchain() -> Result<()> {
 
 /// The programs the demo and the end-to-end tests drive, from Debian's packages.
 pub fn test_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 3] = [("ip", "iproute2"), ("named", "bind9"), ("kdig", "knot-dnsutils")];
+    const TOOLS: [(&str, &str); 4] =
+        [("ip", "iproute2"), ("sysctl", "procps"), ("named", "bind9"), ("kdig", "knot-dnsutils")];
     let missing: Vec<&str> = TOOLS.iter().filter(|(tool, _)| !found(tool)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
