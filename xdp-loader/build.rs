@@ -9,8 +9,14 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root = PathBuf::from(manifest_dir).join("../xdp-ebpf");
-    let root_dir = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
-    let ebpf = Package { name: "xdp-ebpf", root_dir, ..Default::default() };
+    let root_dir = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let ebpf = Package {
+        name: "xdp-ebpf",
+        root_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([ebpf], Toolchain::default())
         .context("building the eBPF program needs nightly's rust-src and bpf-linker: run `cargo xtask build` once to install them")
 }

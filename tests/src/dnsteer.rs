@@ -29,10 +29,15 @@ pub fn binary() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
     // target/debug/deps/<test> -> target/debug/dnsteer
-    let bin = exe.parent().and_then(Path::parent).map(|dir| dir.join("dnsteer"));
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("dnsteer"));
     match bin {
         Some(bin) if bin.exists() => Ok(bin),
-        _ => bail!("no dnsteer binary: run `cargo xtask test`, or `cargo build -p xdp-loader` and set DNSTEER_BIN"),
+        _ => bail!(
+            "no dnsteer binary: run `cargo xtask test`, or `cargo build -p xdp-loader` and set DNSTEER_BIN"
+        ),
     }
 }
 
@@ -53,7 +58,11 @@ impl Dnsteer {
         let config_path = dir.path().join("dnsteer.toml");
         fs::write(&config_path, config).context("writing the config")?;
         let log = fs::File::create(dir.path().join("dnsteer.log")).context("creating the log")?;
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/dnsteer-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let pin_root = PathBuf::from(format!(
+            "/sys/fs/bpf/dnsteer-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = ns
             .command(bin.to_str().context("non-UTF-8 binary path")?)
             .args(["run", "--config"])
@@ -64,11 +73,26 @@ impl Dnsteer {
             .stderr(log)
             .spawn()
             .context("starting dnsteer run")?;
-        let mut me = Self { child: Some(child), bin: bin.to_owned(), ns: ns.name().to_owned(), iface: iface.to_owned(), pin_root, dir };
+        let mut me = Self {
+            child: Some(child),
+            bin: bin.to_owned(),
+            ns: ns.name().to_owned(),
+            iface: iface.to_owned(),
+            pin_root,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().transpose()).transpose()? {
-                bail!("dnsteer run exited with {status} before it was ready:\n{}", me.log());
+            if let Some(status) = me
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().transpose())
+                .transpose()?
+            {
+                bail!(
+                    "dnsteer run exited with {status} before it was ready:\n{}",
+                    me.log()
+                );
             }
             // `run` logs this line once it is attached and pinned; stats answering
             // alone could come from another instance on the same interface.
@@ -87,16 +111,27 @@ impl Dnsteer {
     /// operator would, so it finds the instance through the interface.
     pub fn stats_command(&self) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns]).arg(&self.bin).args(["stats", "--iface", &self.iface]);
+        cmd.args(["netns", "exec", &self.ns]).arg(&self.bin).args([
+            "stats",
+            "--iface",
+            &self.iface,
+        ]);
         cmd.env("DNSTEER_PIN_ROOT", &self.pin_root);
         cmd
     }
 
     /// Runs `dnsteer stats --iface IF <args>`; Ok(stdout).
     pub fn stats(&self, args: &[&str]) -> Result<String> {
-        let out = self.stats_command().args(args).output().context("running dnsteer stats")?;
+        let out = self
+            .stats_command()
+            .args(args)
+            .output()
+            .context("running dnsteer stats")?;
         if !out.status.success() {
-            bail!("dnsteer stats failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "dnsteer stats failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -113,7 +148,9 @@ impl Dnsteer {
 
     /// Sends SIGTERM and waits for a clean exit; Err with the log otherwise.
     pub fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -158,8 +195,19 @@ impl Drop for Dnsteer {
 }
 
 /// A one-service config: `listen` and `backends` as `ADDR:PORT`, `select` nth or random.
-pub fn service_config(iface: &str, select: &str, listen: &[std::net::SocketAddr], backends: &[std::net::SocketAddr]) -> String {
-    let quoted = |addrs: &[std::net::SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+pub fn service_config(
+    iface: &str,
+    select: &str,
+    listen: &[std::net::SocketAddr],
+    backends: &[std::net::SocketAddr],
+) -> String {
+    let quoted = |addrs: &[std::net::SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
         "interface = \"{iface}\"\n\n[[service]]\nname = \"dns\"\nlisten = [{}]\nprotocol = \"udp\"\nselect = \"{select}\"\nbackends = [{}]\n",
         quoted(listen),

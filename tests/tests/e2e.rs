@@ -14,8 +14,11 @@ use testbed::{
 const QUERIES: usize = 2000;
 
 fn snapshot(dnsteer: &Dnsteer) -> Snapshot {
-    let json = dnsteer.stats(&["--json", "--per-cpu"]).expect("dnsteer stats --json");
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats JSON does not parse ({e}): {json}"))
+    let json = dnsteer
+        .stats(&["--json", "--per-cpu"])
+        .expect("dnsteer stats --json");
+    serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("stats JSON does not parse ({e}): {json}"))
 }
 
 /// Per-backend packets per CPU steered between two snapshots.
@@ -27,7 +30,13 @@ fn steered_per_cpu(before: &Snapshot, after: &Snapshot) -> BTreeMap<Ipv4Addr, Ve
         .map(|(n, o)| {
             let addr = n.address.split(':').next().unwrap().parse().unwrap();
             let (n, o) = (n.per_cpu.as_ref().unwrap(), o.per_cpu.as_ref().unwrap());
-            (addr, n.iter().zip(o).map(|(n, o)| n.packets - o.packets).collect())
+            (
+                addr,
+                n.iter()
+                    .zip(o)
+                    .map(|(n, o)| n.packets - o.packets)
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -41,11 +50,13 @@ fn run_mode(topo: &Topology, select: &str) -> BTreeMap<Ipv4Addr, usize> {
     let iface = &topo.config.node_iface;
     let services = topo.service_targets();
     let config = service_config(iface, select, &services, &topo.backend_targets());
-    let mut dnsteer = Dnsteer::start(&topo.node, &binary().unwrap(), iface, &config).expect("dnsteer run");
+    let mut dnsteer =
+        Dnsteer::start(&topo.node, &binary().unwrap(), iface, &config).expect("dnsteer run");
 
     // A real resolver accepts the answers: each comes from the address it asked.
     for target in &services {
-        let answer = dns::kdig(&topo.client, *target, WHOAMI_NAME).unwrap_or_else(|e| panic!("kdig @{target}: {e:#}"));
+        let answer = dns::kdig(&topo.client, *target, WHOAMI_NAME)
+            .unwrap_or_else(|e| panic!("kdig @{target}: {e:#}"));
         assert!(
             answer.len() == 1 && topo.backend_addrs().contains(&answer[0]),
             "kdig @{target} answered {answer:?}, not one backend"
@@ -53,33 +64,66 @@ fn run_mode(topo: &Topology, select: &str) -> BTreeMap<Ipv4Addr, usize> {
     }
 
     let before = snapshot(&dnsteer);
-    let outcome = dns::query_load(&topo.client, &dns::Load::new(services.clone(), WHOAMI_NAME, QUERIES)).unwrap();
+    let outcome = dns::query_load(
+        &topo.client,
+        &dns::Load::new(services.clone(), WHOAMI_NAME, QUERIES),
+    )
+    .unwrap();
     let after = snapshot(&dnsteer);
     println!("{select}: {outcome}");
-    assert_eq!(outcome.answered, QUERIES, "{select}: every query answered: {outcome}");
-    assert_eq!(outcome.wrong_source + outcome.other_errors, 0, "{select}: {outcome}");
+    assert_eq!(
+        outcome.answered, QUERIES,
+        "{select}: every query answered: {outcome}"
+    );
+    assert_eq!(
+        outcome.wrong_source + outcome.other_errors,
+        0,
+        "{select}: {outcome}"
+    );
 
     // The counters say exactly what the backends answered.
     let per_cpu = steered_per_cpu(&before, &after);
-    let steered: BTreeMap<Ipv4Addr, usize> = per_cpu.iter().map(|(a, c)| (*a, c.iter().sum::<u64>() as usize)).collect();
-    let answered: BTreeMap<Ipv4Addr, usize> = topo.backend_addrs().iter().map(|a| (*a, outcome.by_answer.get(a).copied().unwrap_or(0))).collect();
-    assert_eq!(steered, answered, "{select}: stats per backend vs answers per backend");
+    let steered: BTreeMap<Ipv4Addr, usize> = per_cpu
+        .iter()
+        .map(|(a, c)| (*a, c.iter().sum::<u64>() as usize))
+        .collect();
+    let answered: BTreeMap<Ipv4Addr, usize> = topo
+        .backend_addrs()
+        .iter()
+        .map(|a| (*a, outcome.by_answer.get(a).copied().unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        steered, answered,
+        "{select}: stats per backend vs answers per backend"
+    );
     assert_eq!(reason_delta(&before, &after, "steered"), QUERIES as u64);
-    assert_eq!(reason_delta(&before, &after, "reply_rewritten"), QUERIES as u64);
+    assert_eq!(
+        reason_delta(&before, &after, "reply_rewritten"),
+        QUERIES as u64
+    );
     assert_eq!(reason_delta(&before, &after, "reply_no_flow"), 0);
-    assert_eq!(after.services[0].listen, vec!["192.0.2.10:53".to_owned(), "192.0.2.11:53".to_owned()]);
+    assert_eq!(
+        after.services[0].listen,
+        vec!["192.0.2.10:53".to_owned(), "192.0.2.11:53".to_owned()]
+    );
 
     if select == "nth" {
         // Round robin per CPU: on each CPU the backends' counts differ by at most one.
         for cpu in 0..after.cpus {
             let counts: Vec<u64> = per_cpu.values().map(|c| c[cpu]).collect();
             let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-            assert!(max - min <= 1, "nth split on CPU {cpu} is not round robin: {counts:?}");
+            assert!(
+                max - min <= 1,
+                "nth split on CPU {cpu} is not round robin: {counts:?}"
+            );
         }
     }
     dnsteer.stop().expect("clean stop");
     let link = topo.node.run(&["ip", "link", "show", iface]).unwrap();
-    assert!(!link.contains("xdp"), "XDP still attached after stop: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "XDP still attached after stop: {link}"
+    );
     answered
 }
 
@@ -89,31 +133,63 @@ fn steers_every_query_and_counts_it() {
     run_mode(&topo, "nth");
     let split = run_mode(&topo, "random");
     let expected = QUERIES as f64 / split.len() as f64;
-    let chi2: f64 = split.values().map(|&o| (o as f64 - expected).powi(2) / expected).sum();
+    let chi2: f64 = split
+        .values()
+        .map(|&o| (o as f64 - expected).powi(2) / expected)
+        .sum();
     // Chi-square critical value for 3 degrees of freedom at p = 0.001.
-    assert!(chi2 < 16.266, "random split {split:?} fails chi-square: {chi2:.2}");
+    assert!(
+        chi2 < 16.266,
+        "random split {split:?} fails chi-square: {chi2:.2}"
+    );
 }
 
 #[test]
 fn refuses_a_second_instance_and_bad_configs() {
-    let cfg = TopologyConfig { node_iface: "ens7".into(), dns: false, ..TopologyConfig::default() };
+    let cfg = TopologyConfig {
+        node_iface: "ens7".into(),
+        dns: false,
+        ..TopologyConfig::default()
+    };
     let topo = Topology::build(cfg).expect("topology");
     let iface = &topo.config.node_iface;
     let bin = binary().unwrap();
-    let config = service_config(iface, "nth", &topo.service_targets(), &topo.backend_targets());
+    let config = service_config(
+        iface,
+        "nth",
+        &topo.service_targets(),
+        &topo.backend_targets(),
+    );
     let mut first = Dnsteer::start(&topo.node, &bin, iface, &config).expect("first instance");
-    let second = Dnsteer::start(&topo.node, &bin, iface, &config).err().expect("a second instance must be refused");
-    assert!(format!("{second:#}").contains("already running on ens7"), "{second:#}");
+    let second = Dnsteer::start(&topo.node, &bin, iface, &config)
+        .err()
+        .expect("a second instance must be refused");
+    assert!(
+        format!("{second:#}").contains("already running on ens7"),
+        "{second:#}"
+    );
     first.stop().unwrap();
 
     // A bad config attaches nothing and names the file, the field and the value.
     let bad = config.replace("10.100.13.3:53", "10.100.13.3:0");
-    let err = Dnsteer::start(&topo.node, &bin, iface, &bad).err().expect("port 0 must be refused");
+    let err = Dnsteer::start(&topo.node, &bin, iface, &bad)
+        .err()
+        .expect("port 0 must be refused");
     let msg = format!("{err:#}");
-    assert!(msg.contains("dnsteer.toml") && msg.contains("backends[1]") && msg.contains("10.100.13.3:0"), "{msg}");
+    assert!(
+        msg.contains("dnsteer.toml")
+            && msg.contains("backends[1]")
+            && msg.contains("10.100.13.3:0"),
+        "{msg}"
+    );
     let unknown = config.replace(&format!("interface = \"{iface}\""), "interface = \"eth9\"");
-    let err = Dnsteer::start(&topo.node, &bin, iface, &unknown).err().expect("unknown interface must be refused");
+    let err = Dnsteer::start(&topo.node, &bin, iface, &unknown)
+        .err()
+        .expect("unknown interface must be refused");
     assert!(format!("{err:#}").contains("eth9"), "{err:#}");
     let link = topo.node.run(&["ip", "link", "show", iface]).unwrap();
-    assert!(!link.contains("xdp"), "a refused config left XDP attached: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "a refused config left XDP attached: {link}"
+    );
 }

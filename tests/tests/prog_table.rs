@@ -134,7 +134,13 @@ struct Case {
 }
 
 fn case(what: &'static str, input: Vec<u8>, out: Out, reason: Option<Reason>) -> Case {
-    Case { what, input, action: XDP_PASS, out, reason }
+    Case {
+        what,
+        input,
+        action: XDP_PASS,
+        out,
+        reason,
+    }
 }
 
 struct Loaded {
@@ -154,13 +160,21 @@ impl Loaded {
     }
 
     fn reasons(&self) -> Vec<u64> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(names::REASONS).unwrap()).unwrap();
-        Reason::ALL.iter().map(|r| map.get(&(*r as u32), 0).unwrap().iter().sum()).collect()
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(names::REASONS).unwrap()).unwrap();
+        Reason::ALL
+            .iter()
+            .map(|r| map.get(&(*r as u32), 0).unwrap().iter().sum())
+            .collect()
     }
 
     fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 256];
-        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
         let result = match program {
             XDP_PROGRAM => {
                 let p: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
@@ -182,15 +196,31 @@ impl Loaded {
             let (action, out) = self.run(program, &c.input);
             assert_eq!(action, c.action, "{}: action", c.what);
             match &c.out {
-                Out::Unchanged => assert_eq!(out, c.input, "{}: packet must pass untouched", c.what),
+                Out::Unchanged => {
+                    assert_eq!(out, c.input, "{}: packet must pass untouched", c.what)
+                }
                 Out::Packet(want) => assert_eq!(&out, want, "{}: output packet", c.what),
             }
             let after = self.reasons();
-            let moved: Vec<Reason> =
-                Reason::ALL.iter().zip(before.iter().zip(&after)).filter(|(_, (b, a))| a != b).map(|(r, _)| *r).collect();
-            assert_eq!(moved, c.reason.into_iter().collect::<Vec<_>>(), "{}: counters", c.what);
+            let moved: Vec<Reason> = Reason::ALL
+                .iter()
+                .zip(before.iter().zip(&after))
+                .filter(|(_, (b, a))| a != b)
+                .map(|(r, _)| *r)
+                .collect();
+            assert_eq!(
+                moved,
+                c.reason.into_iter().collect::<Vec<_>>(),
+                "{}: counters",
+                c.what
+            );
             let bumped: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-            assert_eq!(bumped, c.reason.map_or(0, |_| 1), "{}: exactly one counter, once", c.what);
+            assert_eq!(
+                bumped,
+                c.reason.map_or(0, |_| 1),
+                "{}: exactly one counter, once",
+                c.what
+            );
         }
     }
 }
@@ -201,13 +231,21 @@ fn pin_to_cpu0() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
 const VIP: [u8; 4] = [192, 0, 2, 10];
 const ALIAS: [u8; 4] = [192, 0, 2, 11];
-const B: [[u8; 4]; 4] = [[10, 100, 13, 2], [10, 100, 13, 3], [10, 100, 13, 4], [10, 100, 13, 5]];
+const B: [[u8; 4]; 4] = [
+    [10, 100, 13, 2],
+    [10, 100, 13, 3],
+    [10, 100, 13, 4],
+    [10, 100, 13, 5],
+];
 
 #[test]
 fn xdp_table() {
@@ -236,28 +274,128 @@ fn xdp_table() {
 
     // The nth cursor starts at backend 0 and advances only on steered packets.
     let cases = [
-        case("query to the service address", q().bytes(), steered(q(), B[0], 53), Some(Reason::Steered)),
-        case("query to the alias address", query(ALIAS, 53).bytes(), steered(query(ALIAS, 53), B[1], 53), Some(Reason::Steered)),
-        case("other address", query([192, 0, 2, 99], 53).bytes(), Out::Unchanged, Some(Reason::NotService)),
-        case("other port", query(VIP, 54).bytes(), Out::Unchanged, Some(Reason::NotService)),
-        case("TCP to :53", tcp.bytes(), Out::Unchanged, Some(Reason::NotService)),
-        case("IPv6 ethertype", ipv6.bytes(), Out::Unchanged, Some(Reason::NotService)),
-        case("multicast destination", query([224, 0, 0, 53], 53).bytes(), Out::Unchanged, Some(Reason::NotService)),
+        case(
+            "query to the service address",
+            q().bytes(),
+            steered(q(), B[0], 53),
+            Some(Reason::Steered),
+        ),
+        case(
+            "query to the alias address",
+            query(ALIAS, 53).bytes(),
+            steered(query(ALIAS, 53), B[1], 53),
+            Some(Reason::Steered),
+        ),
+        case(
+            "other address",
+            query([192, 0, 2, 99], 53).bytes(),
+            Out::Unchanged,
+            Some(Reason::NotService),
+        ),
+        case(
+            "other port",
+            query(VIP, 54).bytes(),
+            Out::Unchanged,
+            Some(Reason::NotService),
+        ),
+        case(
+            "TCP to :53",
+            tcp.bytes(),
+            Out::Unchanged,
+            Some(Reason::NotService),
+        ),
+        case(
+            "IPv6 ethertype",
+            ipv6.bytes(),
+            Out::Unchanged,
+            Some(Reason::NotService),
+        ),
+        case(
+            "multicast destination",
+            query([224, 0, 0, 53], 53).bytes(),
+            Out::Unchanged,
+            Some(Reason::NotService),
+        ),
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, so that
         // cut is covered by xdp-common's parser tests only.
-        case("runt: Ethernet header only", truncated(q(), 14), Out::Unchanged, Some(Reason::Malformed)),
-        case("truncated VLAN tag", truncated(vlan.clone(), 17), Out::Unchanged, Some(Reason::Malformed)),
-        case("truncated IPv4 header", truncated(q(), 33), Out::Unchanged, Some(Reason::Malformed)),
-        case("truncated IPv4 options", truncated(opts.clone(), 40), Out::Unchanged, Some(Reason::Malformed)),
-        case("truncated UDP header", truncated(q(), 41), Out::Unchanged, Some(Reason::Malformed)),
-        case("IPv4 options", opts.bytes(), steered(opts.clone(), B[2], 53), Some(Reason::Steered)),
-        case("802.1Q tag", vlan.bytes(), steered(vlan.clone(), B[3], 53), Some(Reason::Steered)),
-        case("QinQ tags", qinq.bytes(), steered(qinq.clone(), B[0], 53), Some(Reason::Steered)),
-        case("more-fragments set", mf.bytes(), Out::Unchanged, Some(Reason::Fragment)),
-        case("fragment offset", offset.bytes(), Out::Unchanged, Some(Reason::Fragment)),
-        case("UDP checksum zero stays zero", nosum.bytes(), steered(nosum.clone(), B[1], 53), Some(Reason::Steered)),
-        case("wildcard listen, backend on another port", wild.bytes(), steered(wild.clone(), [10, 100, 14, 9], 5353), Some(Reason::Steered)),
-        case("wildcard listen, other port", query([198, 51, 100, 7], 5301).bytes(), Out::Unchanged, Some(Reason::NotService)),
+        case(
+            "runt: Ethernet header only",
+            truncated(q(), 14),
+            Out::Unchanged,
+            Some(Reason::Malformed),
+        ),
+        case(
+            "truncated VLAN tag",
+            truncated(vlan.clone(), 17),
+            Out::Unchanged,
+            Some(Reason::Malformed),
+        ),
+        case(
+            "truncated IPv4 header",
+            truncated(q(), 33),
+            Out::Unchanged,
+            Some(Reason::Malformed),
+        ),
+        case(
+            "truncated IPv4 options",
+            truncated(opts.clone(), 40),
+            Out::Unchanged,
+            Some(Reason::Malformed),
+        ),
+        case(
+            "truncated UDP header",
+            truncated(q(), 41),
+            Out::Unchanged,
+            Some(Reason::Malformed),
+        ),
+        case(
+            "IPv4 options",
+            opts.bytes(),
+            steered(opts.clone(), B[2], 53),
+            Some(Reason::Steered),
+        ),
+        case(
+            "802.1Q tag",
+            vlan.bytes(),
+            steered(vlan.clone(), B[3], 53),
+            Some(Reason::Steered),
+        ),
+        case(
+            "QinQ tags",
+            qinq.bytes(),
+            steered(qinq.clone(), B[0], 53),
+            Some(Reason::Steered),
+        ),
+        case(
+            "more-fragments set",
+            mf.bytes(),
+            Out::Unchanged,
+            Some(Reason::Fragment),
+        ),
+        case(
+            "fragment offset",
+            offset.bytes(),
+            Out::Unchanged,
+            Some(Reason::Fragment),
+        ),
+        case(
+            "UDP checksum zero stays zero",
+            nosum.bytes(),
+            steered(nosum.clone(), B[1], 53),
+            Some(Reason::Steered),
+        ),
+        case(
+            "wildcard listen, backend on another port",
+            wild.bytes(),
+            steered(wild.clone(), [10, 100, 14, 9], 5353),
+            Some(Reason::Steered),
+        ),
+        case(
+            "wildcard listen, other port",
+            query([198, 51, 100, 7], 5301).bytes(),
+            Out::Unchanged,
+            Some(Reason::NotService),
+        ),
     ];
     prog.check(XDP_PROGRAM, &cases);
 }
@@ -266,11 +404,36 @@ fn xdp_table() {
 fn xdp_no_backend() {
     let mut prog = Loaded::new();
     // Config validation never produces an empty service; the data path must still cope.
-    let mut confs: Array<_, ServiceConf> = Array::try_from(prog.ebpf.map_mut(names::SERVICE_CONF).unwrap()).unwrap();
-    confs.set(9, ServiceConf { in_use: 1, ..Default::default() }, 0).unwrap();
-    let mut services: HashMap<_, Endpoint, u32> = HashMap::try_from(prog.ebpf.map_mut(names::SERVICES).unwrap()).unwrap();
-    services.insert(Endpoint::new([192, 0, 2, 30], 53u16.to_be_bytes(), 17), 9, 0).unwrap();
-    prog.check(XDP_PROGRAM, &[case("service without backends", query([192, 0, 2, 30], 53).bytes(), Out::Unchanged, Some(Reason::NoBackend))]);
+    let mut confs: Array<_, ServiceConf> =
+        Array::try_from(prog.ebpf.map_mut(names::SERVICE_CONF).unwrap()).unwrap();
+    confs
+        .set(
+            9,
+            ServiceConf {
+                in_use: 1,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    let mut services: HashMap<_, Endpoint, u32> =
+        HashMap::try_from(prog.ebpf.map_mut(names::SERVICES).unwrap()).unwrap();
+    services
+        .insert(
+            Endpoint::new([192, 0, 2, 30], 53u16.to_be_bytes(), 17),
+            9,
+            0,
+        )
+        .unwrap();
+    prog.check(
+        XDP_PROGRAM,
+        &[case(
+            "service without backends",
+            query([192, 0, 2, 30], 53).bytes(),
+            Out::Unchanged,
+            Some(Reason::NoBackend),
+        )],
+    );
 }
 
 #[test]
@@ -278,20 +441,36 @@ fn nth_and_random_selection() {
     pin_to_cpu0();
     let prog = Loaded::new();
     let dst_of = |out: &[u8]| Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-    let nth: Vec<Ipv4Addr> = (0..8).map(|_| dst_of(&prog.run(XDP_PROGRAM, &query(VIP, 53).bytes()).1)).collect();
-    let want: Vec<Ipv4Addr> = B.iter().chain(B.iter()).map(|b| Ipv4Addr::from(*b)).collect();
+    let nth: Vec<Ipv4Addr> = (0..8)
+        .map(|_| dst_of(&prog.run(XDP_PROGRAM, &query(VIP, 53).bytes()).1))
+        .collect();
+    let want: Vec<Ipv4Addr> = B
+        .iter()
+        .chain(B.iter())
+        .map(|b| Ipv4Addr::from(*b))
+        .collect();
     assert_eq!(nth, want, "nth walks the backends in order");
 
     let draws = 4000;
     let mut hits = std::collections::BTreeMap::new();
     for _ in 0..draws {
-        *hits.entry(dst_of(&prog.run(XDP_PROGRAM, &query([192, 0, 2, 20], 53).bytes()).1)).or_insert(0u32) += 1;
+        *hits
+            .entry(dst_of(
+                &prog.run(XDP_PROGRAM, &query([192, 0, 2, 20], 53).bytes()).1,
+            ))
+            .or_insert(0u32) += 1;
     }
     assert_eq!(hits.len(), 4, "random reaches every backend: {hits:?}");
     let expected = draws as f64 / 4.0;
-    let chi2: f64 = hits.values().map(|&o| (o as f64 - expected).powi(2) / expected).sum();
+    let chi2: f64 = hits
+        .values()
+        .map(|&o| (o as f64 - expected).powi(2) / expected)
+        .sum();
     // Chi-square critical value for 3 degrees of freedom at p = 0.001.
-    assert!(chi2 < 16.266, "random split {hits:?} fails chi-square: {chi2:.2}");
+    assert!(
+        chi2 < 16.266,
+        "random split {hits:?} fails chi-square: {chi2:.2}"
+    );
 }
 
 #[test]
@@ -307,14 +486,54 @@ fn tc_reply_table() {
     nosum.zero_udp_csum = true;
     let mut other_client = answer(B[0], 53);
     other_client.dport = 40001;
-    let tc = |what, input: Vec<u8>, out, reason| Case { what, input, action: TC_ACT_OK, out, reason };
+    let tc = |what, input: Vec<u8>, out, reason| Case {
+        what,
+        input,
+        action: TC_ACT_OK,
+        out,
+        reason,
+    };
     let cases = [
-        tc("answer from the backend", answer(B[0], 53).bytes(), Out::Packet(answer(ALIAS, 53).bytes()), Some(Reason::ReplyRewritten)),
-        tc("zero UDP checksum stays zero", nosum.bytes(), Out::Packet({ let mut p = nosum.clone(); p.src = ALIAS; p.bytes() }), Some(Reason::ReplyRewritten)),
-        tc("port translated back too", answer([10, 100, 14, 9], 5353).bytes(), Out::Packet(answer([198, 51, 100, 7], 5300).bytes()), Some(Reason::ReplyRewritten)),
-        tc("backend packet with no flow", other_client.bytes(), Out::Unchanged, Some(Reason::ReplyNoFlow)),
-        tc("not from a backend", answer([192, 0, 2, 1], 53).bytes(), Out::Unchanged, None),
-        tc("from a backend address, other port", answer(B[0], 54).bytes(), Out::Unchanged, None),
+        tc(
+            "answer from the backend",
+            answer(B[0], 53).bytes(),
+            Out::Packet(answer(ALIAS, 53).bytes()),
+            Some(Reason::ReplyRewritten),
+        ),
+        tc(
+            "zero UDP checksum stays zero",
+            nosum.bytes(),
+            Out::Packet({
+                let mut p = nosum.clone();
+                p.src = ALIAS;
+                p.bytes()
+            }),
+            Some(Reason::ReplyRewritten),
+        ),
+        tc(
+            "port translated back too",
+            answer([10, 100, 14, 9], 5353).bytes(),
+            Out::Packet(answer([198, 51, 100, 7], 5300).bytes()),
+            Some(Reason::ReplyRewritten),
+        ),
+        tc(
+            "backend packet with no flow",
+            other_client.bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+        ),
+        tc(
+            "not from a backend",
+            answer([192, 0, 2, 1], 53).bytes(),
+            Out::Unchanged,
+            None,
+        ),
+        tc(
+            "from a backend address, other port",
+            answer(B[0], 54).bytes(),
+            Out::Unchanged,
+            None,
+        ),
     ];
     prog.check(TC_PROGRAM, &cases);
 }

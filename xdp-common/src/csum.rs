@@ -29,7 +29,13 @@ pub const fn replace32(check: u16, from: u32, to: u32) -> u16 {
 /// Zero means "no checksum" (RFC 768) and stays zero; a computed zero is sent as
 /// 0xffff, as RFC 768 requires.
 #[inline(always)]
-pub const fn udp_rewrite(check: u16, addr_from: u32, addr_to: u32, port_from: u16, port_to: u16) -> u16 {
+pub const fn udp_rewrite(
+    check: u16,
+    addr_from: u32,
+    addr_to: u32,
+    port_from: u16,
+    port_to: u16,
+) -> u16 {
     if check == 0 {
         return 0;
     }
@@ -76,7 +82,9 @@ mod tests {
     use super::*;
 
     fn header(src: [u8; 4], dst: [u8; 4]) -> [u8; 20] {
-        let mut h = [0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 0x40, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut h = [
+            0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 0x40, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         h[12..16].copy_from_slice(&src);
         h[16..20].copy_from_slice(&dst);
         let c = ipv4_header(&h);
@@ -87,7 +95,13 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 section 3's worked example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
-        assert_eq!(fold(sum_bytes(0, &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
+        assert_eq!(
+            fold(sum_bytes(
+                0,
+                &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]
+            )),
+            0xddf2
+        );
     }
 
     #[test]

@@ -70,7 +70,12 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
 impl Endpoint {
     #[inline(always)]
     pub const fn new(addr: [u8; 4], port: [u8; 2], proto: u8) -> Self {
-        Self { addr, port, proto, _pad: 0 }
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
     }
 }
 
@@ -107,7 +112,14 @@ const _: () = assert!(core::mem::size_of::<ServiceConf>() == 48);
 
 impl Default for ServiceConf {
     fn default() -> Self {
-        Self { backend_count: 0, select: 0, proto: 0, in_use: 0, _pad: [0; 6], name: [0; SERVICE_NAME_LEN] }
+        Self {
+            backend_count: 0,
+            select: 0,
+            proto: 0,
+            in_use: 0,
+            _pad: [0; 6],
+            name: [0; SERVICE_NAME_LEN],
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub mod udp {
 }
 
 /// Read access to a packet's bytes.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a frame is never asked whether it is empty"
+)]
 pub trait Packet {
     /// The packet's length in bytes (the linear part the program can read).
     fn len(&self) -> usize;
@@ -139,7 +143,12 @@ pub fn udp4<P: Packet + ?Sized>(p: &P) -> Result<Udp4, Skip> {
     if ip[ipv4::PROTO] != PROTO_UDP {
         return Err(Skip::NotUdp);
     }
-    let dst = [ip[ipv4::DST], ip[ipv4::DST + 1], ip[ipv4::DST + 2], ip[ipv4::DST + 3]];
+    let dst = [
+        ip[ipv4::DST],
+        ip[ipv4::DST + 1],
+        ip[ipv4::DST + 2],
+        ip[ipv4::DST + 3],
+    ];
     if dst[0] & 0xf0 == 0xe0 || dst == [0xff; 4] {
         return Err(Skip::NotUnicast);
     }
@@ -152,7 +161,12 @@ pub fn udp4<P: Packet + ?Sized>(p: &P) -> Result<Udp4, Skip> {
     Ok(Udp4 {
         l3,
         l4,
-        src: [ip[ipv4::SRC], ip[ipv4::SRC + 1], ip[ipv4::SRC + 2], ip[ipv4::SRC + 3]],
+        src: [
+            ip[ipv4::SRC],
+            ip[ipv4::SRC + 1],
+            ip[ipv4::SRC + 2],
+            ip[ipv4::SRC + 3],
+        ],
         dst,
         sport: [hdr[udp::SPORT], hdr[udp::SPORT + 1]],
         dport: [hdr[udp::DPORT], hdr[udp::DPORT + 1]],
@@ -180,7 +194,9 @@ mod tests {
         f.push(0x40 | (ihl / 4) as u8);
         f.push(0);
         f.extend_from_slice(&tot.to_be_bytes());
-        f.extend_from_slice(&[0, 1, 0, 0, 64, PROTO_UDP, 0, 0, 192, 0, 2, 100, 192, 0, 2, 10]);
+        f.extend_from_slice(&[
+            0, 1, 0, 0, 64, PROTO_UDP, 0, 0, 192, 0, 2, 100, 192, 0, 2, 10,
+        ]);
         f.extend(core::iter::repeat_n(1u8, opts)); // NOP options
         f.extend_from_slice(&[0x9c, 0x40, 0, 53]);
         f.extend_from_slice(&((UDP_HLEN + payload.len()) as u16).to_be_bytes());
@@ -223,11 +239,27 @@ mod tests {
             f[at..at + val.len()].copy_from_slice(val);
             udp4(f.as_slice())
         };
-        assert_eq!(with(14, &[0x65]), Err(Skip::Malformed), "version 6 in an IPv4 ethertype");
+        assert_eq!(
+            with(14, &[0x65]),
+            Err(Skip::Malformed),
+            "version 6 in an IPv4 ethertype"
+        );
         assert_eq!(with(14, &[0x44]), Err(Skip::Malformed), "IHL 4");
-        assert_eq!(with(16, &[0x00, 0xff]), Err(Skip::Malformed), "total length past the frame");
-        assert_eq!(with(38, &[0x00, 0x07]), Err(Skip::Malformed), "UDP length below its header");
-        assert_eq!(with(38, &[0x00, 0x20]), Err(Skip::Malformed), "UDP length past the datagram");
+        assert_eq!(
+            with(16, &[0x00, 0xff]),
+            Err(Skip::Malformed),
+            "total length past the frame"
+        );
+        assert_eq!(
+            with(38, &[0x00, 0x07]),
+            Err(Skip::Malformed),
+            "UDP length below its header"
+        );
+        assert_eq!(
+            with(38, &[0x00, 0x20]),
+            Err(Skip::Malformed),
+            "UDP length past the datagram"
+        );
         assert_eq!(with(20, &[0x20, 0x00]), Err(Skip::Fragment), "MF");
         assert_eq!(with(20, &[0x00, 0x10]), Err(Skip::Fragment), "offset");
         assert!(with(20, &[0x40, 0x00]).is_ok(), "DF is not a fragment");
@@ -237,6 +269,9 @@ mod tests {
         assert_eq!(with(12, &[0x86, 0xdd]), Err(Skip::NotIpv4));
         let mut padded = base.clone();
         padded.extend_from_slice(&[0; 6]);
-        assert!(udp4(padded.as_slice()).is_ok(), "Ethernet padding after the datagram");
+        assert!(
+            udp4(padded.as_slice()).is_ok(),
+            "Ethernet padding after the datagram"
+        );
     }
 }

@@ -71,7 +71,11 @@ mod tests {
                     hits[index as usize] += 1;
                     cursor = next;
                 }
-                assert_eq!(hits, iptables_cascade(packets, n), "n={n} packets={packets}");
+                assert_eq!(
+                    hits,
+                    iptables_cascade(packets, n),
+                    "n={n} packets={packets}"
+                );
             }
         }
     }
@@ -93,10 +97,17 @@ mod tests {
         for n in 1..=64u64 {
             let start = |k: u64| (k << 32).div_ceil(n);
             for k in 0..n {
-                assert_eq!(random(start(k) as u32, n as u32), Some(k as u32), "n={n} k={k}");
+                assert_eq!(
+                    random(start(k) as u32, n as u32),
+                    Some(k as u32),
+                    "n={n} k={k}"
+                );
                 assert_eq!(random((start(k + 1) - 1) as u32, n as u32), Some(k as u32));
                 let share = start(k + 1) - start(k);
-                assert!(share.abs_diff((1u64 << 32) / n) <= 1, "n={n} k={k} share={share}");
+                assert!(
+                    share.abs_diff((1u64 << 32) / n) <= 1,
+                    "n={n} k={k} share={share}"
+                );
             }
         }
     }

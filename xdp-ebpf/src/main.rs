@@ -35,7 +35,7 @@ pub fn dnsteer_reply(ctx: TcContext) -> i32 {
     if let Some(reason) = reply(&ctx) {
         stats::count(reason);
     }
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[inline(always)]
@@ -59,10 +59,14 @@ fn steer(ctx: &XdpContext) -> Reason {
         proto: PROTO_UDP,
         _pad: [0; 3],
     };
-    let asked = FlowValue { service_addr: udp.dst, service_port: udp.dport, _pad: [0; 2] };
+    let asked = FlowValue {
+        service_addr: udp.dst,
+        service_port: udp.dport,
+        _pad: [0; 2],
+    };
     // An LRU map evicts instead of failing when full; an error here would only cost
     // this query its reply translation, so it is not worth dropping the query for.
-    let _ = maps::FLOWS.insert(&key, &asked, 0);
+    let _ = maps::FLOWS.insert(key, asked, 0);
     if nat::to_backend(ctx, &udp, &backend).is_none() {
         return Reason::Malformed;
     }
@@ -86,7 +90,7 @@ fn reply(ctx: &TcContext) -> Option<Reason> {
     };
     // SAFETY: the value is copied out at once; a concurrent LRU eviction can at
     // worst hand us a record being reused, which is still a valid service address.
-    let Some(asked) = (unsafe { maps::FLOWS.get(&key) }).copied() else {
+    let Some(asked) = (unsafe { maps::FLOWS.get(key) }).copied() else {
         return Some(Reason::ReplyNoFlow);
     };
     Some(match nat::to_service(ctx, &udp, &asked) {

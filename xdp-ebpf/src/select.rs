@@ -15,7 +15,7 @@ pub fn service(udp: &Udp4) -> Option<u32> {
     let exact = Endpoint::new(udp.dst, udp.dport, PROTO_UDP);
     let any = Endpoint::new([0; 4], udp.dport, PROTO_UDP);
     // SAFETY: ids are plain u32s copied out at once.
-    unsafe { SERVICES.get(&exact).or_else(|| SERVICES.get(&any)).copied() }
+    unsafe { SERVICES.get(exact).or_else(|| SERVICES.get(any)).copied() }
 }
 
 /// The backend for one packet of `service`, and its slot (for its counters).
@@ -44,5 +44,5 @@ pub fn backend(service: u32) -> Option<(u32, Backend)> {
 #[inline(always)]
 pub fn backend_source(udp: &Udp4) -> Option<()> {
     let source = Endpoint::new(udp.src, udp.sport, PROTO_UDP);
-    BACKEND_SOURCES.get_ptr(&source).map(|_| ())
+    BACKEND_SOURCES.get_ptr(source).map(|_| ())
 }

@@ -12,7 +12,11 @@ use dnsteer::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "dnsteer", version, about = "Steers UDP/53 queries to DNS backends from XDP")]
+#[command(
+    name = "dnsteer",
+    version,
+    about = "Steers UDP/53 queries to DNS backends from XDP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,9 +53,16 @@ enum Command {
     },
 }
 
-fn stats_command(iface: Option<String>, json: bool, per_cpu: bool, watch: Option<f64>) -> Result<()> {
+fn stats_command(
+    iface: Option<String>,
+    json: bool,
+    per_cpu: bool,
+    watch: Option<f64>,
+) -> Result<()> {
     let interval = match watch {
-        Some(secs) if !(secs > 0.0 && secs.is_finite()) => bail!("--watch {secs}: give a positive number of seconds"),
+        Some(secs) if !(secs > 0.0 && secs.is_finite()) => {
+            bail!("--watch {secs}: give a positive number of seconds")
+        }
         Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
         None => None,
     };
@@ -68,7 +79,10 @@ fn stats_command(iface: Option<String>, json: bool, per_cpu: bool, watch: Option
         let now = Instant::now();
         if json {
             // One document per line, also under --watch (NDJSON).
-            println!("{}", serde_json::to_string(&snapshot).context("encoding JSON")?);
+            println!(
+                "{}",
+                serde_json::to_string(&snapshot).context("encoding JSON")?
+            );
         } else {
             let prev = previous.as_ref().map(|(s, t)| (s, now - *t));
             if interval.is_some() {
@@ -76,7 +90,9 @@ fn stats_command(iface: Option<String>, json: bool, per_cpu: bool, watch: Option
             }
             print!("{}", stats::render(&snapshot, prev));
         }
-        let Some(interval) = interval else { return Ok(()) };
+        let Some(interval) = interval else {
+            return Ok(());
+        };
         previous = Some((snapshot, now));
         std::thread::sleep(interval);
     }
@@ -85,13 +101,26 @@ fn stats_command(iface: Option<String>, json: bool, per_cpu: bool, watch: Option
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Run { config, iface, xdp_mode } => {
+        Command::Run {
+            config,
+            iface,
+            xdp_mode,
+        } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(run(RunOptions { config, iface, xdp_mode }))
+            runtime.block_on(run(RunOptions {
+                config,
+                iface,
+                xdp_mode,
+            }))
         }
-        Command::Stats { iface, json, per_cpu, watch } => stats_command(iface, json, per_cpu, watch),
+        Command::Stats {
+            iface,
+            json,
+            per_cpu,
+            watch,
+        } => stats_command(iface, json, per_cpu, watch),
     }
 }

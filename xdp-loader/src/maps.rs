@@ -35,17 +35,26 @@ impl Plan {
             let proto = service.protocol.ip_proto();
             for listen in &service.listen {
                 let addr = listen.addr.map_or([0; 4], |a| a.octets());
-                plan.services.push((Endpoint::new(addr, listen.port.to_be_bytes(), proto), id));
+                plan.services
+                    .push((Endpoint::new(addr, listen.port.to_be_bytes(), proto), id));
             }
             let select = match service.select {
                 Select::Nth => SelectMode::Nth,
                 Select::Random => SelectMode::Random,
             };
             let backend_count = service.backends.len() as u32;
-            plan.confs.push((id, conf(&service.name, proto, select, backend_count)));
+            plan.confs
+                .push((id, conf(&service.name, proto, select, backend_count)));
             for (index, addr) in (0u32..).zip(&service.backends) {
                 let (ip, port) = (addr.ip().octets(), addr.port().to_be_bytes());
-                plan.backends.push((backend_slot(id, index), Backend { addr: ip, port, _pad: [0; 2] }));
+                plan.backends.push((
+                    backend_slot(id, index),
+                    Backend {
+                        addr: ip,
+                        port,
+                        _pad: [0; 2],
+                    },
+                ));
                 let source = Endpoint::new(ip, port, proto);
                 let key = [ip[0], ip[1], ip[2], ip[3], port[0], port[1], proto, 0];
                 plan.sources.entry(key).or_insert((source, 0)).1 += 1;
@@ -60,19 +69,27 @@ impl Plan {
     pub fn apply(&self, ebpf: &mut Ebpf) -> Result<()> {
         let mut backends: Array<_, Backend> = typed(ebpf, names::BACKENDS)?;
         for (slot, backend) in &self.backends {
-            backends.set(*slot, backend, 0).with_context(|| format!("writing backend slot {slot}"))?;
+            backends
+                .set(*slot, backend, 0)
+                .with_context(|| format!("writing backend slot {slot}"))?;
         }
         let mut sources: HashMap<_, Endpoint, u32> = typed(ebpf, names::BACKEND_SOURCES)?;
         for (source, count) in self.sources.values() {
-            sources.insert(source, count, 0).context("writing a backend source")?;
+            sources
+                .insert(source, count, 0)
+                .context("writing a backend source")?;
         }
         let mut confs: Array<_, ServiceConf> = typed(ebpf, names::SERVICE_CONF)?;
         for (id, conf) in &self.confs {
-            confs.set(*id, conf, 0).with_context(|| format!("writing service {id}"))?;
+            confs
+                .set(*id, conf, 0)
+                .with_context(|| format!("writing service {id}"))?;
         }
         let mut services: HashMap<_, Endpoint, u32> = typed(ebpf, names::SERVICES)?;
         for (listen, id) in &self.services {
-            services.insert(listen, id, 0).with_context(|| format!("writing listen entry of service {id}"))?;
+            services
+                .insert(listen, id, 0)
+                .with_context(|| format!("writing listen entry of service {id}"))?;
         }
         Ok(())
     }
@@ -80,7 +97,13 @@ impl Plan {
 
 /// A service's kernel-side record.
 fn conf(name: &str, proto: u8, select: SelectMode, backend_count: u32) -> ServiceConf {
-    let mut conf = ServiceConf { backend_count, select: select as u32, proto, in_use: 1, ..Default::default() };
+    let mut conf = ServiceConf {
+        backend_count,
+        select: select as u32,
+        proto,
+        in_use: 1,
+        ..Default::default()
+    };
     // Config validation keeps names below SERVICE_NAME_LEN; the NUL pad stays.
     let len = name.len().min(SERVICE_NAME_LEN - 1);
     conf.name[..len].copy_from_slice(&name.as_bytes()[..len]);
@@ -92,10 +115,11 @@ pub fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -123,7 +147,10 @@ backends = ["10.100.13.2:53"]
         let example = include_str!("../../examples/dnsteer.toml");
         let config = config::parse(example, Path::new("examples/dnsteer.toml")).unwrap();
         let plan = Plan::new(&config);
-        assert_eq!((plan.services.len(), plan.backends.len(), plan.sources.len()), (2, 4, 4));
+        assert_eq!(
+            (plan.services.len(), plan.backends.len(), plan.sources.len()),
+            (2, 4, 4)
+        );
     }
 
     #[test]
@@ -138,12 +165,32 @@ backends = ["10.100.13.2:53"]
                 (Endpoint::new([0; 4], 5300u16.to_be_bytes(), 17), 1),
             ]
         );
-        assert_eq!((plan.confs[0].1.backend_count, plan.confs[0].1.select), (2, SelectMode::Random as u32));
-        assert_eq!((plan.confs[1].1.backend_count, plan.confs[1].1.select), (1, SelectMode::Nth as u32));
-        assert_eq!(plan.backends[1], (backend_slot(0, 1), Backend { addr: [10, 100, 13, 3], port: 5353u16.to_be_bytes(), _pad: [0; 2] }));
+        assert_eq!(
+            (plan.confs[0].1.backend_count, plan.confs[0].1.select),
+            (2, SelectMode::Random as u32)
+        );
+        assert_eq!(
+            (plan.confs[1].1.backend_count, plan.confs[1].1.select),
+            (1, SelectMode::Nth as u32)
+        );
+        assert_eq!(
+            plan.backends[1],
+            (
+                backend_slot(0, 1),
+                Backend {
+                    addr: [10, 100, 13, 3],
+                    port: 5353u16.to_be_bytes(),
+                    _pad: [0; 2]
+                }
+            )
+        );
         assert_eq!(plan.backends[2].0, backend_slot(1, 0));
         // 10.100.13.2:53 serves both services: one source entry, used twice.
-        let shared = plan.sources.values().find(|(e, _)| e.addr == [10, 100, 13, 2]).unwrap();
+        let shared = plan
+            .sources
+            .values()
+            .find(|(e, _)| e.addr == [10, 100, 13, 2])
+            .unwrap();
         assert_eq!((plan.sources.len(), shared.1), (2, 2));
         assert_eq!(&plan.confs[1].1.name[..4], b"any\0");
     }

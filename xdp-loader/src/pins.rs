@@ -12,7 +12,10 @@ use std::{
     ffi::CString,
     fs::{self, File},
     io,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt, unix::fs::PermissionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStrExt, fs::PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -37,7 +40,9 @@ pub fn root() -> PathBuf {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
@@ -45,18 +50,33 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// Mounts the BPF filesystem on /sys/fs/bpf when the pin root needs it and nothing is mounted.
 fn ensure_bpffs(root: &Path) -> Result<()> {
-    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if is_bpffs(existing) {
         return Ok(());
     }
     if !root.starts_with(BPFFS) {
-        bail!("{} is not on a BPF filesystem; mount one there (mount -t bpf bpf DIR) or unset DNSTEER_PIN_ROOT", root.display());
+        bail!(
+            "{} is not on a BPF filesystem; mount one there (mount -t bpf bpf DIR) or unset DNSTEER_PIN_ROOT",
+            root.display()
+        );
     }
     let (src, target, fstype) = (c"bpf", CString::new(BPFFS)?, c"bpf");
     // SAFETY: valid NUL-terminated strings; no mount data.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
-        return Err(io::Error::last_os_error()).context("mounting the BPF filesystem on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)");
+        return Err(io::Error::last_os_error())
+            .context("mounting the BPF filesystem on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)");
     }
     info!("mounted the BPF filesystem on {BPFFS}");
     Ok(())
@@ -68,7 +88,11 @@ fn try_lock(dir: &File) -> io::Result<bool> {
         return Ok(true);
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
 }
 
 /// The pins of a running instance: created locked, removed on drop.
@@ -96,7 +120,10 @@ impl Pins {
         }
         let pins = Pins { dir, _lock: lock };
         for stale in pins.entries()? {
-            warn!("removing {} left by an instance that did not exit cleanly", stale.display());
+            warn!(
+                "removing {} left by an instance that did not exit cleanly",
+                stale.display()
+            );
             fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
         }
         Ok(pins)
@@ -107,16 +134,22 @@ impl Pins {
     }
 
     fn entries(&self) -> Result<Vec<PathBuf>> {
-        let read = fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?;
-        read.map(|e| Ok(e?.path())).collect::<io::Result<_>>().map_err(Into::into)
+        let read =
+            fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?;
+        read.map(|e| Ok(e?.path()))
+            .collect::<io::Result<_>>()
+            .map_err(Into::into)
     }
 
     /// Pins every map of `ebpf` under the directory, by map name.
     pub fn pin_maps(&self, ebpf: &Ebpf) -> Result<()> {
         for name in names::ALL {
-            let map = ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
             let path = self.dir.join(name);
-            map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+            map.pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
         }
         Ok(())
     }
@@ -170,7 +203,10 @@ impl Instance {
             Some(iface) => iface.to_owned(),
             None => {
                 let mut found: Vec<String> = fs::read_dir(&root)
-                    .map(|dir| dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+                    .map(|dir| {
+                        dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 found.sort();
                 match found.as_slice() {
@@ -179,20 +215,37 @@ impl Instance {
                         "no dnsteer instance found (nothing pinned under {}); name the interface with --iface, or start one with `dnsteer run --config FILE`",
                         root.display()
                     ),
-                    many => bail!("dnsteer runs on several interfaces ({}); pick one with --iface", many.join(", ")),
+                    many => bail!(
+                        "dnsteer runs on several interfaces ({}); pick one with --iface",
+                        many.join(", ")
+                    ),
                 }
             }
         };
         let dir = root.join(&iface);
         let Ok(lock) = File::open(&dir) else {
             let maps = attached_maps(&iface).with_context(|| {
-                format!("no dnsteer instance on {iface}: nothing pinned at {} and none attached to it", dir.display())
+                format!(
+                    "no dnsteer instance on {iface}: nothing pinned at {} and none attached to it",
+                    dir.display()
+                )
             })?;
             let location = format!("programs attached to {iface}");
-            return Ok(Instance { iface, location, live: true, source: Source::Attached(maps) });
+            return Ok(Instance {
+                iface,
+                location,
+                live: true,
+                source: Source::Attached(maps),
+            });
         };
-        let live = !try_lock(&lock).with_context(|| format!("checking the lock on {}", dir.display()))?;
-        Ok(Instance { iface, location: dir.display().to_string(), live, source: Source::Pins(dir) })
+        let live =
+            !try_lock(&lock).with_context(|| format!("checking the lock on {}", dir.display()))?;
+        Ok(Instance {
+            iface,
+            location: dir.display().to_string(),
+            live,
+            source: Source::Pins(dir),
+        })
     }
 
     /// One of the instance's maps, by name.
@@ -200,10 +253,13 @@ impl Instance {
         let data = match &self.source {
             Source::Pins(dir) => {
                 let path = dir.join(name);
-                MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?
+                MapData::from_pin(&path)
+                    .with_context(|| format!("opening pinned map {}", path.display()))?
             }
             Source::Attached(ids) => {
-                let id = ids.get(name).with_context(|| format!("the attached program uses no map {name}"))?;
+                let id = ids
+                    .get(name)
+                    .with_context(|| format!("the attached program uses no map {name}"))?;
                 MapData::from_id(*id).with_context(|| format!("opening map {name} (id {id})"))?
             }
         };
@@ -219,7 +275,10 @@ pub fn attached(iface: &str) -> bool {
 
 /// Map name -> id for the maps `prog` uses.
 fn map_ids(prog: &ProgramInfo) -> Result<BTreeMap<String, u32>> {
-    let ids = prog.map_ids().context("listing a program's maps")?.unwrap_or_default();
+    let ids = prog
+        .map_ids()
+        .context("listing a program's maps")?
+        .unwrap_or_default();
     ids.into_iter()
         .map(|id| {
             let info = MapInfo::from_id(id).with_context(|| format!("reading map {id}"))?;
@@ -238,7 +297,9 @@ fn attached_maps(iface: &str) -> Result<BTreeMap<String, u32>> {
         .iter()
         .find(|p| p.name_as_str() == Some(TC_PROGRAM))
         .ok_or_else(|| anyhow!("no {TC_PROGRAM} on the egress of {iface}"))?;
-    let reasons = map_ids(reply)?.remove(names::REASONS).ok_or_else(|| anyhow!("{TC_PROGRAM} has no {}", names::REASONS))?;
+    let reasons = map_ids(reply)?
+        .remove(names::REASONS)
+        .ok_or_else(|| anyhow!("{TC_PROGRAM} has no {}", names::REASONS))?;
     for prog in loaded_programs() {
         let prog = prog.context("listing loaded programs")?;
         if prog.name_as_str() == Some(XDP_PROGRAM) {

@@ -43,10 +43,13 @@ impl Instance {
         let iface = config.interface.as_str();
         let pins = Pins::claim(iface)?;
         if pins::attached(iface) {
-            bail!("dnsteer is already running on {iface} (its programs are attached there); stop that instance first");
+            bail!(
+                "dnsteer is already running on {iface} (its programs are attached there); stop that instance first"
+            );
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)
-            .context("loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).context(
+            "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+        )?;
         // Maps are filled before anything is attached: the first packet already
         // sees the whole configuration.
         Plan::new(config).apply(&mut ebpf)?;
@@ -54,7 +57,11 @@ impl Instance {
         attach_tc(&mut ebpf, iface)?;
         let xdp_mode = attach_xdp(&mut ebpf, iface, config.xdp_mode)?;
         pins.pin_maps(&ebpf)?;
-        Ok(Instance { ebpf, pins, xdp_mode })
+        Ok(Instance {
+            ebpf,
+            pins,
+            xdp_mode,
+        })
     }
 
     pub fn pin_dir(&self) -> &std::path::Path {
@@ -71,13 +78,12 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
         .program_mut(TC_PROGRAM)
         .with_context(|| format!("the eBPF object has no program {TC_PROGRAM}"))?
         .try_into()?;
-    prog.load().with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
+    prog.load()
+        .with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
     // Kernels before 6.6 have no tcx links and attach through a clsact qdisc.
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    if !tcx {
-        if let Err(err) = tc::qdisc_add_clsact(iface) {
-            info!("clsact qdisc on {iface}: {err} (already present is fine)");
-        }
+    if !tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
+        info!("clsact qdisc on {iface}: {err} (already present is fine)");
     }
     prog.attach(iface, TcAttachType::Egress)
         .with_context(|| format!("attaching {TC_PROGRAM} to the egress of {iface}"))?;
@@ -89,10 +95,13 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting) -> Result<XdpM
         .program_mut(XDP_PROGRAM)
         .with_context(|| format!("the eBPF object has no program {XDP_PROGRAM}"))?
         .try_into()?;
-    prog.load().with_context(|| format!("loading {XDP_PROGRAM} (the verifier's log follows)"))?;
-    let busy = || format!(
-        "attaching {XDP_PROGRAM} to {iface}; if another XDP program is attached there (`ip link show {iface}`), detach it first"
-    );
+    prog.load()
+        .with_context(|| format!("loading {XDP_PROGRAM} (the verifier's log follows)"))?;
+    let busy = || {
+        format!(
+            "attaching {XDP_PROGRAM} to {iface}; if another XDP program is attached there (`ip link show {iface}`), detach it first"
+        )
+    };
     match mode {
         XdpModeSetting::Driver => {
             prog.attach(iface, XdpMode::Driver).with_context(|| {
@@ -104,7 +113,9 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting) -> Result<XdpM
         }
         XdpModeSetting::Auto => {
             if let Err(err) = prog.attach(iface, XdpMode::Driver) {
-                warn!("native XDP is not available on {iface} ({err}); falling back to skb (generic) mode");
+                warn!(
+                    "native XDP is not available on {iface} ({err}); falling back to skb (generic) mode"
+                );
                 prog.attach(iface, XdpMode::Skb).with_context(busy)?;
                 return Ok(XdpModeSetting::Skb);
             }
@@ -152,7 +163,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let instance = Instance::start(&config)?;
     describe(&config, &instance);
-    info!("running; stop with Ctrl-C or SIGTERM, watch with `dnsteer stats --iface {}`", config.interface);
+    info!(
+        "running; stop with Ctrl-C or SIGTERM, watch with `dnsteer stats --iface {}`",
+        config.interface
+    );
     let why = tokio::select! {
         _ = sigint.recv() => "SIGINT",
         _ = sigterm.recv() => "SIGTERM",

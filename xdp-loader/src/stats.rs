@@ -4,7 +4,12 @@
 //! The JSON form (`--json`) is a stable interface; `Snapshot` is its schema and
 //! README.md documents it. Fields are only ever added.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::{Ipv4Addr, SocketAddrV4}, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
@@ -65,8 +70,12 @@ pub struct CpuCounter {
     pub bytes: u64,
 }
 
-fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(instance: &Instance, name: &str) -> Result<T> {
-    T::try_from(instance.map(name)?).with_context(|| format!("pinned map {name} has an unexpected type"))
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    instance: &Instance,
+    name: &str,
+) -> Result<T> {
+    T::try_from(instance.map(name)?)
+        .with_context(|| format!("pinned map {name} has an unexpected type"))
 }
 
 /// Reads a snapshot of `instance`.
@@ -80,19 +89,34 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     let mut listen: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for entry in services.iter() {
         let (endpoint, id) = entry.context("reading SERVICES")?;
-        listen.entry(id).or_default().push(endpoint_string(&endpoint));
+        listen
+            .entry(id)
+            .or_default()
+            .push(endpoint_string(&endpoint));
     }
 
     let mut out = Vec::new();
     for id in 0..confs.len() {
-        let conf = confs.get(&id, 0).with_context(|| format!("reading service {id}"))?;
+        let conf = confs
+            .get(&id, 0)
+            .with_context(|| format!("reading service {id}"))?;
         if conf.in_use == 0 {
             continue;
         }
         let mut stats = ServiceStats {
             name: name_of(&conf),
-            protocol: if conf.proto == PROTO_UDP { "udp" } else { "unknown" }.to_owned(),
-            select: if conf.select == SelectMode::Random as u32 { "random" } else { "nth" }.to_owned(),
+            protocol: if conf.proto == PROTO_UDP {
+                "udp"
+            } else {
+                "unknown"
+            }
+            .to_owned(),
+            select: if conf.select == SelectMode::Random as u32 {
+                "random"
+            } else {
+                "nth"
+            }
+            .to_owned(),
             listen: listen.remove(&id).map(sorted).unwrap_or_default(),
             packets: 0,
             bytes: 0,
@@ -100,14 +124,35 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         };
         for index in 0..conf.backend_count.min(MAX_BACKENDS_PER_SERVICE) {
             let slot = backend_slot(id, index);
-            let backend = backends.get(&slot, 0).with_context(|| format!("reading backend slot {slot}"))?;
-            let cpus = backend_stats.get(&slot, 0).with_context(|| format!("reading counters of slot {slot}"))?;
-            let cpus: Vec<CpuCounter> = cpus.iter().map(|c| CpuCounter { packets: c.packets, bytes: c.bytes }).collect();
-            let (packets, bytes) = cpus.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            let backend = backends
+                .get(&slot, 0)
+                .with_context(|| format!("reading backend slot {slot}"))?;
+            let cpus = backend_stats
+                .get(&slot, 0)
+                .with_context(|| format!("reading counters of slot {slot}"))?;
+            let cpus: Vec<CpuCounter> = cpus
+                .iter()
+                .map(|c| CpuCounter {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+                .collect();
+            let (packets, bytes) = cpus
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             stats.packets += packets;
             stats.bytes += bytes;
-            let address = SocketAddrV4::new(Ipv4Addr::from(backend.addr), u16::from_be_bytes(backend.port)).to_string();
-            stats.backends.push(BackendStats { address, packets, bytes, per_cpu: per_cpu.then_some(cpus) });
+            let address = SocketAddrV4::new(
+                Ipv4Addr::from(backend.addr),
+                u16::from_be_bytes(backend.port),
+            )
+            .to_string();
+            stats.backends.push(BackendStats {
+                address,
+                packets,
+                bytes,
+                per_cpu: per_cpu.then_some(cpus),
+            });
         }
         out.push(stats);
     }
@@ -115,7 +160,12 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     let mut totals = BTreeMap::new();
     let mut split = BTreeMap::new();
     for reason in Reason::ALL {
-        let cpus: Vec<u64> = reasons.get(&(reason as u32), 0).context("reading REASONS")?.iter().copied().collect();
+        let cpus: Vec<u64> = reasons
+            .get(&(reason as u32), 0)
+            .context("reading REASONS")?
+            .iter()
+            .copied()
+            .collect();
         totals.insert(reason.name().to_owned(), cpus.iter().sum());
         split.insert(reason.name().to_owned(), cpus);
     }
@@ -137,13 +187,21 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 fn name_of(conf: &ServiceConf) -> String {
-    let end = conf.name.iter().position(|&b| b == 0).unwrap_or(conf.name.len());
+    let end = conf
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(conf.name.len());
     String::from_utf8_lossy(&conf.name[..end]).into_owned()
 }
 
 fn endpoint_string(e: &Endpoint) -> String {
     let port = u16::from_be_bytes(e.port);
-    if e.addr == [0; 4] { format!("*:{port}") } else { format!("{}:{port}", Ipv4Addr::from(e.addr)) }
+    if e.addr == [0; 4] {
+        format!("*:{port}")
+    } else {
+        format!("{}:{port}", Ipv4Addr::from(e.addr))
+    }
 }
 
 /// The text form. With `previous` (from `--watch`), adds packets per second.
@@ -151,29 +209,66 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
     let rate = |old: Option<u64>, new: u64| -> String {
         match (previous, old) {
             (Some((_, dt)), Some(old)) if dt.as_secs_f64() > 0.0 => {
-                format!("{:>10.0}/s", new.saturating_sub(old) as f64 / dt.as_secs_f64())
+                format!(
+                    "{:>10.0}/s",
+                    new.saturating_sub(old) as f64 / dt.as_secs_f64()
+                )
             }
             _ => String::new(),
         }
     };
     let mut s = String::new();
-    let state = if now.running { "" } else { " — NOT RUNNING, counters from pins left behind" };
+    let state = if now.running {
+        ""
+    } else {
+        " — NOT RUNNING, counters from pins left behind"
+    };
     let _ = writeln!(s, "dnsteer on {} ({} CPUs){state}", now.interface, now.cpus);
     for (i, svc) in now.services.iter().enumerate() {
         let old = previous.and_then(|(p, _)| p.services.get(i));
-        let _ = writeln!(s, "\nservice {}  {}  select {}  listen {}", svc.name, svc.protocol, svc.select, svc.listen.join(", "));
-        let _ = writeln!(s, "  {:<24} {:>12} {:>14} {:>7}", "backend", "packets", "bytes", "share");
+        let _ = writeln!(
+            s,
+            "\nservice {}  {}  select {}  listen {}",
+            svc.name,
+            svc.protocol,
+            svc.select,
+            svc.listen.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>12} {:>14} {:>7}",
+            "backend", "packets", "bytes", "share"
+        );
         for (j, b) in svc.backends.iter().enumerate() {
-            let share = if svc.packets == 0 { 0.0 } else { 100.0 * b.packets as f64 / svc.packets as f64 };
+            let share = if svc.packets == 0 {
+                0.0
+            } else {
+                100.0 * b.packets as f64 / svc.packets as f64
+            };
             let old = old.and_then(|o| o.backends.get(j)).map(|o| o.packets);
-            let _ = writeln!(s, "  {:<24} {:>12} {:>14} {:>6.1}%{}", b.address, b.packets, b.bytes, share, rate(old, b.packets));
+            let _ = writeln!(
+                s,
+                "  {:<24} {:>12} {:>14} {:>6.1}%{}",
+                b.address,
+                b.packets,
+                b.bytes,
+                share,
+                rate(old, b.packets)
+            );
             if let Some(cpus) = &b.per_cpu {
                 for (cpu, c) in cpus.iter().enumerate() {
                     let _ = writeln!(s, "    cpu{cpu:<19} {:>12} {:>14}", c.packets, c.bytes);
                 }
             }
         }
-        let _ = writeln!(s, "  {:<24} {:>12} {:>14}{}", "total", svc.packets, svc.bytes, rate(old.map(|o| o.packets), svc.packets));
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>12} {:>14}{}",
+            "total",
+            svc.packets,
+            svc.bytes,
+            rate(old.map(|o| o.packets), svc.packets)
+        );
     }
     let _ = writeln!(s, "\nreasons");
     for (name, count) in &now.reasons {

@@ -8,7 +8,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::run;
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("starting {cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", out.status);
     }
@@ -16,7 +19,12 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn found(program: &str) -> bool {
-    Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// Nightly's rust-src (for `-Z build-std=core`) and a bpf-linker built against the
@@ -26,7 +34,13 @@ pub fn toolchain() -> Result<()> {
         .context("the kernel side builds with the nightly toolchain; install it with `rustup toolchain install nightly`")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: installing rust-src for the nightly toolchain");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if found("bpf-linker") {
         return Ok(());
@@ -36,8 +50,15 @@ pub fn toolchain() -> Result<()> {
     let lib = std::fs::read_dir(&lib_dir)
         .with_context(|| format!("listing {}", lib_dir.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .find(|name| name.starts_with("libLLVM-") && name.contains("-rust-") && name.ends_with(".so"))
-        .ok_or_else(|| anyhow!("no libLLVM-*-rust-*.so in {}; is the nightly toolchain complete?", lib_dir.display()))?;
+        .find(|name| {
+            name.starts_with("libLLVM-") && name.contains("-rust-") && name.ends_with(".so")
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no libLLVM-*-rust-*.so in {}; is the nightly toolchain complete?",
+                lib_dir.display()
+            )
+        })?;
     let major = lib
         .trim_start_matches("libLLVM-")
         .split(['-', '.'])
@@ -47,25 +68,50 @@ pub fn toolchain() -> Result<()> {
         .to_owned();
     let link_name = lib.trim_start_matches("lib").trim_end_matches(".so");
     let dir = lib_dir.display();
-    eprintln!("xtask: installing bpf-linker 0.13 against the nightly toolchain's {lib} (about a minute)");
+    eprintln!(
+        "xtask: installing bpf-linker 0.13 against the nightly toolchain's {lib} (about a minute)"
+    );
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", "^0.13", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "^0.13",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major},no-llvm-linking")])
-        .env("RUSTFLAGS", format!("-C link-arg=-L{dir} -C link-arg=-l{link_name} -C link-arg=-Wl,-rpath,{dir}")))
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-L{dir} -C link-arg=-l{link_name} -C link-arg=-Wl,-rpath,{dir}"),
+        ))
 }
 
 /// The programs the demo and the end-to-end tests drive, from Debian's packages.
 pub fn test_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 4] =
-        [("ip", "iproute2"), ("sysctl", "procps"), ("named", "bind9"), ("kdig", "knot-dnsutils")];
-    let missing: Vec<&str> = TOOLS.iter().filter(|(tool, _)| !found(tool)).map(|(_, pkg)| *pkg).collect();
+    const TOOLS: [(&str, &str); 4] = [
+        ("ip", "iproute2"),
+        ("sysctl", "procps"),
+        ("named", "bind9"),
+        ("kdig", "knot-dnsutils"),
+    ];
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !found(tool))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !found("apt-get") {
-        bail!("missing {}; install them with your package manager", missing.join(", "));
+        bail!(
+            "missing {}; install them with your package manager",
+            missing.join(", ")
+        );
     }
-    eprintln!("xtask: installing {} from Debian's packages", missing.join(", "));
+    eprintln!(
+        "xtask: installing {} from Debian's packages",
+        missing.join(", ")
+    );
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])

@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use testbed::{Topology, TopologyConfig, WHOAMI_NAME, dns, dnsteer::{Dnsteer, service_config}};
+use testbed::{
+    Topology, TopologyConfig, WHOAMI_NAME, dns,
+    dnsteer::{Dnsteer, service_config},
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -43,13 +46,22 @@ pub fn run(bin: &Path, queries: usize) -> Result<()> {
         let config = service_config(&node_iface, select, &services, &backends);
         let mut dnsteer = Dnsteer::start(&topo.node, bin, &node_iface, &config)?;
         check_interrupt()?;
-        println!("demo: dnsteer runs on {node_iface}; sending {queries} queries for {WHOAMI_NAME} A from the client, a fresh source port each");
-        let outcome = dns::query_load(&topo.client, &dns::Load::new(services.clone(), WHOAMI_NAME, queries))?;
+        println!(
+            "demo: dnsteer runs on {node_iface}; sending {queries} queries for {WHOAMI_NAME} A from the client, a fresh source port each"
+        );
+        let outcome = dns::query_load(
+            &topo.client,
+            &dns::Load::new(services.clone(), WHOAMI_NAME, queries),
+        )?;
         check_interrupt()?;
         print_split(&outcome.by_answer, outcome.answered);
         println!(
             "answered {} of {} ({} unanswered, {} from a wrong source address, {} other errors)",
-            outcome.answered, queries, outcome.unanswered, outcome.wrong_source, outcome.other_errors
+            outcome.answered,
+            queries,
+            outcome.unanswered,
+            outcome.wrong_source,
+            outcome.other_errors
         );
         println!("\n$ dnsteer stats --iface {node_iface}");
         print!("{}", dnsteer.stats(&[])?);
@@ -60,7 +72,11 @@ pub fn run(bin: &Path, queries: usize) -> Result<()> {
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
-    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_split(by_answer: &BTreeMap<Ipv4Addr, usize>, answered: usize) {

@@ -60,13 +60,17 @@ fn build() -> Result<std::path::PathBuf> {
     bootstrap::toolchain()?;
     run(cargo().args(["build", "--package", "xdp-loader"]))?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    Ok(root.join("target/debug/dnsteer").canonicalize().context("locating target/debug/dnsteer")?)
+    root.join("target/debug/dnsteer")
+        .canonicalize()
+        .context("locating target/debug/dnsteer")
 }
 
 fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} needs root (it loads BPF programs and makes network namespaces); rerun with sudo");
+        bail!(
+            "{what} needs root (it loads BPF programs and makes network namespaces); rerun with sudo"
+        );
     }
     Ok(())
 }
@@ -91,7 +95,13 @@ fn main() -> Result<()> {
             let dnsteer = build()?;
             run(cargo()
                 // xdp-ebpf only builds for the bpf target (xdp-loader's build script does that).
-                .args(["test", "--workspace", "--exclude", "xdp-ebpf", "--no-fail-fast"])
+                .args([
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "xdp-ebpf",
+                    "--no-fail-fast",
+                ])
                 .env("DNSTEER_BIN", &dnsteer)
                 .arg("--")
                 .args(args))
