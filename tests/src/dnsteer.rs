@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
@@ -41,10 +42,23 @@ pub fn binary() -> Result<PathBuf> {
     }
 }
 
+/// How the dnsteer processes enter the node's network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `ip netns exec`, as an operator would: every command also gets a mount
+    /// namespace (and BPF filesystem) of its own, so `stats` cannot see `run`'s
+    /// pins and finds the instance through the interface.
+    IpNetnsExec,
+    /// `setns(CLONE_NEWNET)` only: `run` and `stats` share this process's mounts,
+    /// so `stats` reads the pins.
+    SharedMounts,
+}
+
 pub struct Dnsteer {
     child: Option<Child>,
     bin: PathBuf,
-    ns: String,
+    ns: PathBuf,
+    launch: Launch,
     iface: String,
     pin_root: PathBuf,
     dir: TempDir,
@@ -54,6 +68,16 @@ impl Dnsteer {
     /// Starts `dnsteer run` with `config` (TOML text) in `ns`, and waits until its
     /// maps are pinned (it is steering then).
     pub fn start(ns: &NetNs, bin: &Path, iface: &str, config: &str) -> Result<Self> {
+        Self::start_with(Launch::IpNetnsExec, ns, bin, iface, config)
+    }
+
+    pub fn start_with(
+        launch: Launch,
+        ns: &NetNs,
+        bin: &Path,
+        iface: &str,
+        config: &str,
+    ) -> Result<Self> {
         let dir = TempDir::new("dnsteer")?;
         let config_path = dir.path().join("dnsteer.toml");
         fs::write(&config_path, config).context("writing the config")?;
@@ -63,8 +87,7 @@ impl Dnsteer {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = ns
-            .command(bin.to_str().context("non-UTF-8 binary path")?)
+        let child = command(launch, &ns.path(), bin)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("DNSTEER_PIN_ROOT", &pin_root)
@@ -76,7 +99,8 @@ impl Dnsteer {
         let mut me = Self {
             child: Some(child),
             bin: bin.to_owned(),
-            ns: ns.name().to_owned(),
+            ns: ns.path(),
+            launch,
             iface: iface.to_owned(),
             pin_root,
             dir,
@@ -106,17 +130,12 @@ impl Dnsteer {
         }
     }
 
-    /// The `dnsteer stats` command for this instance, ready for more arguments.
-    /// It runs in the node namespace through its own `ip netns exec`, as an
-    /// operator would, so it finds the instance through the interface.
+    /// The `dnsteer stats` command for this instance, in the node namespace,
+    /// ready for more arguments.
     pub fn stats_command(&self) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns]).arg(&self.bin).args([
-            "stats",
-            "--iface",
-            &self.iface,
-        ]);
-        cmd.env("DNSTEER_PIN_ROOT", &self.pin_root);
+        let mut cmd = command(self.launch, &self.ns, &self.bin);
+        cmd.args(["stats", "--iface", &self.iface])
+            .env("DNSTEER_PIN_ROOT", &self.pin_root);
         cmd
     }
 
@@ -168,6 +187,35 @@ impl Dnsteer {
             bail!("dnsteer run exited with {status}:\n{}", self.log());
         }
         Ok(())
+    }
+}
+
+/// `bin` to be run in the network namespace at `ns` (a /var/run/netns path).
+fn command(launch: Launch, ns: &Path, bin: &Path) -> Command {
+    match launch {
+        Launch::IpNetnsExec => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec"])
+                .arg(ns.file_name().unwrap_or_default())
+                .arg(bin);
+            cmd
+        }
+        Launch::SharedMounts => {
+            let mut cmd = Command::new(bin);
+            let ns = ns.to_owned();
+            // SAFETY: between fork and exec only async-signal-safe calls: open,
+            // setns and close (via OwnedFd's drop).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let file = fs::File::open(&ns)?;
+                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd
+        }
     }
 }
 

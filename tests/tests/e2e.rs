@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use dnsteer::stats::Snapshot;
 use testbed::{
     Topology, TopologyConfig, WHOAMI_NAME, dns,
-    dnsteer::{Dnsteer, binary, service_config},
+    dnsteer::{Dnsteer, Launch, binary, service_config},
 };
 
 const QUERIES: usize = 2000;
@@ -46,12 +46,20 @@ fn reason_delta(before: &Snapshot, after: &Snapshot, reason: &str) -> u64 {
 }
 
 /// Runs one mode: queries from the client, then checks answers against counters.
-fn run_mode(topo: &Topology, select: &str) -> BTreeMap<Ipv4Addr, usize> {
+fn run_mode(topo: &Topology, select: &str, launch: Launch) -> BTreeMap<Ipv4Addr, usize> {
     let iface = &topo.config.node_iface;
     let services = topo.service_targets();
     let config = service_config(iface, select, &services, &topo.backend_targets());
-    let mut dnsteer =
-        Dnsteer::start(&topo.node, &binary().unwrap(), iface, &config).expect("dnsteer run");
+    let mut dnsteer = Dnsteer::start_with(launch, &topo.node, &binary().unwrap(), iface, &config)
+        .expect("dnsteer run");
+    // Pins are visible only where `run` and `stats` share their mounts.
+    let pins = dnsteer.pin_dir();
+    assert_eq!(
+        pins.exists(),
+        launch == Launch::SharedMounts,
+        "pins at {}",
+        pins.display()
+    );
 
     // A real resolver accepts the answers: each comes from the address it asked.
     for target in &services {
@@ -118,7 +126,9 @@ fn run_mode(topo: &Topology, select: &str) -> BTreeMap<Ipv4Addr, usize> {
             );
         }
     }
+    assert!(after.running);
     dnsteer.stop().expect("clean stop");
+    assert!(!pins.exists(), "pins left at {}", pins.display());
     let link = topo.node.run(&["ip", "link", "show", iface]).unwrap();
     assert!(
         !link.contains("xdp"),
@@ -130,8 +140,10 @@ fn run_mode(topo: &Topology, select: &str) -> BTreeMap<Ipv4Addr, usize> {
 #[test]
 fn steers_every_query_and_counts_it() {
     let topo = Topology::build(TopologyConfig::default()).expect("topology");
-    run_mode(&topo, "nth");
-    let split = run_mode(&topo, "random");
+    // One mode with each way of entering the namespace: stats through the pins,
+    // then through the attached programs.
+    run_mode(&topo, "nth", Launch::SharedMounts);
+    let split = run_mode(&topo, "random", Launch::IpNetnsExec);
     let expected = QUERIES as f64 / split.len() as f64;
     let chi2: f64 = split
         .values()
