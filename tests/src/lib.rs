@@ -16,3 +16,15 @@ pub use bind::{BIG_NAME, BIG_TXT_MIN_BYTES, DNS_PORT, HEALTH_NAME, WHOAMI_NAME, 
 pub use netns::NetNs;
 pub use tools::require_root_tools;
 pub use topology::{BACKEND_IFACE, BackendHost, CLIENT_IFACE, Topology, TopologyConfig};
+
+/// Pearson's chi-square statistic of `counts` against a uniform split.
+pub fn chi_square_uniform(counts: &[usize]) -> f64 {
+    let expected = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
+    counts
+        .iter()
+        .map(|&o| (o as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
+/// The chi-square critical value for 3 degrees of freedom (four backends) at p = 0.001.
+pub const CHI_SQUARE_3DF_P001: f64 = 16.266;

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dnsteer::stats::Snapshot;
 use testbed::{
-    Topology, TopologyConfig, WHOAMI_NAME, dns,
+    CHI_SQUARE_3DF_P001, Topology, TopologyConfig, WHOAMI_NAME, chi_square_uniform, dns,
     dnsteer::{Dnsteer, Launch, binary, service_config},
 };
 
@@ -144,15 +144,10 @@ fn steers_every_query_and_counts_it() {
     // then through the attached programs.
     run_mode(&topo, "nth", Launch::SharedMounts);
     let split = run_mode(&topo, "random", Launch::IpNetnsExec);
-    let expected = QUERIES as f64 / split.len() as f64;
-    let chi2: f64 = split
-        .values()
-        .map(|&o| (o as f64 - expected).powi(2) / expected)
-        .sum();
-    // Chi-square critical value for 3 degrees of freedom at p = 0.001.
+    let chi2 = chi_square_uniform(&split.values().copied().collect::<Vec<_>>());
     assert!(
-        chi2 < 16.266,
-        "random split {split:?} fails chi-square: {chi2:.2}"
+        chi2 < CHI_SQUARE_3DF_P001,
+        "random split {split:?} fails chi-square at p = 0.001: {chi2:.2}"
     );
 }
 

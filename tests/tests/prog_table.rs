@@ -461,15 +461,10 @@ fn nth_and_random_selection() {
             .or_insert(0u32) += 1;
     }
     assert_eq!(hits.len(), 4, "random reaches every backend: {hits:?}");
-    let expected = draws as f64 / 4.0;
-    let chi2: f64 = hits
-        .values()
-        .map(|&o| (o as f64 - expected).powi(2) / expected)
-        .sum();
-    // Chi-square critical value for 3 degrees of freedom at p = 0.001.
+    let chi2 = testbed::chi_square_uniform(&hits.values().map(|&h| h as usize).collect::<Vec<_>>());
     assert!(
-        chi2 < 16.266,
-        "random split {hits:?} fails chi-square: {chi2:.2}"
+        chi2 < testbed::CHI_SQUARE_3DF_P001,
+        "random split {hits:?} fails chi-square at p = 0.001: {chi2:.2}"
     );
 }
 

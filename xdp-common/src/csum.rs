@@ -104,17 +104,19 @@ mod tests {
         );
     }
 
+    /// xorshift32: deterministic values covering carries and wraps.
+    fn xorshift(state: &mut u32) -> u32 {
+        *state ^= *state << 13;
+        *state ^= *state >> 17;
+        *state ^= *state << 5;
+        *state
+    }
+
     #[test]
     fn incremental_ipv4_matches_from_scratch() {
         let mut state = 0x1234_5678u32;
         for _ in 0..10_000 {
-            // xorshift: deterministic addresses covering carries and wraps.
-            let mut next = || {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                state
-            };
+            let mut next = || xorshift(&mut state);
             let (src, from, to) = (next().to_be_bytes(), next(), next());
             let before = header(src, from.to_be_bytes());
             let after = header(src, to.to_be_bytes());
@@ -139,12 +141,7 @@ mod tests {
         dgram[4..6].copy_from_slice(&len.to_be_bytes());
         let mut state = 0x9e37_79b9u32;
         for _ in 0..10_000 {
-            let mut next = || {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                state
-            };
+            let mut next = || xorshift(&mut state);
             let (src, from, to) = (next().to_be_bytes(), next(), next());
             let (port_from, port_to) = (next() as u16, next() as u16);
             let mut d = dgram;

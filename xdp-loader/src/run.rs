@@ -31,6 +31,7 @@ pub struct RunOptions {
 /// A loaded, attached and pinned instance. Dropping it detaches the programs
 /// (the links are owned by `ebpf`), then removes the pins and releases the lock.
 pub struct Instance {
+    #[expect(dead_code, reason = "held for its drop: it owns the program links")]
     ebpf: Ebpf,
     pins: Pins,
     pub xdp_mode: XdpModeSetting,
@@ -66,10 +67,6 @@ impl Instance {
 
     pub fn pin_dir(&self) -> &std::path::Path {
         self.pins.dir()
-    }
-
-    pub fn ebpf(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
     }
 }
 
