@@ -22,7 +22,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use xdp_common::{FlowKey, FlowValue, PROTO_UDP, Reason, parse};
+use xdp_common::{
+    FlowKey, FlowValue, PROTO_UDP, Reason,
+    parse::{self, Packet as _},
+};
 
 #[xdp]
 pub fn dnsteer_steer(ctx: XdpContext) -> u32 {
@@ -70,7 +73,7 @@ fn steer(ctx: &XdpContext) -> Reason {
     if nat::to_backend(ctx, &udp, &backend).is_none() {
         return Reason::Malformed;
     }
-    stats::backend(slot, packet::Xdp(ctx).len_u64());
+    stats::backend(slot, packet::Xdp(ctx).len() as u64);
     Reason::Steered
 }
 

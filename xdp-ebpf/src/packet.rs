@@ -18,13 +18,6 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// An XDP frame, read directly.
 pub struct Xdp<'a>(pub &'a XdpContext);
 
-impl Xdp<'_> {
-    #[inline(always)]
-    pub fn len_u64(&self) -> u64 {
-        (self.0.data_end() - self.0.data()) as u64
-    }
-}
-
 impl Packet for Xdp<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
