@@ -26,7 +26,7 @@ pub const BIG_NAME: &str = "big.example.";
 /// BIND 9.18's default `max-udp-size`/`edns-udp-size` (the DNS Flag Day 2020 value).
 pub const BIG_TXT_MIN_BYTES: usize = 1232;
 
-const BIG_TXT_RECORDS: usize = 8;
+pub const BIG_TXT_RECORDS: usize = 8;
 const BIG_TXT_LEN: usize = 200;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_FILE: &str = "named.stderr";

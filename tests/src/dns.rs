@@ -7,7 +7,8 @@ use std::{
     collections::BTreeMap,
     fmt,
     io::ErrorKind,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    process::Stdio,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
@@ -18,7 +19,7 @@ use hickory_proto::{
     rr::{Name, RData, RecordType},
 };
 
-use crate::netns::NetNs;
+use crate::{netns::NetNs, tools::command_line};
 
 /// What happened to the queries of one [`query_load`]. Every query lands in exactly one
 /// of `answered`, `unanswered`, `wrong_source` and `other_errors`.
@@ -194,7 +195,181 @@ pub fn kdig(ns: &NetNs, target: SocketAddr, name: &str) -> Result<Vec<Ipv4Addr>>
         .collect())
 }
 
-enum Verdict {
+/// How the reply kdig printed reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One reply as kdig printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KdigReply {
+    /// The server address of kdig's `;; From 192.0.2.10@53(TCP) in 0.3 ms` line.
+    pub from: SocketAddr,
+    /// The transport of that line: TCP also when kdig retried a truncated UDP answer.
+    pub transport: Transport,
+    /// The header's status, as kdig spells it: "NOERROR", "NXDOMAIN", "REFUSED", ...
+    pub rcode: String,
+    /// The rdata of every answer record of the queried type (all of them for ANY), in
+    /// kdig's order: A and AAAA as addresses; TXT unquoted and unescaped, the
+    /// character-strings of one record joined without a separator.
+    pub records: Vec<String>,
+}
+
+/// Runs `kdig @<ip> -p <port> +timeout=2 +retry=0 <extra...> <name> <rtype>` in `ns` and
+/// parses the one reply it prints. `extra` is for transport and EDNS options (`+tcp`,
+/// `+ignore`, `+bufsize=N`); options that change the output format (`+short`, `+json`,
+/// `+multiline`, `+noall`) leave nothing to parse.
+///
+/// Without `+tcp` kdig sends no EDNS, so a UDP answer over 512 bytes comes back truncated
+/// and kdig asks again over TCP by itself (unless `+ignore`); `transport` then says Tcp.
+/// Errors, with kdig's full output, when kdig fails (no reply within 2 s) or prints no
+/// single header and `;; From` line.
+pub fn kdig_query(
+    ns: &NetNs,
+    target: SocketAddr,
+    name: &str,
+    rtype: &str,
+    extra: &[&str],
+) -> Result<KdigReply> {
+    let server = format!("@{}", target.ip());
+    let port = target.port().to_string();
+    let mut cmd = ns.command("kdig");
+    cmd.args([server.as_str(), "-p", &port, "+timeout=2", "+retry=0"])
+        .args(extra)
+        .args([name, rtype])
+        .stdin(Stdio::null());
+    let line = command_line(&cmd);
+    let output = cmd
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let printed = || format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    ensure!(
+        output.status.success(),
+        "`{line}` failed ({}); {}",
+        output.status,
+        printed()
+    );
+    parse_kdig(&stdout, rtype).with_context(|| format!("parsing `{line}`; {}", printed()))
+}
+
+/// Parses kdig 3.2's default text output (see the fixtures in the tests below).
+fn parse_kdig(stdout: &str, rtype: &str) -> Result<KdigReply> {
+    let headers: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(";; ->>HEADER<<- "))
+        .collect();
+    let froms: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(";; From "))
+        .collect();
+    let ([header], [from]) = (headers.as_slice(), froms.as_slice()) else {
+        bail!(
+            "expected one \";; ->>HEADER<<-\" and one \";; From\" line, found {} and {}",
+            headers.len(),
+            froms.len()
+        );
+    };
+    let rcode = header
+        .split(';')
+        .find_map(|field| field.trim().strip_prefix("status: "))
+        .with_context(|| format!("no status in header {header:?}"))?
+        .trim()
+        .to_owned();
+    let (from, transport) = parse_from(from)?;
+    let mut records = Vec::new();
+    let answers = stdout
+        .lines()
+        .skip_while(|l| *l != ";; ANSWER SECTION:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty());
+    for line in answers {
+        // name, [TTL,] [class,] type, rdata: tab-separated, and kdig escapes tabs in
+        // rdata, so the last two fields are type and rdata whatever +nottl/+noclass say.
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [.., kind, rdata] = fields.as_slice() else {
+            bail!("answer line {line:?} has no type and rdata");
+        };
+        let kind = kind.trim();
+        if !(rtype.eq_ignore_ascii_case("ANY") || kind.eq_ignore_ascii_case(rtype)) {
+            continue;
+        }
+        records.push(if kind.eq_ignore_ascii_case("TXT") {
+            unescape_txt(rdata)?
+        } else {
+            rdata.trim().to_owned()
+        });
+    }
+    Ok(KdigReply {
+        from,
+        transport,
+        rcode,
+        records,
+    })
+}
+
+/// `10.9.9.2@53(TCP) in 1.0 ms` or `::1@53(UDP) in 0.3 ms`.
+fn parse_from(line: &str) -> Result<(SocketAddr, Transport)> {
+    let peer = line.split_whitespace().next().unwrap_or_default();
+    let Some((addr, proto)) = peer.strip_suffix(')').and_then(|p| p.split_once('(')) else {
+        bail!("\";; From {line}\" is not <address>@<port>(<transport>)");
+    };
+    let Some((ip, port)) = addr.rsplit_once('@') else {
+        bail!("\";; From {line}\" has no @<port>");
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .with_context(|| format!("\";; From {line}\": bad address {ip:?}"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("\";; From {line}\": bad port {port:?}"))?;
+    let transport = match proto {
+        "UDP" => Transport::Udp,
+        "TCP" => Transport::Tcp,
+        other => bail!("\";; From {line}\": transport {other:?} is neither UDP nor TCP"),
+    };
+    Ok((SocketAddr::new(ip, port), transport))
+}
+
+/// `"a b" "c\"d" "\009x"` -> `a bc"d\tx`: kdig quotes each character-string and escapes
+/// `"` and `\` with a backslash and unprintable bytes as `\DDD`.
+fn unescape_txt(rdata: &str) -> Result<String> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut bytes = rdata.trim().bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'"' => quoted = !quoted,
+            // Between character-strings; kdig quotes every string, so never inside one.
+            b' ' if !quoted => {}
+            b'\\' => {
+                let first = bytes.next().context("TXT rdata ends in a backslash")?;
+                if first.is_ascii_digit() {
+                    let digits = [
+                        first,
+                        bytes.next().unwrap_or(b'x'),
+                        bytes.next().unwrap_or(b'x'),
+                    ];
+                    let value = std::str::from_utf8(&digits)
+                        .ok()
+                        .and_then(|d| d.parse::<u8>().ok())
+                        .with_context(|| format!("bad \\DDD escape in TXT rdata {rdata:?}"))?;
+                    out.push(value);
+                } else {
+                    out.push(first);
+                }
+            }
+            _ => out.push(b),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// What one query's reply (or its absence) amounts to; [`crate::load`] classifies with it too.
+pub(crate) enum Verdict {
     Answered(Vec<Ipv4Addr>),
     Unanswered,
     WrongSource(SocketAddr),
@@ -240,10 +415,11 @@ fn query(target: SocketAddr, name: &Name, timeout: Duration) -> Result<Verdict> 
     if from != target {
         return Ok(Verdict::WrongSource(from));
     }
-    Ok(check_reply(&request, &question, &buf[..len]))
+    Ok(check_reply(request.metadata.id, &question, &buf[..len]))
 }
 
-fn check_reply(request: &Message, question: &Query, bytes: &[u8]) -> Verdict {
+/// Classifies `bytes` as the reply to a query with `id` asking `question`.
+pub(crate) fn check_reply(id: u16, question: &Query, bytes: &[u8]) -> Verdict {
     let reply = match Message::from_vec(bytes) {
         Ok(reply) => reply,
         Err(e) => return Verdict::Error(format!("unparsable reply: {e}")),
@@ -252,11 +428,8 @@ fn check_reply(request: &Message, question: &Query, bytes: &[u8]) -> Verdict {
     if meta.message_type != MessageType::Response {
         return Verdict::Error("reply is not a response".to_owned());
     }
-    if meta.id != request.metadata.id {
-        return Verdict::Error(format!(
-            "reply id {} != query id {}",
-            meta.id, request.metadata.id
-        ));
+    if meta.id != id {
+        return Verdict::Error(format!("reply id {} != query id {id}", meta.id));
     }
     if reply.queries.as_slice() != std::slice::from_ref(question) {
         return Verdict::Error(format!(
@@ -280,7 +453,7 @@ fn check_reply(request: &Message, question: &Query, bytes: &[u8]) -> Verdict {
 }
 
 /// Names are always absolute: "whoami.example" and "whoami.example." ask the same.
-fn parse_name(name: &str) -> Result<Name> {
+pub(crate) fn parse_name(name: &str) -> Result<Name> {
     let mut parsed =
         Name::from_ascii(name).with_context(|| format!("invalid DNS name {name:?}"))?;
     parsed.set_fqdn(true);
@@ -316,7 +489,7 @@ mod tests {
         let (request, question) = request();
         let reply = reply_to(&request, &question).to_vec().unwrap();
         assert!(matches!(
-            check_reply(&request, &question, &reply),
+            check_reply(request.metadata.id, &question, &reply),
             Verdict::Answered(a) if a == [Ipv4Addr::new(10, 0, 0, 2)]
         ));
     }
@@ -333,14 +506,114 @@ mod tests {
         for reply in [bad_id, bad_question, refused] {
             let bytes = reply.to_vec().unwrap();
             assert!(matches!(
-                check_reply(&request, &question, &bytes),
+                check_reply(request.metadata.id, &question, &bytes),
                 Verdict::Error(_)
             ));
         }
         assert!(matches!(
-            check_reply(&request, &question, &[1, 2, 3]),
+            check_reply(request.metadata.id, &question, &[1, 2, 3]),
             Verdict::Error(_)
         ));
+    }
+
+    // Verbatim kdig 3.2.6 output against BIND 9.18 (tabs as printed).
+    const KDIG_UDP_A: &str = ";; ->>HEADER<<- opcode: QUERY; status: NOERROR; id: 4742
+;; Flags: qr aa rd; QUERY: 1; ANSWER: 1; AUTHORITY: 0; ADDITIONAL: 0
+
+;; QUESTION SECTION:
+;; whoami.example.     \t\tIN\tA
+
+;; ANSWER SECTION:
+whoami.example.     \t60\tIN\tA\t10.9.9.2
+
+;; Received 48 B
+;; Time 2026-11-26 10:30:50 UTC
+;; From 10.9.9.2@53(UDP) in 0.3 ms
+";
+
+    /// A truncated UDP answer retried over TCP: kdig's warning goes to stderr and leaves
+    /// a blank first line on stdout.
+    const KDIG_TC_RETRY_TXT: &str = "
+;; ->>HEADER<<- opcode: QUERY; status: NOERROR; id: 29026
+;; Flags: qr aa rd; QUERY: 1; ANSWER: 2; AUTHORITY: 0; ADDITIONAL: 0
+
+;; QUESTION SECTION:
+;; big.example.        \t\tIN\tTXT
+
+;; ANSWER SECTION:
+big.example.        \t60\tIN\tTXT\t\"01-xxx\"
+big.example.        \t60\tIN\tTXT\t\"00-xxx\"
+
+;; Received 1733 B
+;; Time 2026-11-26 10:30:50 UTC
+;; From 10.9.9.2@53(TCP) in 0.4 ms
+";
+
+    #[test]
+    fn kdig_udp_answer_parses() {
+        let reply = parse_kdig(KDIG_UDP_A, "A").unwrap();
+        assert_eq!(
+            reply,
+            KdigReply {
+                from: "10.9.9.2:53".parse().unwrap(),
+                transport: Transport::Udp,
+                rcode: "NOERROR".to_owned(),
+                records: vec!["10.9.9.2".to_owned()],
+            }
+        );
+    }
+
+    #[test]
+    fn kdig_tcp_retry_parses_as_tcp_with_every_txt_record() {
+        let reply = parse_kdig(KDIG_TC_RETRY_TXT, "TXT").unwrap();
+        assert_eq!(reply.transport, Transport::Tcp);
+        assert_eq!(reply.records, ["01-xxx", "00-xxx"]);
+    }
+
+    #[test]
+    fn kdig_refused_ipv6_and_other_types() {
+        let refused = ";; ->>HEADER<<- opcode: QUERY; status: REFUSED; id: 41755
+;; Flags: qr rd; QUERY: 1; ANSWER: 0; AUTHORITY: 0; ADDITIONAL: 0
+
+;; QUESTION SECTION:
+;; foo.other.          \t\tIN\tA
+
+;; Received 27 B
+;; Time 2026-11-26 10:30:53 UTC
+;; From ::1@53(UDP) in 0.2 ms
+";
+        let reply = parse_kdig(refused, "A").unwrap();
+        assert_eq!(reply.rcode, "REFUSED");
+        assert_eq!(reply.from, "[::1]:53".parse().unwrap());
+        assert!(reply.records.is_empty());
+        // A CNAME on the way to the A record is not an A record; +nottl +noclass drop fields.
+        let chain = KDIG_UDP_A.replace(
+            "whoami.example.     \t60\tIN\tA\t10.9.9.2",
+            "www.example.\tCNAME\twhoami.example.\nwhoami.example.\tA\t10.9.9.2",
+        );
+        assert_eq!(parse_kdig(&chain, "a").unwrap().records, ["10.9.9.2"]);
+        assert_eq!(parse_kdig(&chain, "ANY").unwrap().records.len(), 2);
+    }
+
+    #[test]
+    fn kdig_txt_escapes() {
+        // As kdig prints `multi IN TXT "a b" "c\"d" "e\\f" "\009tab\255"`.
+        let got = unescape_txt(r#""a b" "c\"d" "e\\f" "\009tab\255""#).unwrap();
+        assert_eq!(got, "a bc\"de\\f\ttab\u{fffd}");
+        assert!(unescape_txt(r#""\1""#).is_err());
+    }
+
+    #[test]
+    fn kdig_output_without_a_reply_is_an_error() {
+        for (out, why) in [
+            ("10.9.9.2\n", "one"),
+            (&KDIG_UDP_A.replace("@53(UDP)", "@53(QUIC)"), "QUIC"),
+            (&KDIG_UDP_A.replace("10.9.9.2@53", "10.9.9.2"), "@<port>"),
+            (&format!("{KDIG_UDP_A}{KDIG_UDP_A}"), "found 2 and 2"),
+        ] {
+            let msg = format!("{:#}", parse_kdig(out, "A").unwrap_err());
+            assert!(msg.contains(why), "{msg}");
+        }
     }
 
     #[derive(Clone, Copy)]

@@ -155,6 +155,42 @@ impl Dnsteer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `dnsteer backends --iface IF <args>` in the node namespace; Ok(stdout),
+    /// Err with stderr when the command fails.
+    pub fn backends(&self, args: &[&str]) -> Result<String> {
+        let out = command(self.launch, &self.ns, &self.bin)
+            .args(["backends", "--iface", &self.iface])
+            .args(args)
+            .output()
+            .context("running dnsteer backends")?;
+        if !out.status.success() {
+            bail!(
+                "dnsteer backends {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The config file `run` was started with (and watches).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("dnsteer.toml")
+    }
+
+    /// Replaces the config file the way an editor does: a new file renamed over it.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        let tmp = self.dir.path().join("dnsteer.toml.new");
+        fs::write(&tmp, text).context("writing the new config")?;
+        fs::rename(&tmp, self.config_path()).context("renaming the new config into place")
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGHUP);
+        }
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("dnsteer.log")).unwrap_or_default()

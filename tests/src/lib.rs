@@ -7,12 +7,15 @@
 mod bind;
 pub mod dns;
 pub mod dnsteer;
+pub mod load;
 mod netns;
 mod tempdir;
 mod tools;
 mod topology;
 
-pub use bind::{BIG_NAME, BIG_TXT_MIN_BYTES, DNS_PORT, HEALTH_NAME, WHOAMI_NAME, ZONE};
+pub use bind::{
+    BIG_NAME, BIG_TXT_MIN_BYTES, BIG_TXT_RECORDS, DNS_PORT, HEALTH_NAME, WHOAMI_NAME, ZONE,
+};
 pub use netns::NetNs;
 pub use tools::require_root_tools;
 pub use topology::{BACKEND_IFACE, BackendHost, CLIENT_IFACE, Topology, TopologyConfig};

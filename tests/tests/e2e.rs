@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use dnsteer::stats::Snapshot;
+use dnsteer::stats::{CpuCounter, Snapshot};
 use testbed::{
     CHI_SQUARE_3DF_P001, Topology, TopologyConfig, WHOAMI_NAME, chi_square_uniform, dns,
     dnsteer::{Dnsteer, Launch, binary, service_config},
@@ -21,8 +21,12 @@ fn snapshot(dnsteer: &Dnsteer) -> Snapshot {
         .unwrap_or_else(|e| panic!("stats JSON does not parse ({e}): {json}"))
 }
 
-/// Per-backend packets per CPU steered between two snapshots.
-fn steered_per_cpu(before: &Snapshot, after: &Snapshot) -> BTreeMap<Ipv4Addr, Vec<u64>> {
+/// Per-backend `count` per CPU between two snapshots.
+fn per_cpu_delta(
+    before: &Snapshot,
+    after: &Snapshot,
+    count: fn(&CpuCounter) -> u64,
+) -> BTreeMap<Ipv4Addr, Vec<u64>> {
     let (old, new) = (&before.services[0], &after.services[0]);
     new.backends
         .iter()
@@ -32,10 +36,7 @@ fn steered_per_cpu(before: &Snapshot, after: &Snapshot) -> BTreeMap<Ipv4Addr, Ve
             let (n, o) = (n.per_cpu.as_ref().unwrap(), o.per_cpu.as_ref().unwrap());
             (
                 addr,
-                n.iter()
-                    .zip(o)
-                    .map(|(n, o)| n.packets - o.packets)
-                    .collect(),
+                n.iter().zip(o).map(|(n, o)| count(n) - count(o)).collect(),
             )
         })
         .collect()
@@ -90,7 +91,7 @@ fn run_mode(topo: &Topology, select: &str, launch: Launch) -> BTreeMap<Ipv4Addr,
     );
 
     // The counters say exactly what the backends answered.
-    let per_cpu = steered_per_cpu(&before, &after);
+    let per_cpu = per_cpu_delta(&before, &after, |c| c.packets);
     let steered: BTreeMap<Ipv4Addr, usize> = per_cpu
         .iter()
         .map(|(a, c)| (*a, c.iter().sum::<u64>() as usize))
@@ -116,9 +117,12 @@ fn run_mode(topo: &Topology, select: &str, launch: Launch) -> BTreeMap<Ipv4Addr,
     );
 
     if select == "nth" {
-        // Round robin per CPU: on each CPU the backends' counts differ by at most one.
+        // Round robin per CPU over new flows (a query whose source port came back
+        // within the idle timeout continues its flow): on each CPU the backends'
+        // counts differ by at most one.
+        let new_flows = per_cpu_delta(&before, &after, |c| c.new_flows);
         for cpu in 0..after.cpus {
-            let counts: Vec<u64> = per_cpu.values().map(|c| c[cpu]).collect();
+            let counts: Vec<u64> = new_flows.values().map(|c| c[cpu]).collect();
             let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
             assert!(
                 max - min <= 1,

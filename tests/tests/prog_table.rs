@@ -1,22 +1,44 @@
 //! The kernel programs run through BPF_PROG_TEST_RUN, not attached anywhere: a
-//! table of input packets, the action expected and the packet expected out.
+//! table of input packets, the action expected, the packet expected out, the one
+//! `REASONS` counter it moves and the `FLOW_EVENTS` it causes.
 //! Needs root (loading BPF programs); no namespaces, no traffic.
+//!
+//! Flows are sticky: a packet whose 5-tuple was seen before follows its first
+//! backend. A case that means "a new flow" therefore has a client port of its
+//! own, and each packet is built once, its expected output derived from it.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    thread,
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use dnsteer::{TC_PROGRAM, XDP_PROGRAM, config, maps::Plan};
-use xdp_common::{Endpoint, Reason, ServiceConf, csum, names};
+use dnsteer::{
+    TC_PROGRAM, XDP_PROGRAM, config,
+    live::{Change, Live},
+    maps::{self, KernelMaps},
+};
+use xdp_common::{
+    Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS_PER_SERVICE,
+    PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode, ServiceConf, backend_slot, backend_state, csum,
+    direction, names, parse::tcp, ring_key, select::smooth_ring,
+};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+/// TCP's push flag (`xdp_common::parse::tcp` names only those the kernel reads).
+const PSH: u8 = 0x08;
 
 const CONFIG: &str = r#"
 interface = "lo"
+
 [[service]]
 name = "dns"
 listen = ["192.0.2.10:53", "192.0.2.11:53"]
@@ -33,9 +55,67 @@ name = "rand"
 listen = ["192.0.2.20:53"]
 select = "random"
 backends = ["10.100.15.2:53", "10.100.15.3:53", "10.100.15.4:53", "10.100.15.5:53"]
+
+[[service]]
+name = "both"
+protocol = "udp+tcp"
+listen = ["192.0.2.40:53"]
+backends = ["10.100.16.2:53", "10.100.16.3:53"]
+
+[[service]]
+name = "tcp"
+protocol = "tcp"
+listen = ["192.0.2.41:53"]
+backends = ["10.100.17.2:5353"]
+
+[[service]]
+name = "weighted"
+listen = ["192.0.2.50:53"]
+select = "nth"
+backends = [{ addr = "10.100.18.2:53", weight = 3 }, "10.100.18.3:53"]
+
+[[service]]
+name = "weighted-random"
+listen = ["192.0.2.51:53"]
+select = "random"
+backends = [{ addr = "10.100.19.2:53", weight = 3 }, "10.100.19.3:53"]
 "#;
 
-/// A frame under construction: Ethernet, VLAN tags, IPv4 (+options), UDP/TCP.
+/// Service ids: the loader numbers services in config order.
+const DNS_ID: u32 = 0;
+const RAND_ID: u32 = 2;
+const WEIGHTED_ID: u32 = 5;
+
+const fn sock(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
+}
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP: SocketAddrV4 = sock(192, 0, 2, 10, 53);
+const ALIAS: SocketAddrV4 = sock(192, 0, 2, 11, 53);
+const WILD: SocketAddrV4 = sock(198, 51, 100, 7, 5300);
+const B: [SocketAddrV4; 4] = [
+    sock(10, 100, 13, 2, 53),
+    sock(10, 100, 13, 3, 53),
+    sock(10, 100, 13, 4, 53),
+    sock(10, 100, 13, 5, 53),
+];
+const WILD_BACKEND: SocketAddrV4 = sock(10, 100, 14, 9, 5353);
+const RAND_VIP: SocketAddrV4 = sock(192, 0, 2, 20, 53);
+const BOTH_VIP: SocketAddrV4 = sock(192, 0, 2, 40, 53);
+const T: [SocketAddrV4; 2] = [sock(10, 100, 16, 2, 53), sock(10, 100, 16, 3, 53)];
+const TCP_VIP: SocketAddrV4 = sock(192, 0, 2, 41, 53);
+const TCP_BACKEND: SocketAddrV4 = sock(10, 100, 17, 2, 5353);
+const WEIGHTED_VIP: SocketAddrV4 = sock(192, 0, 2, 50, 53);
+const W: [SocketAddrV4; 2] = [sock(10, 100, 18, 2, 53), sock(10, 100, 18, 3, 53)];
+const WEIGHTED_RANDOM_VIP: SocketAddrV4 = sock(192, 0, 2, 51, 53);
+const WR: [SocketAddrV4; 2] = [sock(10, 100, 19, 2, 53), sock(10, 100, 19, 3, 53)];
+
+/// A DNS query for whoami.example. A; the programs never read it.
+const DNS_QUERY: &[u8] =
+    b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06whoami\x07example\x00\x00\x01\x00\x01";
+
+/// A frame under construction: Ethernet, VLAN tags, IPv4 (+options), UDP or TCP.
 #[derive(Clone)]
 struct Pkt {
     tags: Vec<u16>,
@@ -48,24 +128,59 @@ struct Pkt {
     sport: u16,
     dport: u16,
     zero_udp_csum: bool,
+    /// TCP only: the flags byte and the sequence and acknowledgement numbers.
+    flags: u8,
+    seq: u32,
+    ack: u32,
     payload: Vec<u8>,
 }
 
-fn query(dst: [u8; 4], dport: u16) -> Pkt {
+/// A UDP query from the client's port 40000 to `dst`.
+fn query(dst: SocketAddrV4) -> Pkt {
     Pkt {
         tags: vec![],
         ethertype: 0x0800,
         options: 0,
-        proto: 17,
+        proto: PROTO_UDP,
         frag: 0x4000, // DF
-        src: [192, 0, 2, 100],
-        dst,
+        src: CLIENT.octets(),
+        dst: dst.ip().octets(),
         sport: 40000,
-        dport,
+        dport: dst.port(),
         zero_udp_csum: false,
-        // A DNS query for whoami.example. A; the program never reads it.
-        payload: b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06whoami\x07example\x00\x00\x01\x00\x01".to_vec(),
+        flags: 0,
+        seq: 0,
+        ack: 0,
+        payload: DNS_QUERY.to_vec(),
     }
+}
+
+/// A TCP segment without payload from the client's port 40000 to `dst`.
+fn segment(dst: SocketAddrV4, flags: u8) -> Pkt {
+    Pkt {
+        proto: PROTO_TCP,
+        flags,
+        seq: 0x1000_0000,
+        ack: if flags & tcp::ACK != 0 {
+            0x2000_0001
+        } else {
+            0
+        },
+        payload: vec![],
+        ..query(dst)
+    }
+}
+
+/// The TCP checksum of `segment` (header and payload) from scratch, with the
+/// pseudo header of `src` and `dst` (RFC 9293 3.1); 0 for a valid segment.
+/// `xdp_common::csum` has the IPv4 and UDP references only.
+fn tcp_checksum(src: [u8; 4], dst: [u8; 4], segment: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 12];
+    pseudo[..4].copy_from_slice(&src);
+    pseudo[4..8].copy_from_slice(&dst);
+    pseudo[9] = PROTO_TCP;
+    pseudo[10..].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+    !csum::fold(csum::sum_bytes(csum::sum_bytes(0, &pseudo), segment))
 }
 
 impl Pkt {
@@ -79,7 +194,8 @@ impl Pkt {
         f.extend_from_slice(&self.ethertype.to_be_bytes());
         let l3 = f.len();
         let ihl = 20 + self.options;
-        let l4_len = 8 + self.payload.len();
+        let l4_hlen = if self.proto == PROTO_TCP { 20 } else { 8 };
+        let l4_len = l4_hlen + self.payload.len();
         f.push(0x40 | (ihl / 4) as u8);
         f.push(0);
         f.extend_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
@@ -94,29 +210,98 @@ impl Pkt {
         let l4 = f.len();
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
-        f.extend_from_slice(&(l4_len as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(&self.payload);
-        if self.proto == 17 && !self.zero_udp_csum {
-            let c = match csum::udp(self.src, self.dst, &f[l4..]) {
-                0 => 0xffff,
-                c => c,
-            };
-            f[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        if self.proto == PROTO_TCP {
+            f.extend_from_slice(&self.seq.to_be_bytes());
+            f.extend_from_slice(&self.ack.to_be_bytes());
+            f.extend_from_slice(&[0x50, self.flags]); // data offset 5: no options
+            f.extend_from_slice(&65535u16.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+            f.extend_from_slice(&self.payload);
+            let c = tcp_checksum(self.src, self.dst, &f[l4..]);
+            f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        } else {
+            f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(&self.payload);
+            if self.proto == PROTO_UDP && !self.zero_udp_csum {
+                let c = match csum::udp(self.src, self.dst, &f[l4..]) {
+                    0 => 0xffff,
+                    c => c,
+                };
+                f[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+            }
         }
         f
     }
 
-    fn to(mut self, dst: [u8; 4], dport: u16) -> Self {
-        (self.dst, self.dport) = (dst, dport);
+    fn to(mut self, dst: SocketAddrV4) -> Self {
+        (self.dst, self.dport) = (dst.ip().octets(), dst.port());
         self
     }
 
-    fn from(mut self, src: [u8; 4], sport: u16) -> Self {
-        (self.src, self.sport) = (src, sport);
+    fn from(mut self, src: SocketAddrV4) -> Self {
+        (self.src, self.sport) = (src.ip().octets(), src.port());
         self
     }
+
+    /// The client's source port: a port of its own makes a flow of its own.
+    fn sport(mut self, sport: u16) -> Self {
+        self.sport = sport;
+        self
+    }
+
+    fn flags(mut self, flags: u8) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// A DNS query over TCP: the message after its two-byte length.
+    fn with_tcp_query(mut self) -> Self {
+        self.payload = (DNS_QUERY.len() as u16).to_be_bytes().to_vec();
+        self.payload.extend_from_slice(DNS_QUERY);
+        self
+    }
+
+    /// The answer to this packet: addresses and ports swapped.
+    fn answer(&self) -> Self {
+        let mut a = self.clone();
+        (a.src, a.dst, a.sport, a.dport) = (self.dst, self.src, self.dport, self.sport);
+        a
+    }
+
+    fn truncated(&self, len: usize) -> Vec<u8> {
+        self.bytes()[..len].to_vec()
+    }
 }
+
+/// Where a steered untagged frame without IPv4 options now goes.
+fn destination(frame: &[u8]) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
+        u16::from_be_bytes([frame[36], frame[37]]),
+    )
+}
+
+/// A flow event and by how much it moves.
+type Events = &'static [(FlowEvent, u64)];
+
+/// No flow lookup at all: not for a service, or not parsed.
+const NO_EVENTS: Events = &[];
+/// A new flow: no record, then its query and reply records inserted.
+const NEW_FLOW: Events = &[(FlowEvent::Miss, 1), (FlowEvent::Inserted, 2)];
+/// A packet of a known flow.
+const HIT: Events = &[(FlowEvent::Hit, 1)];
+/// A lookup that found no record and created none.
+const MISS: Events = &[(FlowEvent::Miss, 1)];
+/// A reset: the flow found, then both its records deleted.
+const HIT_AND_DELETED: Events = &[(FlowEvent::Hit, 1), (FlowEvent::Deleted, 2)];
+/// Both records of a flow deleted by a reset seen on the reply path.
+const DELETED: Events = &[(FlowEvent::Deleted, 2)];
+/// A stale record (idle, or its backend gone) re-pointed at another backend:
+/// the query record is overwritten (not counted), the reply record for the
+/// new backend is new.
+const EXPIRED_REBALANCED: Events = &[(FlowEvent::Expired, 1), (FlowEvent::Inserted, 1)];
+const GONE_REBALANCED: Events = &[(FlowEvent::BackendGone, 1), (FlowEvent::Inserted, 1)];
 
 /// What a case expects out of the program.
 enum Out {
@@ -126,46 +311,168 @@ enum Out {
 }
 
 struct Case {
-    what: &'static str,
+    what: String,
+    program: &'static str,
     input: Vec<u8>,
     action: u32,
     out: Out,
     reason: Option<Reason>,
+    events: Events,
 }
 
-fn case(what: &'static str, input: Vec<u8>, out: Out, reason: Option<Reason>) -> Case {
+/// A packet through the XDP program.
+fn case(
+    what: impl Into<String>,
+    input: Vec<u8>,
+    out: Out,
+    reason: Option<Reason>,
+    events: Events,
+) -> Case {
     Case {
-        what,
+        what: what.into(),
+        program: XDP_PROGRAM,
         input,
         action: XDP_PASS,
         out,
         reason,
+        events,
     }
 }
 
+/// A packet through the TC egress program.
+fn tc(
+    what: impl Into<String>,
+    input: Vec<u8>,
+    out: Out,
+    reason: Option<Reason>,
+    events: Events,
+) -> Case {
+    Case {
+        program: TC_PROGRAM,
+        action: TC_ACT_OK,
+        ..case(what, input, out, reason, events)
+    }
+}
+
+/// XDP: `p` steered to `backend`.
+fn steered(what: impl Into<String>, p: &Pkt, backend: SocketAddrV4, events: Events) -> Case {
+    let out = Out::Packet(p.clone().to(backend).bytes());
+    case(what, p.bytes(), out, Some(Reason::Steered), events)
+}
+
+/// XDP: `p` left alone, for `reason`.
+fn passed(what: impl Into<String>, input: Vec<u8>, reason: Reason, events: Events) -> Case {
+    case(what, input, Out::Unchanged, Some(reason), events)
+}
+
+/// TC: the reply `p` given the source `asked`.
+fn replied(what: impl Into<String>, p: &Pkt, asked: SocketAddrV4, events: Events) -> Case {
+    let out = Out::Packet(p.clone().from(asked).bytes());
+    tc(what, p.bytes(), out, Some(Reason::ReplyRewritten), events)
+}
+
+/// `(item, delta)` for every counter that moved.
+fn moved<T: Copy>(all: &[T], before: &[u64], after: &[u64]) -> Vec<(T, u64)> {
+    all.iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a != b)
+        .map(|(item, (b, a))| (*item, a.wrapping_sub(*b)))
+        .collect()
+}
+
+/// A loaded object with its maps filled from a config, as `dnsteer run` fills them.
 struct Loaded {
-    ebpf: Ebpf,
+    live: Live<KernelMaps>,
 }
 
 impl Loaded {
-    fn new() -> Self {
-        let config = config::parse(CONFIG, Path::new("prog_table.toml")).expect("test config");
-        let mut ebpf = Ebpf::load(dnsteer::EBPF_OBJECT).expect("loading the object (run as root)");
-        Plan::new(&config).apply(&mut ebpf).expect("filling maps");
+    fn new(text: &str) -> Self {
+        let config = config::parse(text, Path::new("prog_table.toml")).expect("test config");
+        let ebpf = maps::load(config.flows.size).expect("loading the object (run as root)");
+        let mut live = Live::new(KernelMaps::new(ebpf));
+        live.apply(&config).expect("filling maps");
+        let ebpf = &mut live.store_mut().ebpf;
         let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
         xdp.load().expect("verifier accepts the XDP program");
         let tc: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap();
         tc.load().expect("verifier accepts the TC program");
-        Loaded { ebpf }
+        Loaded { live }
+    }
+
+    fn ebpf(&self) -> &Ebpf {
+        &self.live.store().ebpf
+    }
+
+    fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.live.store_mut().ebpf
+    }
+
+    fn change(&mut self, service: &str, change: Change) {
+        self.live
+            .change(service, &change)
+            .unwrap_or_else(|e| panic!("{change:?} on {service}: {e:#}"));
+    }
+
+    /// `count` per-CPU u64 counters of map `name`, each summed over CPUs.
+    fn counters(&self, name: &str, count: usize) -> Vec<u64> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf().map(name).unwrap()).unwrap();
+        (0..count as u32)
+            .map(|i| map.get(&i, 0).unwrap().iter().sum())
+            .collect()
     }
 
     fn reasons(&self) -> Vec<u64> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(names::REASONS).unwrap()).unwrap();
-        Reason::ALL
+        self.counters(names::REASONS, Reason::ALL.len())
+    }
+
+    fn events(&self) -> Vec<u64> {
+        self.counters(names::FLOW_EVENTS, FlowEvent::ALL.len())
+    }
+
+    fn event(&self, event: FlowEvent) -> u64 {
+        self.events()[event as usize]
+    }
+
+    /// The counters of `backend`, found by its address among service `service`'s
+    /// slots (a removed one keeps its address until its slot is reused).
+    fn backend_stats(&self, service: u32, backend: SocketAddrV4) -> BackendCounter {
+        let backends: Array<_, Backend> =
+            Array::try_from(self.ebpf().map(names::BACKENDS).unwrap()).unwrap();
+        let slots: Vec<u32> = (0..MAX_BACKENDS_PER_SERVICE)
+            .map(|i| backend_slot(service, i))
+            .filter(|slot| {
+                let b = backends.get(slot, 0).unwrap();
+                b.state != backend_state::EMPTY
+                    && (b.addr, b.port) == (backend.ip().octets(), backend.port().to_be_bytes())
+            })
+            .collect();
+        let [slot] = slots[..] else {
+            panic!("{backend} is in slots {slots:?} of service {service}, want exactly one");
+        };
+        let stats: PerCpuArray<_, BackendCounter> =
+            PerCpuArray::try_from(self.ebpf().map(names::BACKEND_STATS).unwrap()).unwrap();
+        stats
+            .get(&slot, 0)
+            .unwrap()
             .iter()
-            .map(|r| map.get(&(*r as u32), 0).unwrap().iter().sum())
-            .collect()
+            .fold(BackendCounter::default(), |sum, c| BackendCounter {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+                new_flows: sum.new_flows + c.new_flows,
+            })
+    }
+
+    fn active_ring(&self, service: u32) -> u32 {
+        let map: Array<_, u32> =
+            Array::try_from(self.ebpf().map(names::ACTIVE_RING).unwrap()).unwrap();
+        map.get(&service, 0).unwrap()
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        let map: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf().map(names::FLOWS).unwrap()).unwrap();
+        map.get(key, 0).ok()
     }
 
     fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
@@ -177,11 +484,11 @@ impl Loaded {
         };
         let result = match program {
             XDP_PROGRAM => {
-                let p: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
+                let p: &Xdp = self.ebpf().program(program).unwrap().try_into().unwrap();
                 p.test_run(opts)
             }
             _ => {
-                let p: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+                let p: &SchedClassifier = self.ebpf().program(program).unwrap().try_into().unwrap();
                 p.test_run(opts)
             }
         }
@@ -190,10 +497,17 @@ impl Loaded {
         (result.return_value, out)
     }
 
-    fn check(&self, program: &str, cases: &[Case]) {
+    /// Steers `p` (a new flow or not) and returns where it went.
+    fn steer(&self, p: &Pkt) -> SocketAddrV4 {
+        let (action, out) = self.run(XDP_PROGRAM, &p.bytes());
+        assert_eq!(action, XDP_PASS);
+        destination(&out)
+    }
+
+    fn check(&self, cases: &[Case]) {
         for c in cases {
-            let before = self.reasons();
-            let (action, out) = self.run(program, &c.input);
+            let (reasons, events) = (self.reasons(), self.events());
+            let (action, out) = self.run(c.program, &c.input);
             assert_eq!(action, c.action, "{}: action", c.what);
             match &c.out {
                 Out::Unchanged => {
@@ -201,24 +515,18 @@ impl Loaded {
                 }
                 Out::Packet(want) => assert_eq!(&out, want, "{}: output packet", c.what),
             }
-            let after = self.reasons();
-            let moved: Vec<Reason> = Reason::ALL
-                .iter()
-                .zip(before.iter().zip(&after))
-                .filter(|(_, (b, a))| a != b)
-                .map(|(r, _)| *r)
-                .collect();
             assert_eq!(
-                moved,
-                c.reason.into_iter().collect::<Vec<_>>(),
-                "{}: counters",
+                moved(&Reason::ALL, &reasons, &self.reasons()),
+                c.reason.map(|r| (r, 1)).into_iter().collect::<Vec<_>>(),
+                "{}: exactly one REASONS counter, once",
                 c.what
             );
-            let bumped: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+            let mut want = c.events.to_vec();
+            want.sort_by_key(|(e, _)| *e as u32);
             assert_eq!(
-                bumped,
-                c.reason.map_or(0, |_| 1),
-                "{}: exactly one counter, once",
+                moved(&FlowEvent::ALL, &events, &self.events()),
+                want,
+                "{}: FLOW_EVENTS",
                 c.what
             );
         }
@@ -238,297 +546,939 @@ fn pin_to_cpu0() {
     }
 }
 
-const VIP: [u8; 4] = [192, 0, 2, 10];
-const ALIAS: [u8; 4] = [192, 0, 2, 11];
-const B: [[u8; 4]; 4] = [
-    [10, 100, 13, 2],
-    [10, 100, 13, 3],
-    [10, 100, 13, 4],
-    [10, 100, 13, 5],
-];
-
-#[test]
-fn xdp_table() {
-    pin_to_cpu0();
-    let prog = Loaded::new();
-    let q = || query(VIP, 53);
-    let steered = |p: Pkt, dst: [u8; 4], dport: u16| Out::Packet(p.to(dst, dport).bytes());
-    let truncated = |p: Pkt, len: usize| p.bytes()[..len].to_vec();
-    let mut tcp = q();
-    tcp.proto = 6;
-    let mut ipv6 = q();
-    ipv6.ethertype = 0x86dd;
-    let mut opts = q();
-    opts.options = 12;
-    let mut vlan = q();
-    vlan.tags = vec![0x8100];
-    let mut qinq = q();
-    qinq.tags = vec![0x88a8, 0x8100];
-    let mut mf = q();
-    mf.frag = 0x2000;
-    let mut offset = q();
-    offset.frag = 0x0010;
-    let mut nosum = q();
-    nosum.zero_udp_csum = true;
-    let wild = query([198, 51, 100, 7], 5300);
-
-    // The nth cursor starts at backend 0 and advances only on steered packets.
-    let cases = [
-        case(
-            "query to the service address",
-            q().bytes(),
-            steered(q(), B[0], 53),
-            Some(Reason::Steered),
-        ),
-        case(
-            "query to the alias address",
-            query(ALIAS, 53).bytes(),
-            steered(query(ALIAS, 53), B[1], 53),
-            Some(Reason::Steered),
-        ),
-        case(
-            "other address",
-            query([192, 0, 2, 99], 53).bytes(),
-            Out::Unchanged,
-            Some(Reason::NotService),
-        ),
-        case(
-            "other port",
-            query(VIP, 54).bytes(),
-            Out::Unchanged,
-            Some(Reason::NotService),
-        ),
-        case(
-            "TCP to :53",
-            tcp.bytes(),
-            Out::Unchanged,
-            Some(Reason::NotService),
-        ),
-        case(
-            "IPv6 ethertype",
-            ipv6.bytes(),
-            Out::Unchanged,
-            Some(Reason::NotService),
-        ),
-        case(
-            "multicast destination",
-            query([224, 0, 0, 53], 53).bytes(),
-            Out::Unchanged,
-            Some(Reason::NotService),
-        ),
-        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, so that
-        // cut is covered by xdp-common's parser tests only.
-        case(
-            "runt: Ethernet header only",
-            truncated(q(), 14),
-            Out::Unchanged,
-            Some(Reason::Malformed),
-        ),
-        case(
-            "truncated VLAN tag",
-            truncated(vlan.clone(), 17),
-            Out::Unchanged,
-            Some(Reason::Malformed),
-        ),
-        case(
-            "truncated IPv4 header",
-            truncated(q(), 33),
-            Out::Unchanged,
-            Some(Reason::Malformed),
-        ),
-        case(
-            "truncated IPv4 options",
-            truncated(opts.clone(), 40),
-            Out::Unchanged,
-            Some(Reason::Malformed),
-        ),
-        case(
-            "truncated UDP header",
-            truncated(q(), 41),
-            Out::Unchanged,
-            Some(Reason::Malformed),
-        ),
-        case(
-            "IPv4 options",
-            opts.bytes(),
-            steered(opts.clone(), B[2], 53),
-            Some(Reason::Steered),
-        ),
-        case(
-            "802.1Q tag",
-            vlan.bytes(),
-            steered(vlan.clone(), B[3], 53),
-            Some(Reason::Steered),
-        ),
-        case(
-            "QinQ tags",
-            qinq.bytes(),
-            steered(qinq.clone(), B[0], 53),
-            Some(Reason::Steered),
-        ),
-        case(
-            "more-fragments set",
-            mf.bytes(),
-            Out::Unchanged,
-            Some(Reason::Fragment),
-        ),
-        case(
-            "fragment offset",
-            offset.bytes(),
-            Out::Unchanged,
-            Some(Reason::Fragment),
-        ),
-        case(
-            "UDP checksum zero stays zero",
-            nosum.bytes(),
-            steered(nosum.clone(), B[1], 53),
-            Some(Reason::Steered),
-        ),
-        case(
-            "wildcard listen, backend on another port",
-            wild.bytes(),
-            steered(wild.clone(), [10, 100, 14, 9], 5353),
-            Some(Reason::Steered),
-        ),
-        case(
-            "wildcard listen, other port",
-            query([198, 51, 100, 7], 5301).bytes(),
-            Out::Unchanged,
-            Some(Reason::NotService),
-        ),
-    ];
-    prog.check(XDP_PROGRAM, &cases);
+/// How many new flows went to each backend.
+fn tally(picks: impl IntoIterator<Item = SocketAddrV4>) -> BTreeMap<SocketAddrV4, u32> {
+    let mut hits = BTreeMap::new();
+    for p in picks {
+        *hits.entry(p).or_insert(0) += 1;
+    }
+    hits
 }
 
 #[test]
-fn xdp_no_backend() {
-    let mut prog = Loaded::new();
-    // Config validation never produces an empty service; the data path must still cope.
-    let mut confs: Array<_, ServiceConf> =
-        Array::try_from(prog.ebpf.map_mut(names::SERVICE_CONF).unwrap()).unwrap();
-    confs
+fn xdp_table_steers_new_flows_and_leaves_the_rest_alone() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let q = |port| query(VIP).sport(port);
+    let first = q(40001);
+    let alias = query(ALIAS).sport(40002);
+    let mut opts = q(40003);
+    opts.options = 12;
+    let mut vlan = q(40004);
+    vlan.tags = vec![0x8100];
+    let mut qinq = q(40005);
+    qinq.tags = vec![0x88a8, 0x8100];
+    let mut nosum = q(40006);
+    nosum.zero_udp_csum = true;
+    let wild = query(WILD).sport(40007);
+    let mut ipv6 = q(40001);
+    ipv6.ethertype = 0x86dd;
+    let mut icmp = q(40001);
+    icmp.proto = 1;
+    let mut mf = q(40001);
+    mf.frag = 0x2000;
+    let mut offset = q(40001);
+    offset.frag = 0x0010;
+    let syn = segment(BOTH_VIP, tcp::SYN).sport(40008);
+    let mut doff4 = syn.bytes();
+    doff4[34 + 12] = 0x40;
+
+    // The nth cursor starts at backend 0 and advances only on new flows.
+    let cases = [
+        steered("query to the service address", &first, B[0], NEW_FLOW),
+        steered("query to the alias address", &alias, B[1], NEW_FLOW),
+        steered("the first flow again keeps its backend", &first, B[0], HIT),
+        passed(
+            "other address",
+            query(sock(192, 0, 2, 99, 53)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "other port",
+            query(sock(192, 0, 2, 10, 54)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "TCP SYN to a UDP-only service",
+            segment(VIP, tcp::SYN).sport(40001).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "IPv6 ethertype",
+            ipv6.bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed("ICMP", icmp.bytes(), Reason::NotService, NO_EVENTS),
+        passed(
+            "multicast destination",
+            query(sock(224, 0, 0, 53, 53)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "broadcast destination",
+            query(sock(255, 255, 255, 255, 53)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, so that
+        // cut is covered by xdp-common's parser tests only.
+        passed(
+            "runt: Ethernet header only",
+            first.truncated(14),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated VLAN tag",
+            vlan.truncated(17),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated IPv4 header",
+            first.truncated(33),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated IPv4 options",
+            opts.truncated(40),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated UDP header",
+            first.truncated(41),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated TCP header",
+            syn.truncated(53),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed("TCP data offset 4", doff4, Reason::Malformed, NO_EVENTS),
+        steered("IPv4 options", &opts, B[2], NEW_FLOW),
+        steered("802.1Q tag", &vlan, B[3], NEW_FLOW),
+        steered("QinQ tags", &qinq, B[0], NEW_FLOW),
+        passed(
+            "more-fragments set",
+            mf.bytes(),
+            Reason::Fragment,
+            NO_EVENTS,
+        ),
+        passed(
+            "fragment offset",
+            offset.bytes(),
+            Reason::Fragment,
+            NO_EVENTS,
+        ),
+        steered("UDP checksum zero stays zero", &nosum, B[1], NEW_FLOW),
+        steered(
+            "wildcard listen, backend on another port",
+            &wild,
+            WILD_BACKEND,
+            NEW_FLOW,
+        ),
+        passed(
+            "wildcard listen, other port",
+            query(sock(198, 51, 100, 7, 5301)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+    ];
+    prog.check(&cases);
+}
+
+#[test]
+fn xdp_service_without_backends_passes_with_no_backend() {
+    pin_to_cpu0();
+    let mut prog = Loaded::new(CONFIG);
+    // Live refuses a service without an active backend; the data path must still
+    // cope, so write such services straight into the maps: 9 and 10 with an empty
+    // ring (nth, random), 11 with a ring naming a slot that holds no backend.
+    let ebpf = prog.ebpf_mut();
+    let mut confs: Array<_, ServiceConf> = maps::typed(ebpf, names::SERVICE_CONF).unwrap();
+    for id in 9..12 {
+        confs
+            .set(
+                id,
+                ServiceConf {
+                    in_use: 1,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+    }
+    let mut rings: Array<_, Ring> = maps::typed(ebpf, names::RINGS).unwrap();
+    let random = Ring {
+        select: SelectMode::Random as u32,
+        ..Ring::default()
+    };
+    rings.set(ring_key(9, 1), Ring::default(), 0).unwrap();
+    rings.set(ring_key(10, 1), random, 0).unwrap();
+    rings
         .set(
-            9,
-            ServiceConf {
-                in_use: 1,
-                ..Default::default()
+            ring_key(11, 1),
+            Ring {
+                len: 1,
+                ..Ring::default()
             },
             0,
         )
         .unwrap();
-    let mut services: HashMap<_, Endpoint, u32> =
-        HashMap::try_from(prog.ebpf.map_mut(names::SERVICES).unwrap()).unwrap();
-    services
-        .insert(
-            Endpoint::new([192, 0, 2, 30], 53u16.to_be_bytes(), 17),
-            9,
-            0,
-        )
-        .unwrap();
-    prog.check(
-        XDP_PROGRAM,
-        &[case(
-            "service without backends",
-            query([192, 0, 2, 30], 53).bytes(),
-            Out::Unchanged,
-            Some(Reason::NoBackend),
-        )],
-    );
+    let mut active: Array<_, u32> = maps::typed(ebpf, names::ACTIVE_RING).unwrap();
+    for id in 9..12 {
+        active.set(id, 1, 0).unwrap();
+    }
+    let mut services: HashMap<_, Endpoint, u32> = maps::typed(ebpf, names::SERVICES).unwrap();
+    let listen =
+        |id: u32, proto| Endpoint::new([192, 0, 2, 21 + id as u8], 53u16.to_be_bytes(), proto);
+    for id in 9..12 {
+        services.insert(listen(id, PROTO_UDP), id, 0).unwrap();
+        services.insert(listen(id, PROTO_TCP), id, 0).unwrap();
+    }
+    let to = |id: u8| sock(192, 0, 2, 21 + id, 53);
+    prog.check(&[
+        passed(
+            "nth service with an empty ring",
+            query(to(9)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "random service with an empty ring",
+            query(to(10)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "ring naming a slot without an active backend",
+            query(to(11)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "TCP SYN to a service with an empty ring",
+            segment(to(9), tcp::SYN).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "TCP ACK to a service with an empty ring: no flow comes first",
+            segment(to(9), tcp::ACK).bytes(),
+            Reason::TcpNoFlow,
+            MISS,
+        ),
+    ]);
 }
 
 #[test]
-fn nth_and_random_selection() {
+fn nth_walks_backends_in_order_and_random_is_uniform() {
     pin_to_cpu0();
-    let prog = Loaded::new();
-    let dst_of = |out: &[u8]| Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-    let nth: Vec<Ipv4Addr> = (0..8)
-        .map(|_| dst_of(&prog.run(XDP_PROGRAM, &query(VIP, 53).bytes()).1))
+    let prog = Loaded::new(CONFIG);
+    let nth: Vec<SocketAddrV4> = (0..8)
+        .map(|i| prog.steer(&query(VIP).sport(41000 + i)))
         .collect();
-    let want: Vec<Ipv4Addr> = B
-        .iter()
-        .chain(B.iter())
-        .map(|b| Ipv4Addr::from(*b))
-        .collect();
+    let want: Vec<SocketAddrV4> = B.iter().chain(B.iter()).copied().collect();
     assert_eq!(nth, want, "nth walks the backends in order");
 
     let draws = 4000;
-    let mut hits = std::collections::BTreeMap::new();
-    for _ in 0..draws {
-        *hits
-            .entry(dst_of(
-                &prog.run(XDP_PROGRAM, &query([192, 0, 2, 20], 53).bytes()).1,
-            ))
-            .or_insert(0u32) += 1;
-    }
+    let hits = tally((0..draws).map(|i| prog.steer(&query(RAND_VIP).sport(20000 + i))));
     assert_eq!(hits.len(), 4, "random reaches every backend: {hits:?}");
-    let chi2 = testbed::chi_square_uniform(&hits.values().map(|&h| h as usize).collect::<Vec<_>>());
+    let counts: Vec<usize> = hits.values().map(|&h| h as usize).collect();
+    let chi2 = testbed::chi_square_uniform(&counts);
     assert!(
         chi2 < testbed::CHI_SQUARE_3DF_P001,
         "random split {hits:?} fails chi-square at p = 0.001: {chi2:.2}"
     );
+    for (backend, n) in &hits {
+        let stats = prog.backend_stats(RAND_ID, *backend);
+        assert_eq!(
+            (stats.packets, stats.new_flows),
+            (*n as u64, *n as u64),
+            "{backend}: one packet and one new flow per pick"
+        );
+    }
 }
 
 #[test]
-fn tc_reply_table() {
+fn nth_weights_follow_the_smooth_ring_order() {
     pin_to_cpu0();
-    let prog = Loaded::new();
-    // Steer one query to the alias and one to the wildcard service to create flows.
-    prog.run(XDP_PROGRAM, &query(ALIAS, 53).bytes());
-    prog.run(XDP_PROGRAM, &query([198, 51, 100, 7], 5300).bytes());
-    let client = [192, 0, 2, 100];
-    let answer = |src: [u8; 4], sport: u16| query(client, 40000).from(src, sport);
-    let mut nosum = answer(B[0], 53);
-    nosum.zero_udp_csum = true;
-    let mut other_client = answer(B[0], 53);
-    other_client.dport = 40001;
-    let tc = |what, input: Vec<u8>, out, reason| Case {
-        what,
-        input,
-        action: TC_ACT_OK,
-        out,
-        reason,
+    let prog = Loaded::new(CONFIG);
+    let mut ring = [0u8; 8];
+    let len = smooth_ring(&[3, 1], &mut ring).unwrap();
+    assert_eq!(&ring[..len], &[0, 0, 1, 0], "smooth WRR for 3:1 is a a b a");
+    let cases: Vec<Case> = ring[..len]
+        .iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+        .map(|(i, &k)| {
+            let p = query(WEIGHTED_VIP).sport(41000 + i as u16);
+            steered(
+                format!("new flow {i} of weights 3:1"),
+                &p,
+                W[k as usize],
+                NEW_FLOW,
+            )
+        })
+        .collect();
+    prog.check(&cases);
+    let flows = |b| prog.backend_stats(WEIGHTED_ID, b).new_flows;
+    assert_eq!((flows(W[0]), flows(W[1])), (6, 2));
+}
+
+#[test]
+fn random_weights_split_new_flows_in_proportion() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let n = 8000u16;
+    let hits = tally((0..n).map(|i| prog.steer(&query(WEIGHTED_RANDOM_VIP).sport(20000 + i))));
+    assert_eq!(hits.keys().copied().collect::<Vec<_>>(), WR, "{hits:?}");
+    // Binomial: the heavy backend's count is within 6 sigma of n * 3/4 but by
+    // chance once in 5e8 runs; 6 sigma is 232 flows, 2.9 % of n.
+    let (n, p) = (n as f64, 0.75);
+    let sigma = (n * p * (1.0 - p)).sqrt();
+    let heavy = hits[&WR[0]] as f64;
+    assert!(
+        (heavy - n * p).abs() <= 6.0 * sigma,
+        "weights 3:1 split {hits:?}: {heavy} is more than 6 sigma ({sigma:.1}) off {}",
+        n * p
+    );
+    assert!(
+        (heavy / n - p).abs() < 0.03,
+        "{hits:?} is within 3 % of 75 %/25 %"
+    );
+}
+
+#[test]
+fn packets_of_a_flow_stick_to_its_backend() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let flow = query(VIP).sport(42000);
+    // Ten packets of one flow, a new flow between each two: the new flows walk
+    // on (B1, B2, B3, B0, ..) while the flow stays on B0.
+    let mut cases = vec![steered("first packet of the flow", &flow, B[0], NEW_FLOW)];
+    for i in 1..10u16 {
+        let other = query(VIP).sport(42000 + i);
+        let next = B[i as usize % 4];
+        cases.push(steered(format!("new flow {i}"), &other, next, NEW_FLOW));
+        cases.push(steered(
+            format!("packet {} of the flow", i + 1),
+            &flow,
+            B[0],
+            HIT,
+        ));
+    }
+    cases.push(steered(
+        "the same ports to the alias address are another flow",
+        &query(ALIAS).sport(42000),
+        B[2],
+        NEW_FLOW,
+    ));
+    prog.check(&cases);
+
+    // B0: the flow's ten packets and the new flows 4 and 8.
+    let len = flow.bytes().len() as u64;
+    assert_eq!(
+        prog.backend_stats(DNS_ID, B[0]),
+        BackendCounter {
+            packets: 12,
+            bytes: 12 * len,
+            new_flows: 3
+        }
+    );
+    assert_eq!(
+        (prog.event(FlowEvent::Hit), prog.event(FlowEvent::Miss)),
+        (9, 11)
+    );
+    assert_eq!(prog.event(FlowEvent::Inserted), 22, "two records per flow");
+
+    // The two records: the query's names the backend, the reply's the address asked.
+    let query_key = FlowKey {
+        src_addr: CLIENT.octets(),
+        dst_addr: VIP.ip().octets(),
+        src_port: 42000u16.to_be_bytes(),
+        dst_port: 53u16.to_be_bytes(),
+        proto: PROTO_UDP,
+        direction: direction::QUERY,
+        _pad: [0; 2],
     };
+    let record = prog.flow(&query_key).expect("the query record");
+    assert_eq!(
+        (record.addr, record.port, record.slot, record.flags),
+        (
+            B[0].ip().octets(),
+            53u16.to_be_bytes(),
+            backend_slot(DNS_ID, 0),
+            0
+        )
+    );
+    let reply_key = FlowKey {
+        src_addr: B[0].ip().octets(),
+        dst_addr: CLIENT.octets(),
+        src_port: 53u16.to_be_bytes(),
+        dst_port: 42000u16.to_be_bytes(),
+        direction: direction::REPLY,
+        ..query_key
+    };
+    let record = prog.flow(&reply_key).expect("the reply record");
+    assert_eq!(
+        (record.addr, record.port),
+        (VIP.ip().octets(), 53u16.to_be_bytes())
+    );
+}
+
+#[test]
+fn tc_reply_table_translates_from_the_reply_record() {
+    pin_to_cpu0();
+    let mut prog = Loaded::new(CONFIG);
+    // Flows: client:40000 to the alias (B0) and to the wildcard listen, client:40010 to VIP (B1).
+    let alias = query(ALIAS);
+    let wild = query(WILD);
+    let second = query(VIP).sport(40010);
+    prog.check(&[
+        steered("flow to the alias", &alias, B[0], NEW_FLOW),
+        steered("flow to the wildcard listen", &wild, WILD_BACKEND, NEW_FLOW),
+        steered("flow of another client port", &second, B[1], NEW_FLOW),
+    ]);
+    let answer = alias.clone().to(B[0]).answer();
+    let mut nosum = answer.clone();
+    nosum.zero_udp_csum = true;
+    let other_client = answer.clone().to(SocketAddrV4::new(CLIENT, 40001));
+    let wild_answer = wild.clone().to(WILD_BACKEND).answer();
+    let mut wild_nosum = wild_answer.clone();
+    wild_nosum.zero_udp_csum = true;
+    let mut options = answer.clone();
+    options.options = 8;
     let cases = [
-        tc(
-            "answer from the backend",
-            answer(B[0], 53).bytes(),
-            Out::Packet(answer(ALIAS, 53).bytes()),
-            Some(Reason::ReplyRewritten),
+        replied("answer from the backend", &answer, ALIAS, NO_EVENTS),
+        replied("zero UDP checksum stays zero", &nosum, ALIAS, NO_EVENTS),
+        replied("port translated back too", &wild_answer, WILD, NO_EVENTS),
+        replied(
+            "zero UDP checksum stays zero, port translated back",
+            &wild_nosum,
+            WILD,
+            NO_EVENTS,
+        ),
+        replied("IPv4 options in the answer", &options, ALIAS, NO_EVENTS),
+        replied(
+            "the other flow's answer from its own backend",
+            &second.clone().to(B[1]).answer(),
+            VIP,
+            NO_EVENTS,
         ),
         tc(
-            "zero UDP checksum stays zero",
-            nosum.bytes(),
-            Out::Packet({
-                let mut p = nosum.clone();
-                p.src = ALIAS;
-                p.bytes()
-            }),
-            Some(Reason::ReplyRewritten),
-        ),
-        tc(
-            "port translated back too",
-            answer([10, 100, 14, 9], 5353).bytes(),
-            Out::Packet(answer([198, 51, 100, 7], 5300).bytes()),
-            Some(Reason::ReplyRewritten),
+            "another backend of the service answering the first flow's port",
+            answer.clone().from(B[1]).bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
         ),
         tc(
             "backend packet with no flow",
             other_client.bytes(),
             Out::Unchanged,
             Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
         ),
         tc(
             "not from a backend",
-            answer([192, 0, 2, 1], 53).bytes(),
+            answer.clone().from(sock(192, 0, 2, 1, 53)).bytes(),
             Out::Unchanged,
             None,
+            NO_EVENTS,
         ),
         tc(
             "from a backend address, other port",
-            answer(B[0], 54).bytes(),
+            answer.clone().from(sock(10, 100, 13, 2, 54)).bytes(),
             Out::Unchanged,
             None,
+            NO_EVENTS,
+        ),
+        tc(
+            "TCP from a UDP-only backend",
+            segment(SocketAddrV4::new(CLIENT, 40000), tcp::SYN | tcp::ACK)
+                .from(B[0])
+                .bytes(),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
         ),
     ];
-    prog.check(TC_PROGRAM, &cases);
+    prog.check(&cases);
+
+    // Without its reply record the same answer is no longer translated.
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        maps::typed(prog.ebpf_mut(), names::FLOWS).unwrap();
+    let reply_key = FlowKey {
+        src_addr: B[0].ip().octets(),
+        dst_addr: CLIENT.octets(),
+        src_port: 53u16.to_be_bytes(),
+        dst_port: 40000u16.to_be_bytes(),
+        proto: PROTO_UDP,
+        direction: direction::REPLY,
+        _pad: [0; 2],
+    };
+    flows
+        .remove(&reply_key)
+        .expect("the alias flow's reply record");
+    prog.check(&[
+        tc(
+            "answer whose reply record is gone",
+            answer.bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+        steered(
+            "the flow's next query writes its reply record again",
+            &alias,
+            B[0],
+            &[(FlowEvent::Hit, 1), (FlowEvent::Inserted, 1)],
+        ),
+        replied(
+            "and its answer is translated again",
+            &answer,
+            ALIAS,
+            NO_EVENTS,
+        ),
+    ]);
+
+    // One client port asking two addresses whose flows share a backend: both
+    // answers have one 5-tuple, so the reply record names the address asked last.
+    let to_vip = query(VIP).sport(40030);
+    let to_alias = query(ALIAS).sport(40030);
+    let shared = to_vip.clone().to(B[2]).answer();
+    let mut cases = vec![steered("client port 40030 to VIP", &to_vip, B[2], NEW_FLOW)];
+    for (port, b) in [(40031, B[3]), (40032, B[0]), (40033, B[1])] {
+        cases.push(steered(
+            "another flow",
+            &query(VIP).sport(port),
+            b,
+            NEW_FLOW,
+        ));
+    }
+    cases.extend([
+        steered(
+            "client port 40030 to the alias, on the same backend",
+            &to_alias,
+            B[2],
+            &[(FlowEvent::Miss, 1), (FlowEvent::Inserted, 1)],
+        ),
+        replied(
+            "the shared answer 5-tuple, after the alias query",
+            &shared,
+            ALIAS,
+            NO_EVENTS,
+        ),
+        steered("client port 40030 to VIP again", &to_vip, B[2], HIT),
+        replied(
+            "the shared answer 5-tuple, after the VIP query",
+            &shared,
+            VIP,
+            NO_EVENTS,
+        ),
+    ]);
+    prog.check(&cases);
+}
+
+const IDLE_CONFIG: &str = r#"
+interface = "lo"
+
+[flows]
+udp_idle_timeout = "100ms"
+tcp_idle_timeout = "10s"
+tcp_closing_timeout = "100ms"
+
+[[service]]
+name = "dns"
+protocol = "udp+tcp"
+listen = ["192.0.2.10:53"]
+backends = ["10.100.13.2:53", "10.100.13.3:53"]
+"#;
+
+#[test]
+fn idle_flows_expire_and_are_rebalanced() {
+    pin_to_cpu0();
+    let prog = Loaded::new(IDLE_CONFIG);
+    let udp = query(VIP).sport(43000);
+    let open = segment(VIP, tcp::SYN).sport(43001);
+    let closing = segment(VIP, tcp::SYN).sport(43002);
+    let ack = |p: &Pkt| p.clone().flags(tcp::ACK);
+    prog.check(&[
+        steered("UDP flow", &udp, B[0], NEW_FLOW),
+        steered("TCP flow", &open, B[1], NEW_FLOW),
+        steered("TCP flow to be closed", &closing, B[0], NEW_FLOW),
+        steered(
+            "its FIN",
+            &closing.clone().flags(tcp::FIN | tcp::ACK),
+            B[0],
+            HIT,
+        ),
+        steered("UDP flow within its timeout", &udp, B[0], HIT),
+    ]);
+    let before = prog.backend_stats(DNS_ID, B[1]);
+    // Past the UDP and closing timeouts (100 ms), well within the TCP one (10 s).
+    thread::sleep(Duration::from_millis(250));
+    prog.check(&[
+        steered(
+            "UDP flow after its idle timeout: rebalanced",
+            &udp,
+            B[1],
+            EXPIRED_REBALANCED,
+        ),
+        steered("the rebalanced flow stays", &udp, B[1], HIT),
+        steered(
+            "open TCP flow within its idle timeout",
+            &ack(&open),
+            B[1],
+            HIT,
+        ),
+        passed(
+            "closed TCP flow after its closing timeout",
+            ack(&closing).bytes(),
+            Reason::TcpNoFlow,
+            &[(FlowEvent::Expired, 1)],
+        ),
+        // Back to B0, whose reply record for this port is still there: nothing new inserted.
+        steered(
+            "a new SYN on the closed flow's ports",
+            &closing,
+            B[0],
+            &[(FlowEvent::Expired, 1)],
+        ),
+    ]);
+    let after = prog.backend_stats(DNS_ID, B[1]);
+    assert_eq!(
+        (
+            after.new_flows - before.new_flows,
+            after.packets - before.packets
+        ),
+        (1, 3),
+        "B1 took the expired UDP flow as a new flow"
+    );
+}
+
+#[test]
+fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let syn = |port| segment(BOTH_VIP, tcp::SYN).sport(port);
+    let ack = |port| segment(BOTH_VIP, tcp::ACK).sport(port);
+    // The backend's segment of flow `port`, as it leaves towards the client.
+    let from_backend =
+        |backend, port, flags| segment(BOTH_VIP, flags).sport(port).to(backend).answer();
+    let syn_ack = tcp::SYN | tcp::ACK;
+    let rst = tcp::RST | tcp::ACK;
+    let fin = tcp::FIN | tcp::ACK;
+    let udp_same_ports = query(BOTH_VIP).sport(44000);
+
+    // New flows of "both" alternate T0, T1 (nth); other packets leave the cursor alone.
+    let cases = [
+        steered("SYN opens a flow", &syn(44000), T[0], NEW_FLOW),
+        steered("ACK of that flow follows it", &ack(44000), T[0], HIT),
+        steered(
+            "the query segment follows it",
+            &ack(44000).flags(tcp::ACK | PSH).with_tcp_query(),
+            T[0],
+            HIT,
+        ),
+        passed(
+            "ACK of an unknown flow",
+            ack(44001).bytes(),
+            Reason::TcpNoFlow,
+            MISS,
+        ),
+        passed(
+            "SYN+ACK does not open a flow",
+            syn(44002).flags(syn_ack).bytes(),
+            Reason::TcpNoFlow,
+            MISS,
+        ),
+        steered(
+            "UDP on the same ports is a flow of its own",
+            &udp_same_ports,
+            T[1],
+            NEW_FLOW,
+        ),
+        steered(
+            "SYN to a tcp-only service, backend on another port",
+            &segment(TCP_VIP, tcp::SYN).sport(44003),
+            TCP_BACKEND,
+            NEW_FLOW,
+        ),
+        passed(
+            "UDP to a tcp-only service",
+            query(TCP_VIP).sport(44003).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        replied(
+            "SYN-ACK from the backend",
+            &from_backend(T[0], 44000, syn_ack),
+            BOTH_VIP,
+            NO_EVENTS,
+        ),
+        replied(
+            "answer segment from the backend",
+            &from_backend(T[0], 44000, tcp::ACK | PSH).with_tcp_query(),
+            BOTH_VIP,
+            NO_EVENTS,
+        ),
+        replied(
+            "SYN-ACK with the port translated back",
+            &segment(TCP_VIP, syn_ack)
+                .sport(44003)
+                .to(TCP_BACKEND)
+                .answer(),
+            TCP_VIP,
+            NO_EVENTS,
+        ),
+        replied(
+            "UDP answer of the UDP flow on the same ports",
+            &udp_same_ports.clone().to(T[1]).answer(),
+            BOTH_VIP,
+            NO_EVENTS,
+        ),
+        // RST from the client: steered, then both records are gone.
+        steered(
+            "SYN of a flow the client resets",
+            &syn(44010),
+            T[0],
+            NEW_FLOW,
+        ),
+        steered(
+            "the client's RST still reaches the backend",
+            &syn(44010).flags(rst),
+            T[0],
+            HIT_AND_DELETED,
+        ),
+        passed(
+            "ACK after the client's RST",
+            ack(44010).bytes(),
+            Reason::TcpNoFlow,
+            MISS,
+        ),
+        tc(
+            "backend segment after the client's RST",
+            from_backend(T[0], 44010, tcp::ACK).bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+        // RST from the backend: translated, then both records are gone.
+        steered(
+            "SYN of a flow the backend resets",
+            &syn(44011),
+            T[1],
+            NEW_FLOW,
+        ),
+        replied(
+            "the backend's RST is translated",
+            &from_backend(T[1], 44011, rst),
+            BOTH_VIP,
+            DELETED,
+        ),
+        passed(
+            "ACK after the backend's RST",
+            ack(44011).bytes(),
+            Reason::TcpNoFlow,
+            MISS,
+        ),
+        // FIN from the client: the flow goes on until it closes; a SYN is a new flow.
+        steered(
+            "SYN of a flow the client closes",
+            &syn(44012),
+            T[0],
+            NEW_FLOW,
+        ),
+        steered("the client's FIN", &syn(44012).flags(fin), T[0], HIT),
+        steered(
+            "ACK of the closing flow, within its closing timeout",
+            &ack(44012),
+            T[0],
+            HIT,
+        ),
+        steered(
+            "a new SYN on the closing flow's ports",
+            &syn(44012),
+            T[1],
+            EXPIRED_REBALANCED,
+        ),
+        steered("the new connection's ACK", &ack(44012), T[1], HIT),
+        // FIN from the backend marks the client's record too.
+        steered(
+            "SYN of a flow the backend closes",
+            &syn(44013),
+            T[0],
+            NEW_FLOW,
+        ),
+        replied(
+            "the backend's FIN is translated",
+            &from_backend(T[0], 44013, fin),
+            BOTH_VIP,
+            NO_EVENTS,
+        ),
+        steered(
+            "a new SYN after the backend's FIN",
+            &syn(44013),
+            T[1],
+            EXPIRED_REBALANCED,
+        ),
+    ];
+    prog.check(&cases);
+}
+
+#[test]
+fn generation_flips_move_new_flows_and_keep_or_move_old_ones() {
+    pin_to_cpu0();
+    let mut prog = Loaded::new(CONFIG);
+    let e = sock(10, 100, 13, 6, 53);
+    let old: Vec<Pkt> = (0..4).map(|i| query(VIP).sport(45000 + i)).collect();
+    let cases: Vec<Case> = old
+        .iter()
+        .zip(B)
+        .map(|(p, b)| steered(format!("flow to {b} before the change"), p, b, NEW_FLOW))
+        .collect();
+    prog.check(&cases);
+
+    // B1 removed, E added, B2 drained: each change flips the ring's generation.
+    for change in [Change::Remove(B[1]), Change::Add(e, 1), Change::Drain(B[2])] {
+        let generation = prog.active_ring(DNS_ID);
+        prog.change("dns", change);
+        assert_ne!(
+            prog.active_ring(DNS_ID),
+            generation,
+            "a change flips the generation"
+        );
+    }
+    let fresh = tally((0..42).map(|i| prog.steer(&query(VIP).sport(45100 + i))));
+    assert_eq!(
+        fresh,
+        BTreeMap::from([(B[0], 14), (B[3], 14), (e, 14)]),
+        "new flows go to the new set only, in turns"
+    );
+    assert_eq!(prog.backend_stats(DNS_ID, e).new_flows, 14);
+
+    let drained = prog.backend_stats(DNS_ID, B[2]);
+    // The nth cursor is back at the ring's start (42 = 14 rounds of 3): B0.
+    prog.check(&[
+        steered("flow of a kept backend", &old[0], B[0], HIT),
+        steered("flow of the draining backend stays", &old[2], B[2], HIT),
+        steered("flow of a kept backend", &old[3], B[3], HIT),
+        steered(
+            "flow of the removed backend moves",
+            &old[1],
+            B[0],
+            GONE_REBALANCED,
+        ),
+        steered("the moved flow stays", &old[1], B[0], HIT),
+    ]);
+    let now = prog.backend_stats(DNS_ID, B[2]);
+    assert_eq!(
+        (
+            now.packets - drained.packets,
+            now.new_flows - drained.new_flows
+        ),
+        (1, 0),
+        "the draining backend gets its flow's packet but no new flow"
+    );
+
+    // B1 back: it takes new flows again.
+    let generation = prog.active_ring(DNS_ID);
+    prog.change("dns", Change::Add(B[1], 1));
+    assert_ne!(prog.active_ring(DNS_ID), generation);
+    let fresh = tally((0..40).map(|i| prog.steer(&query(VIP).sport(45200 + i))));
+    assert_eq!(
+        fresh,
+        BTreeMap::from([(B[0], 10), (B[1], 10), (B[3], 10), (e, 10)]),
+        "the re-added backend takes its share of new flows"
+    );
+
+    // Removing the draining backend moves its flow too. The ring (B0 B1 B3 E)
+    // is unchanged and the cursor, at 1 since the moved flow, is again: B1.
+    prog.change("dns", Change::Remove(B[2]));
+    prog.check(&[
+        steered(
+            "flow of the drained backend, once removed, moves",
+            &old[2],
+            B[1],
+            GONE_REBALANCED,
+        ),
+        steered("flow moved earlier stays", &old[1], B[0], HIT),
+    ]);
+}
+
+#[test]
+fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let syn = segment(BOTH_VIP, tcp::SYN).sport(44100);
+    let from_t0 = |flags| syn.clone().flags(flags).to(T[0]).answer();
+    let query_key = FlowKey {
+        src_addr: CLIENT.octets(),
+        dst_addr: BOTH_VIP.ip().octets(),
+        src_port: 44100u16.to_be_bytes(),
+        dst_port: 53u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        direction: direction::QUERY,
+        _pad: [0; 2],
+    };
+    // A connection on T0 closes; the client reuses its port for a new one, which
+    // (its record closing) is balanced anew, to T1.
+    prog.check(&[
+        steered("first connection", &syn, T[0], NEW_FLOW),
+        replied(
+            "T0 closes it",
+            &from_t0(tcp::FIN | tcp::ACK),
+            BOTH_VIP,
+            NO_EVENTS,
+        ),
+        steered(
+            "second connection on the same ports",
+            &syn,
+            T[1],
+            EXPIRED_REBALANCED,
+        ),
+    ]);
+    // A retransmitted FIN of the first connection still has T0's reply record,
+    // but must not mark the second connection, on T1, closing.
+    prog.check(&[replied(
+        "T0's FIN again, late",
+        &from_t0(tcp::FIN | tcp::ACK),
+        BOTH_VIP,
+        NO_EVENTS,
+    )]);
+    let record = prog
+        .flow(&query_key)
+        .expect("the second connection's record");
+    assert_eq!(
+        (record.addr, record.flags),
+        (T[1].ip().octets(), 0),
+        "a former backend's FIN marked the new flow on T1 closing"
+    );
+    // Nor may a late RST from T0 delete it. Only T0's own reply record may go.
+    prog.check(&[
+        replied(
+            "T0's RST, late",
+            &from_t0(tcp::RST | tcp::ACK),
+            BOTH_VIP,
+            &[(FlowEvent::Deleted, 1)],
+        ),
+        steered(
+            "the second connection's ACK still follows it",
+            &syn.clone().flags(tcp::ACK),
+            T[1],
+            HIT,
+        ),
+    ]);
 }

@@ -8,22 +8,30 @@
 pub mod names {
     pub const SERVICES: &str = "SERVICES";
     pub const SERVICE_CONF: &str = "SERVICE_CONF";
+    pub const RINGS: &str = "RINGS";
+    pub const ACTIVE_RING: &str = "ACTIVE_RING";
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const BACKEND_SOURCES: &str = "BACKEND_SOURCES";
     pub const NTH_STATE: &str = "NTH_STATE";
     pub const FLOWS: &str = "FLOWS";
+    pub const FLOW_SETTINGS: &str = "FLOW_SETTINGS";
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const REASONS: &str = "REASONS";
 
     /// Every map the loader pins, in a fixed order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         SERVICE_CONF,
+        RINGS,
+        ACTIVE_RING,
         BACKENDS,
         BACKEND_STATS,
         BACKEND_SOURCES,
         NTH_STATE,
         FLOWS,
+        FLOW_SETTINGS,
+        FLOW_EVENTS,
         REASONS,
     ];
 }
@@ -32,13 +40,20 @@ pub mod names {
 pub const MAX_SERVICES: u32 = 256;
 /// Listen entries (address, port, protocol) over all services.
 pub const MAX_LISTENERS: u32 = 1024;
-/// Backends one service can hold.
+/// Backends one service can hold, counting removed ones whose slot is not reused yet.
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 64;
 /// Backend slots: service `id` owns slots `id * MAX_BACKENDS_PER_SERVICE ..`.
 pub const BACKEND_SLOTS: u32 = MAX_SERVICES * MAX_BACKENDS_PER_SERVICE;
-/// Distinct backend endpoints whose replies the TC side translates.
+/// Distinct backend endpoints whose replies the TC side recognises.
 pub const MAX_BACKEND_SOURCES: u32 = BACKEND_SLOTS;
-/// Flow records (client, backend) -> service address, LRU-evicted.
+/// Entries of one selection ring: 64 backends at the largest weight fit.
+pub const RING_SIZE: u32 = 8192;
+/// The largest backend weight; `MAX_BACKENDS_PER_SERVICE * MAX_WEIGHT <= RING_SIZE`.
+pub const MAX_WEIGHT: u32 = 100;
+const _: () = assert!(MAX_BACKENDS_PER_SERVICE * MAX_WEIGHT <= RING_SIZE);
+/// Two rings (generations) per service.
+pub const RING_ENTRIES: u32 = MAX_SERVICES * 2;
+/// Default flow table capacity in entries (one per direction of a flow).
 pub const FLOW_CAPACITY: u32 = 65536;
 /// Bytes of a service name kept in the kernel, NUL-padded.
 pub const SERVICE_NAME_LEN: usize = 32;
@@ -52,11 +67,17 @@ pub const fn backend_slot(service_id: u32, index: u32) -> u32 {
     service_id * MAX_BACKENDS_PER_SERVICE + index
 }
 
+/// The `RINGS` index of generation `generation` (0 or 1) of service `service_id`.
+#[inline(always)]
+pub const fn ring_key(service_id: u32, generation: u32) -> u32 {
+    service_id * 2 + (generation & 1)
+}
+
 /// An (address, port, protocol) triple: a listen address in `SERVICES`, a backend's
 /// reply source in `BACKEND_SOURCES`. `addr == 0` in `SERVICES` means "any address
 /// arriving on the interface" (a `*` listen).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     /// IPv4 address, network byte order.
     pub addr: [u8; 4],
@@ -79,48 +100,87 @@ impl Endpoint {
     }
 }
 
-/// How a service picks a backend for a packet.
+/// How a service picks a backend for a new flow.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelectMode {
-    /// Per-CPU round robin: the `--every n --packet 0` cascade.
+    /// Per-CPU round robin over the ring: the `--every n --packet 0` cascade,
+    /// smooth weighted round robin when weights differ.
     Nth = 0,
-    /// Uniform random draw: the `--probability 1/n, 1/(n-1), ..` cascade.
+    /// A uniform draw over the ring: each backend in proportion to its weight.
     Random = 1,
 }
 
-/// `SERVICE_CONF[id]`: what the data path needs to select a backend, and the
-/// service's name for `dnsteer stats`. The name lives here rather than in a map of
-/// its own so that every map stats reads is reachable from the attached program
-/// (by id), also from a mount namespace that cannot see the pins.
+/// `SERVICE_CONF[id]`: the service's name and protocols, for `dnsteer stats`. The
+/// name lives here rather than in a map of its own so that every map stats reads
+/// is reachable from the attached program (by id), also from a mount namespace
+/// that cannot see the pins. The data path reads only `in_use`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceConf {
-    /// Backends in slots `backend_slot(id, 0..backend_count)`.
-    pub backend_count: u32,
-    /// A `SelectMode` discriminant.
-    pub select: u32,
-    /// The `PROTO_*` the service balances.
-    pub proto: u8,
+    /// `PROTO_MASK_*` bits: the transports the service balances.
+    pub protocols: u8,
     /// 1 while the id is in use.
     pub in_use: u8,
     pub _pad: [u8; 6],
     /// UTF-8, NUL-padded.
     pub name: [u8; SERVICE_NAME_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ServiceConf>() == 48);
+const _: () = assert!(core::mem::size_of::<ServiceConf>() == 40);
+
+pub const PROTO_MASK_UDP: u8 = 1;
+pub const PROTO_MASK_TCP: u8 = 2;
 
 impl Default for ServiceConf {
     fn default() -> Self {
         Self {
-            backend_count: 0,
-            select: 0,
-            proto: 0,
+            protocols: 0,
             in_use: 0,
             _pad: [0; 6],
             name: [0; SERVICE_NAME_LEN],
         }
     }
+}
+
+/// `RINGS[ring_key(id, generation)]`: the backends new flows of service `id` are
+/// spread over. Each backend's local index (its slot minus the service's first
+/// slot) appears `weight` times, in smooth weighted round robin order; `nth`
+/// walks it with a per-CPU cursor, `random` draws an entry.
+///
+/// Only the generation named by `ACTIVE_RING[id]` is read; the loader writes the
+/// other one and then flips the index (see `xdp-loader/src/live.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    /// Entries in use, `0..=RING_SIZE`; 0 means no backend takes new flows.
+    pub len: u32,
+    /// A `SelectMode` discriminant.
+    pub select: u32,
+    pub slots: [u8; RING_SIZE as usize],
+}
+const _: () = assert!(core::mem::size_of::<Ring>() == 8 + RING_SIZE as usize);
+
+impl Default for Ring {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            select: SelectMode::Nth as u32,
+            slots: [0; RING_SIZE as usize],
+        }
+    }
+}
+
+/// The lifecycle of a backend slot.
+pub mod backend_state {
+    /// Never used.
+    pub const EMPTY: u8 = 0;
+    /// Takes new flows (it is in the active ring) and keeps its flows.
+    pub const ACTIVE: u8 = 1;
+    /// Weight 0: takes no new flows, keeps its flows until they go idle.
+    pub const DRAINING: u8 = 2;
+    /// Removed: its flows move on their next packet; counters kept for stats
+    /// until the slot is reused.
+    pub const REMOVED: u8 = 3;
 }
 
 /// `BACKENDS[slot]`: where a steered packet goes.
@@ -131,41 +191,131 @@ pub struct Backend {
     pub addr: [u8; 4],
     /// Port, network byte order.
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// A `backend_state` value.
+    pub state: u8,
+    pub _pad: u8,
+    /// The configured weight (informational: the ring carries the selection).
+    pub weight: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend>() == 12);
 
-/// Packets and bytes, one per CPU in a per-CPU map.
+impl Backend {
+    /// Whether flows recorded for this backend may keep using it.
+    #[inline(always)]
+    pub const fn keeps_flows(&self) -> bool {
+        self.state == backend_state::ACTIVE || self.state == backend_state::DRAINING
+    }
+}
+
+/// Per backend, one per CPU: packets and bytes steered there, and flows started there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counter {
+pub struct BackendCounter {
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendCounter>() == 24);
 
-/// `FLOWS` key, as seen on a reply: backend (source) and client (destination).
+/// Which way a `FLOWS` record is looked up.
+pub mod direction {
+    /// Client -> service address: the key of a query, the value names the backend.
+    pub const QUERY: u8 = 0;
+    /// Backend -> client: the key of a reply, the value names the service address.
+    pub const REPLY: u8 = 1;
+}
+
+/// `FLOWS` key: a packet's 5-tuple as it is seen, and which way it goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub backend_addr: [u8; 4],
-    pub client_addr: [u8; 4],
-    pub backend_port: [u8; 2],
-    pub client_port: [u8; 2],
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// A `direction` value.
+    pub direction: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
-/// `FLOWS` value: the address and port the client asked, which its reply must come from.
+/// `FLOWS` value. For a query record `addr:port` is the backend; for a reply
+/// record it is the service address the client asked, which the reply must come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    pub service_addr: [u8; 4],
-    pub service_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns` of the flow's last query packet.
+    pub last_seen: u64,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    /// `FLOW_CLOSING` once a FIN was seen.
+    pub flags: u8,
+    pub _pad: u8,
+    /// The backend's slot.
+    pub slot: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+/// A TCP flow that saw a FIN: kept only for `tcp_closing_ns` after its last packet.
+pub const FLOW_CLOSING: u8 = 1;
+
+/// `FLOW_SETTINGS[0]`: idle timeouts, in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSettings {
+    pub udp_idle_ns: u64,
+    pub tcp_idle_ns: u64,
+    pub tcp_closing_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowSettings>() == 24);
+
+/// What happened to a flow record: the index into the per-CPU `FLOW_EVENTS` counters.
+///
+/// The kernel does not report LRU evictions; `dnsteer stats` derives them as
+/// `inserted - deleted - entries present`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// A query found its flow's record and kept its backend.
+    Hit = 0,
+    /// A query had no record.
+    Miss = 1,
+    /// A query's record had been idle too long (or its TCP flow had closed).
+    Expired = 2,
+    /// A query's record named a backend that is gone.
+    BackendGone = 3,
+    /// A record was created under a key that was not in the table.
+    Inserted = 4,
+    /// A record was deleted because its TCP flow was reset.
+    Deleted = 5,
+}
+
+pub const FLOW_EVENT_COUNT: u32 = 6;
+
+impl FlowEvent {
+    pub const ALL: [FlowEvent; FLOW_EVENT_COUNT as usize] = [
+        FlowEvent::Hit,
+        FlowEvent::Miss,
+        FlowEvent::Expired,
+        FlowEvent::BackendGone,
+        FlowEvent::Inserted,
+        FlowEvent::Deleted,
+    ];
+
+    /// The stable name used in `dnsteer stats` text and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FlowEvent::Hit => "hits",
+            FlowEvent::Miss => "misses",
+            FlowEvent::Expired => "expired",
+            FlowEvent::BackendGone => "backend_gone",
+            FlowEvent::Inserted => "inserted",
+            FlowEvent::Deleted => "deleted",
+        }
+    }
+}
 
 /// Why a packet took the path it took: the index into the per-CPU `REASONS` counters.
 #[repr(u32)]
@@ -173,7 +323,7 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 pub enum Reason {
     /// A query rewritten towards a backend.
     Steered = 0,
-    /// Not a UDP packet to a configured listen address (left alone).
+    /// Not a UDP or TCP packet to a configured listen address (left alone).
     NotService = 1,
     /// Matched a service that has no backend (left alone).
     NoBackend = 2,
@@ -185,9 +335,11 @@ pub enum Reason {
     ReplyRewritten = 5,
     /// A packet from a backend address with no flow record (left alone).
     ReplyNoFlow = 6,
+    /// A TCP segment other than a SYN with no flow record (left alone).
+    TcpNoFlow = 7,
 }
 
-pub const REASON_COUNT: u32 = 7;
+pub const REASON_COUNT: u32 = 8;
 
 impl Reason {
     /// Every reason, in index order.
@@ -199,6 +351,7 @@ impl Reason {
         Reason::Fragment,
         Reason::ReplyRewritten,
         Reason::ReplyNoFlow,
+        Reason::TcpNoFlow,
     ];
 
     /// The stable name used in `dnsteer stats` text and JSON.
@@ -211,6 +364,7 @@ impl Reason {
             Reason::Fragment => "fragment",
             Reason::ReplyRewritten => "reply_rewritten",
             Reason::ReplyNoFlow => "reply_no_flow",
+            Reason::TcpNoFlow => "tcp_no_flow",
         }
     }
 }
@@ -222,7 +376,9 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::ServiceConf {}
     unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::Ring {}
+    unsafe impl aya::Pod for super::BackendCounter {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowSettings {}
 }

@@ -1,15 +1,16 @@
-//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options), UDP.
+//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options), UDP or TCP.
 //!
 //! Written once over the [`Packet`] trait so the kernel side (bounds checked
 //! against `data_end`) and the host (a byte slice) run the same code: what the
 //! host tests accept is what the program steers.
 
-use crate::maps::{PROTO_UDP, Reason};
+use crate::maps::{PROTO_TCP, PROTO_UDP, Reason};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
+pub const TCP_MIN_HLEN: usize = 20;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -35,6 +36,19 @@ pub mod udp {
     pub const CHECK: usize = 6;
 }
 
+/// Field offsets and flags inside the TCP header.
+pub mod tcp {
+    pub const SPORT: usize = 0;
+    pub const DPORT: usize = 2;
+    pub const DOFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const CHECK: usize = 16;
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
 /// Read access to a packet's bytes.
 #[expect(
     clippy::len_without_is_empty,
@@ -57,26 +71,53 @@ impl Packet for [u8] {
     }
 }
 
-/// An IPv4 UDP datagram's addresses and where its headers start.
+/// An IPv4 UDP datagram or TCP segment: its 5-tuple and where its headers start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Udp4 {
+pub struct Headers4 {
     /// Offset of the IPv4 header.
     pub l3: usize,
-    /// Offset of the UDP header.
+    /// Offset of the UDP or TCP header.
     pub l4: usize,
+    /// `PROTO_UDP` or `PROTO_TCP`.
+    pub proto: u8,
+    /// TCP flags (`tcp::FIN` ..); 0 for UDP.
+    pub tcp_flags: u8,
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
 }
 
-/// Why a packet is not an IPv4 UDP datagram dnsteer may touch.
+impl Headers4 {
+    /// Offset of the transport checksum.
+    #[inline(always)]
+    pub const fn l4_check(&self) -> usize {
+        if self.proto == PROTO_TCP {
+            self.l4 + tcp::CHECK
+        } else {
+            self.l4 + udp::CHECK
+        }
+    }
+
+    #[inline(always)]
+    pub const fn is_tcp(&self) -> bool {
+        self.proto == PROTO_TCP
+    }
+
+    /// A TCP segment that opens a connection (SYN without ACK).
+    #[inline(always)]
+    pub const fn is_syn(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+    }
+}
+
+/// Why a packet is not an IPv4 UDP datagram or TCP segment dnsteer may touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
     /// Not IPv4 (ARP, IPv6, three or more VLAN tags, ..).
     NotIpv4,
-    /// IPv4 but not UDP.
-    NotUdp,
+    /// IPv4 but neither UDP nor TCP.
+    NotUdpOrTcp,
     /// To a multicast or broadcast address: never a load-balanced query.
     NotUnicast,
     /// Truncated, or lengths that disagree with each other or with the frame.
@@ -90,7 +131,7 @@ impl Skip {
     #[inline(always)]
     pub const fn reason(self) -> Reason {
         match self {
-            Skip::NotIpv4 | Skip::NotUdp | Skip::NotUnicast => Reason::NotService,
+            Skip::NotIpv4 | Skip::NotUdpOrTcp | Skip::NotUnicast => Reason::NotService,
             Skip::Malformed => Reason::Malformed,
             Skip::Fragment => Reason::Fragment,
         }
@@ -120,9 +161,9 @@ fn ethertype<P: Packet + ?Sized>(p: &P) -> Result<(u16, usize), Skip> {
     Ok((proto, off))
 }
 
-/// Parses an Ethernet frame down to its UDP header.
+/// Parses an Ethernet frame down to its UDP or TCP header.
 #[inline(always)]
-pub fn udp4<P: Packet + ?Sized>(p: &P) -> Result<Udp4, Skip> {
+pub fn headers4<P: Packet + ?Sized>(p: &P) -> Result<Headers4, Skip> {
     let (proto, l3) = ethertype(p)?;
     if proto != ETH_P_IPV4 {
         return Err(Skip::NotIpv4);
@@ -140,8 +181,9 @@ pub fn udp4<P: Packet + ?Sized>(p: &P) -> Result<Udp4, Skip> {
     if be16([ip[ipv4::FRAG], ip[ipv4::FRAG + 1]]) & ipv4::FRAG_MASK != 0 {
         return Err(Skip::Fragment);
     }
-    if ip[ipv4::PROTO] != PROTO_UDP {
-        return Err(Skip::NotUdp);
+    let proto = ip[ipv4::PROTO];
+    if proto != PROTO_UDP && proto != PROTO_TCP {
+        return Err(Skip::NotUdpOrTcp);
     }
     let dst = [
         ip[ipv4::DST],
@@ -153,14 +195,31 @@ pub fn udp4<P: Packet + ?Sized>(p: &P) -> Result<Udp4, Skip> {
         return Err(Skip::NotUnicast);
     }
     let l4 = l3 + ihl;
-    let hdr = p.bytes::<UDP_HLEN>(l4).ok_or(Skip::Malformed)?;
-    let udp_len = be16([hdr[udp::LEN], hdr[udp::LEN + 1]]) as usize;
-    if udp_len < UDP_HLEN || udp_len > tot_len - ihl {
-        return Err(Skip::Malformed);
-    }
-    Ok(Udp4 {
+    let payload = tot_len - ihl;
+    // The first 20 bytes cover both a UDP header and a minimal TCP header; a
+    // UDP datagram is read as far as its own 8 bytes only.
+    let tcp_flags = if proto == PROTO_TCP {
+        let hdr = p.bytes::<TCP_MIN_HLEN>(l4).ok_or(Skip::Malformed)?;
+        let doff = (hdr[tcp::DOFF] >> 4) as usize * 4;
+        if doff < TCP_MIN_HLEN || doff > payload {
+            return Err(Skip::Malformed);
+        }
+        hdr[tcp::FLAGS]
+    } else {
+        let hdr = p.bytes::<UDP_HLEN>(l4).ok_or(Skip::Malformed)?;
+        let udp_len = be16([hdr[udp::LEN], hdr[udp::LEN + 1]]) as usize;
+        if udp_len < UDP_HLEN || udp_len > payload {
+            return Err(Skip::Malformed);
+        }
+        0
+    };
+    // Ports sit at the same offsets in UDP and TCP.
+    let ports = p.bytes::<4>(l4).ok_or(Skip::Malformed)?;
+    Ok(Headers4 {
         l3,
         l4,
+        proto,
+        tcp_flags,
         src: [
             ip[ipv4::SRC],
             ip[ipv4::SRC + 1],
@@ -168,8 +227,8 @@ pub fn udp4<P: Packet + ?Sized>(p: &P) -> Result<Udp4, Skip> {
             ip[ipv4::SRC + 3],
         ],
         dst,
-        sport: [hdr[udp::SPORT], hdr[udp::SPORT + 1]],
-        dport: [hdr[udp::DPORT], hdr[udp::DPORT + 1]],
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
     })
 }
 
@@ -208,7 +267,7 @@ mod tests {
     #[test]
     fn plain_query() {
         let f = frame(&[], 0, b"query");
-        let u = udp4(f.as_slice()).unwrap();
+        let u = headers4(f.as_slice()).unwrap();
         assert_eq!((u.l3, u.l4), (14, 34));
         assert_eq!((u.src, u.dst), ([192, 0, 2, 100], [192, 0, 2, 10]));
         assert_eq!((be16(u.sport), be16(u.dport)), (40000, 53));
@@ -216,19 +275,19 @@ mod tests {
 
     #[test]
     fn vlan_qinq_and_options() {
-        let u = udp4(frame(&[ETH_P_8021AD, ETH_P_8021Q], 12, b"q").as_slice()).unwrap();
+        let u = headers4(frame(&[ETH_P_8021AD, ETH_P_8021Q], 12, b"q").as_slice()).unwrap();
         assert_eq!((u.l3, u.l4), (22, 22 + 32));
         let three = frame(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], 0, b"q");
-        assert_eq!(udp4(three.as_slice()), Err(Skip::NotIpv4));
+        assert_eq!(headers4(three.as_slice()), Err(Skip::NotIpv4));
     }
 
     #[test]
     fn every_truncation_is_malformed() {
         let f = frame(&[ETH_P_8021Q], 4, b"");
         for cut in 0..f.len() {
-            assert_eq!(udp4(&f[..cut]), Err(Skip::Malformed), "cut at {cut}");
+            assert_eq!(headers4(&f[..cut]), Err(Skip::Malformed), "cut at {cut}");
         }
-        assert!(udp4(f.as_slice()).is_ok());
+        assert!(headers4(f.as_slice()).is_ok());
     }
 
     #[test]
@@ -237,7 +296,7 @@ mod tests {
         let with = |at: usize, val: &[u8]| {
             let mut f = base.clone();
             f[at..at + val.len()].copy_from_slice(val);
-            udp4(f.as_slice())
+            headers4(f.as_slice())
         };
         assert_eq!(
             with(14, &[0x65]),
@@ -263,15 +322,55 @@ mod tests {
         assert_eq!(with(20, &[0x20, 0x00]), Err(Skip::Fragment), "MF");
         assert_eq!(with(20, &[0x00, 0x10]), Err(Skip::Fragment), "offset");
         assert!(with(20, &[0x40, 0x00]).is_ok(), "DF is not a fragment");
-        assert_eq!(with(23, &[6]), Err(Skip::NotUdp));
+        assert_eq!(with(23, &[1]), Err(Skip::NotUdpOrTcp), "ICMP");
         assert_eq!(with(30, &[224, 0, 0, 251]), Err(Skip::NotUnicast));
         assert_eq!(with(30, &[255, 255, 255, 255]), Err(Skip::NotUnicast));
         assert_eq!(with(12, &[0x86, 0xdd]), Err(Skip::NotIpv4));
         let mut padded = base.clone();
         padded.extend_from_slice(&[0; 6]);
         assert!(
-            udp4(padded.as_slice()).is_ok(),
+            headers4(padded.as_slice()).is_ok(),
             "Ethernet padding after the datagram"
+        );
+    }
+
+    /// A TCP segment: the UDP frame's 20 bytes after IPv4 reread as a TCP header.
+    fn tcp_frame(doff_flags: [u8; 2]) -> Vec<u8> {
+        let mut f = frame(&[], 0, &[0; 12]);
+        f[23] = PROTO_TCP;
+        f[34 + tcp::DOFF..34 + tcp::FLAGS + 1].copy_from_slice(&doff_flags);
+        f
+    }
+
+    #[test]
+    fn tcp_segments() {
+        let syn = tcp_frame([0x50, tcp::SYN]);
+        let h = headers4(syn.as_slice()).unwrap();
+        assert_eq!(
+            (h.proto, h.tcp_flags, h.l4_check()),
+            (PROTO_TCP, tcp::SYN, 34 + 16)
+        );
+        assert_eq!((be16(h.sport), be16(h.dport)), (40000, 53));
+        assert!(h.is_syn());
+        let syn_ack = tcp_frame([0x50, tcp::SYN | tcp::ACK]);
+        assert!(!headers4(syn_ack.as_slice()).unwrap().is_syn());
+        assert_eq!(
+            headers4(tcp_frame([0x40, 0]).as_slice()),
+            Err(Skip::Malformed),
+            "data offset 4"
+        );
+        assert_eq!(
+            headers4(tcp_frame([0x60, 0]).as_slice()),
+            Err(Skip::Malformed),
+            "options past the segment"
+        );
+        for cut in 0..syn.len() {
+            assert_eq!(headers4(&syn[..cut]), Err(Skip::Malformed), "cut at {cut}");
+        }
+        let udp = headers4(frame(&[], 0, b"q").as_slice()).unwrap();
+        assert_eq!(
+            (udp.proto, udp.tcp_flags, udp.l4_check()),
+            (PROTO_UDP, 0, 34 + 6)
         );
     }
 }

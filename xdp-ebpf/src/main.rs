@@ -1,16 +1,18 @@
 //! dnsteer's kernel side.
 //!
 //! - `dnsteer_steer` (XDP, ingress of the configured interface): rewrites the
-//!   destination of a UDP query to a listen address towards one backend, records
-//!   the flow and hands the packet to the stack (XDP_PASS), which forwards it.
+//!   destination of a UDP or TCP packet to a listen address towards its flow's
+//!   backend (a new flow picks one from the service's ring) and hands it to the
+//!   stack (XDP_PASS), which forwards it.
 //! - `dnsteer_reply` (TC, egress of the same interface): rewrites the source of a
-//!   backend's answer back to the address the client asked, using that record.
+//!   backend's reply back to the address the client asked, from the flow's record.
 //!
 //! Every packet leaves unchanged unless it is fully understood, and bumps exactly
 //! one `REASONS` counter saying why it went the way it went.
 #![no_std]
 #![no_main]
 
+mod flow;
 mod maps;
 mod nat;
 mod packet;
@@ -19,11 +21,12 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use xdp_common::{
-    FlowKey, FlowValue, PROTO_UDP, Reason,
+    Reason,
     parse::{self, Packet as _},
 };
 
@@ -43,60 +46,35 @@ pub fn dnsteer_reply(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn steer(ctx: &XdpContext) -> Reason {
-    let udp = match parse::udp4(&packet::Xdp(ctx)) {
-        Ok(udp) => udp,
+    let pkt = match parse::headers4(&packet::Xdp(ctx)) {
+        Ok(pkt) => pkt,
         Err(skip) => return skip.reason(),
     };
-    let Some(service) = select::service(&udp) else {
+    let Some(service) = select::service(&pkt) else {
         return Reason::NotService;
     };
-    let Some((slot, backend)) = select::backend(service) else {
-        return Reason::NoBackend;
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let target = match flow::query(&pkt, service, now) {
+        Ok(target) => target,
+        Err(reason) => return reason,
     };
-    // The record is written before the rewrite so the answer can never overtake it.
-    let key = FlowKey {
-        backend_addr: backend.addr,
-        client_addr: udp.src,
-        backend_port: backend.port,
-        client_port: udp.sport,
-        proto: PROTO_UDP,
-        _pad: [0; 3],
-    };
-    let asked = FlowValue {
-        service_addr: udp.dst,
-        service_port: udp.dport,
-        _pad: [0; 2],
-    };
-    // An LRU map evicts instead of failing when full; an error here would only cost
-    // this query its reply translation, so it is not worth dropping the query for.
-    let _ = maps::FLOWS.insert(key, asked, 0);
-    if nat::to_backend(ctx, &udp, &backend).is_none() {
+    if nat::to_backend(ctx, &pkt, target.addr, target.port).is_none() {
         return Reason::Malformed;
     }
-    stats::backend(slot, packet::Xdp(ctx).len() as u64);
+    stats::backend(target.slot, packet::Xdp(ctx).len() as u64, target.new_flow);
     Reason::Steered
 }
 
 #[inline(always)]
 fn reply(ctx: &TcContext) -> Option<Reason> {
-    // Anything that is not a well-formed IPv4 UDP packet from a backend is not a
-    // reply of ours and is not counted here: egress carries all of the node's traffic.
-    let udp = parse::udp4(&packet::Tc(ctx)).ok()?;
-    select::backend_source(&udp)?;
-    let key = FlowKey {
-        backend_addr: udp.src,
-        client_addr: udp.dst,
-        backend_port: udp.sport,
-        client_port: udp.dport,
-        proto: PROTO_UDP,
-        _pad: [0; 3],
+    // Anything that is not a well-formed IPv4 UDP or TCP packet is not a reply of
+    // ours and is not counted here: egress carries all of the node's traffic.
+    let pkt = parse::headers4(&packet::Tc(ctx)).ok()?;
+    let Some(asked) = flow::reply(&pkt) else {
+        return select::backend_source(&pkt).then_some(Reason::ReplyNoFlow);
     };
-    // SAFETY: the value is copied out at once; a concurrent LRU eviction can at
-    // worst hand us a record being reused, which is still a valid service address.
-    let Some(asked) = (unsafe { maps::FLOWS.get(key) }).copied() else {
-        return Some(Reason::ReplyNoFlow);
-    };
-    Some(match nat::to_service(ctx, &udp, &asked) {
+    Some(match nat::to_service(ctx, &pkt, asked.addr, asked.port) {
         Ok(()) => Reason::ReplyRewritten,
         Err(_) => Reason::Malformed,
     })

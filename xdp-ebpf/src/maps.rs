@@ -1,45 +1,64 @@
 //! The program's maps. Layouts and capacities live in `xdp-common`; the loader
-//! fills the configuration maps and pins all of them for `dnsteer stats`.
+//! fills the configuration maps, changes them live, and pins all of them.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use xdp_common::{
-    BACKEND_SLOTS, Backend, Counter, Endpoint, FLOW_CAPACITY, FlowKey, FlowValue,
-    MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, ServiceConf,
+    BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT, FlowKey,
+    FlowSettings, FlowValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT,
+    RING_ENTRIES, Ring, ServiceConf,
 };
 
-/// Listen address (or `*`, address 0) -> service id.
+/// Listen address (or `*`, address 0), port and protocol -> service id.
 #[map]
 pub static SERVICES: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
-/// Service id -> backend count, selection mode and name.
+/// Service id -> name and protocols (for stats), and whether the id is in use.
 #[map]
 pub static SERVICE_CONF: Array<ServiceConf> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// `backend_slot(service, i)` -> backend address and port.
+/// `ring_key(service, generation)` -> the backends new flows are spread over.
+#[map]
+pub static RINGS: Array<Ring> = Array::with_max_entries(RING_ENTRIES, 0);
+
+/// Service id -> the generation of its ring in use (0 or 1).
+#[map]
+pub static ACTIVE_RING: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// `backend_slot(service, i)` -> backend address, port, state and weight.
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(BACKEND_SLOTS, 0);
 
-/// `backend_slot(service, i)` -> packets and bytes steered there, per CPU.
+/// `backend_slot(service, i)` -> packets, bytes and new flows, per CPU.
 #[map]
-pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(BACKEND_SLOTS, 0);
+pub static BACKEND_STATS: PerCpuArray<BackendCounter> =
+    PerCpuArray::with_max_entries(BACKEND_SLOTS, 0);
 
-/// Backend (address, port, protocol) -> number of slots using it: the sources
-/// whose packets the TC side treats as replies.
+/// Backend (address, port, protocol) -> number of slots using it: tells a reply
+/// that lost its flow record (`reply_no_flow`) from unrelated egress traffic.
 #[map]
 pub static BACKEND_SOURCES: HashMap<Endpoint, u32> =
     HashMap::with_max_entries(MAX_BACKEND_SOURCES, 0);
 
-/// Service id -> the `nth` cursor, per CPU so no two CPUs ever contend for it.
+/// Service id -> the `nth` cursor into its ring, per CPU so no two CPUs contend.
 #[map]
 pub static NTH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
-/// (backend, client) -> the address the client asked. Shared by all CPUs: the
-/// answer may leave on another CPU than the query arrived on.
+/// Flow affinity and reply translation: one record per direction of a flow.
+/// Shared by all CPUs, since a reply may leave on another CPU than its query
+/// arrived on. The loader sets the capacity from `[flows] size`.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOW_CAPACITY, 0);
+
+/// `[0]`: the idle timeouts.
+#[map]
+pub static FLOW_SETTINGS: Array<FlowSettings> = Array::with_max_entries(1, 0);
+
+/// `FlowEvent` -> count, per CPU.
+#[map]
+pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EVENT_COUNT, 0);
 
 /// `Reason` -> packets, per CPU.
 #[map]

@@ -1,32 +1,41 @@
-//! Which service a packet is for, and which of its backends gets it.
+//! Which service a packet is for, and which of its backends a new flow gets.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use xdp_common::{
-    Backend, Endpoint, MAX_BACKENDS_PER_SERVICE, PROTO_UDP, SelectMode, backend_slot, parse::Udp4,
-    select,
+    Backend, Endpoint, RING_SIZE, SelectMode, backend_slot, backend_state, parse::Headers4,
+    ring_key, select,
 };
 
-use crate::maps::{BACKEND_SOURCES, BACKENDS, NTH_STATE, SERVICE_CONF, SERVICES};
+use crate::maps::{
+    ACTIVE_RING, BACKEND_SOURCES, BACKENDS, NTH_STATE, RINGS, SERVICE_CONF, SERVICES,
+};
 
 /// The service listening on the packet's destination: the exact address first,
-/// then a `*` listen on the same port.
+/// then a `*` listen on the same port and protocol. A service the loader is
+/// tearing down (`in_use` cleared) is not one.
 #[inline(always)]
-pub fn service(udp: &Udp4) -> Option<u32> {
-    let exact = Endpoint::new(udp.dst, udp.dport, PROTO_UDP);
-    let any = Endpoint::new([0; 4], udp.dport, PROTO_UDP);
+pub fn service(pkt: &Headers4) -> Option<u32> {
+    let exact = Endpoint::new(pkt.dst, pkt.dport, pkt.proto);
+    let any = Endpoint::new([0; 4], pkt.dport, pkt.proto);
     // SAFETY: ids are plain u32s copied out at once.
-    unsafe { SERVICES.get(exact).or_else(|| SERVICES.get(any)).copied() }
+    let id = unsafe { SERVICES.get(exact).or_else(|| SERVICES.get(any)).copied() }?;
+    (SERVICE_CONF.get(id)?.in_use != 0).then_some(id)
 }
 
-/// The backend for one packet of `service`, and its slot (for its counters).
+/// The backend for a new flow of `service`, and its slot.
+///
+/// The generation index is read once; the ring it names is never written
+/// while a program may still be reading it (the loader waits an RCU grace
+/// period before reusing a generation), so the whole pick sees one backend set.
 #[inline(always)]
 pub fn backend(service: u32) -> Option<(u32, Backend)> {
-    let conf = SERVICE_CONF.get(service)?;
-    let n = conf.backend_count;
-    if n > MAX_BACKENDS_PER_SERVICE {
+    let generation = *ACTIVE_RING.get(service)?;
+    let ring = RINGS.get(ring_key(service, generation))?;
+    let n = ring.len;
+    if n > RING_SIZE {
         return None;
     }
-    let index = if conf.select == SelectMode::Random as u32 {
+    let index = if ring.select == SelectMode::Random as u32 {
         // SAFETY: a plain helper call with no arguments.
         select::random(unsafe { bpf_get_prandom_u32() }, n)?
     } else {
@@ -36,13 +45,16 @@ pub fn backend(service: u32) -> Option<(u32, Backend)> {
         unsafe { *cursor = next };
         index
     };
-    let slot = backend_slot(service, index);
-    Some((slot, *BACKENDS.get(slot)?))
+    let local = *ring.slots.get(index as usize)?;
+    let slot = backend_slot(service, local as u32);
+    let backend = *BACKENDS.get(slot)?;
+    // The ring only names active backends; this guards against a loader bug.
+    (backend.state == backend_state::ACTIVE).then_some((slot, backend))
 }
 
 /// Whether the packet's source is a backend, i.e. whether it may be an answer.
 #[inline(always)]
-pub fn backend_source(udp: &Udp4) -> Option<()> {
-    let source = Endpoint::new(udp.src, udp.sport, PROTO_UDP);
-    BACKEND_SOURCES.get_ptr(source).map(|_| ())
+pub fn backend_source(pkt: &Headers4) -> bool {
+    let source = Endpoint::new(pkt.src, pkt.sport, pkt.proto);
+    BACKEND_SOURCES.get_ptr(source).is_some()
 }

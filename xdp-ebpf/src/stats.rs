@@ -1,8 +1,8 @@
 //! Per-CPU counters: plain adds, no atomics, summed by userspace.
 
-use xdp_common::Reason;
+use xdp_common::{FlowEvent, Reason};
 
-use crate::maps::{BACKEND_STATS, REASONS};
+use crate::maps::{BACKEND_STATS, FLOW_EVENTS, REASONS};
 
 #[inline(always)]
 pub fn count(reason: Reason) {
@@ -13,12 +13,21 @@ pub fn count(reason: Reason) {
 }
 
 #[inline(always)]
-pub fn backend(slot: u32, bytes: u64) {
+pub fn flow(event: FlowEvent) {
+    if let Some(counter) = FLOW_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: as above.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn backend(slot: u32, bytes: u64, new_flow: bool) {
     if let Some(counter) = BACKEND_STATS.get_ptr_mut(slot) {
         // SAFETY: as above.
         unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
+            (*counter).new_flows += new_flow as u64;
         }
     }
 }

@@ -6,18 +6,33 @@
 use std::{
     collections::HashMap,
     ffi::CString,
-    fmt, fs,
-    hash::Hash,
-    io,
+    fmt, fs, io,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use serde::Deserialize;
+pub use xdp_common::MAX_WEIGHT;
 use xdp_common::{
-    MAX_BACKENDS_PER_SERVICE, MAX_LISTENERS, MAX_SERVICES, PROTO_UDP, SERVICE_NAME_LEN,
+    FLOW_CAPACITY, MAX_BACKENDS_PER_SERVICE, MAX_LISTENERS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+    SERVICE_NAME_LEN,
 };
+
+/// The weight of a backend written without one.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Flow table capacity, in entries, when `[flows] size` is absent.
+pub const DEFAULT_FLOW_SIZE: u32 = FLOW_CAPACITY;
+/// The smallest `[flows] size`.
+pub const MIN_FLOW_SIZE: u32 = 1024;
+/// The largest `[flows] size`.
+pub const MAX_FLOW_SIZE: u32 = 1 << 24;
+/// The shortest flow timeout.
+pub const MIN_FLOW_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest flow timeout.
+pub const MAX_FLOW_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +41,8 @@ pub struct Config {
     pub interface: String,
     pub xdp_mode: XdpModeSetting,
     pub services: Vec<Service>,
+    /// The flow-affinity table: `[flows]`, or its defaults.
+    pub flows: FlowSettings,
 }
 
 /// A named group of listen entries sharing one backend set.
@@ -35,7 +52,7 @@ pub struct Service {
     pub listen: Vec<Listen>,
     pub protocol: Protocol,
     pub select: Select,
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<BackendSpec>,
 }
 
 /// A listen entry: `addr` `None` is `*`, any destination address arriving on the interface.
@@ -45,14 +62,45 @@ pub struct Listen {
     pub port: u16,
 }
 
+/// A backend and its share of new flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendSpec {
+    pub addr: SocketAddrV4,
+    /// 0 to `MAX_WEIGHT`; new flows are spread in proportion to it. 0 drains the
+    /// backend: its existing flows stay, it gets no new ones.
+    pub weight: u32,
+}
+
+/// The flow-affinity table: how many flows it holds and how long it keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSettings {
+    /// The LRU table's capacity in entries.
+    pub size: u32,
+    /// How long a UDP flow without packets keeps its backend.
+    pub udp_idle_timeout: Duration,
+    /// How long a TCP flow without packets keeps its backend.
+    pub tcp_idle_timeout: Duration,
+    /// How long a TCP flow whose FIN was seen is kept.
+    pub tcp_closing_timeout: Duration,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        Self {
+            size: DEFAULT_FLOW_SIZE,
+            udp_idle_timeout: Duration::from_secs(30),
+            tcp_idle_timeout: Duration::from_secs(300),
+            tcp_closing_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Defines a fieldless enum spelled in the config by one word per variant, with
 /// `as_str`, `Display` and a `FromStr` whose error says what would be accepted.
-/// Words after `not_yet` are recognised and rejected as not supported yet.
 macro_rules! keyword_enum {
     (
         $(#[$meta:meta])*
         $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }
-        $(not_yet [$($later:literal),+])?
     ) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,7 +125,6 @@ macro_rules! keyword_enum {
             fn from_str(s: &str) -> Result<Self, String> {
                 match s {
                     $($word => Ok(Self::$variant),)+
-                    $($($later)|+ => Err(format!("not supported yet; use {}", one_of(Self::WORDS))),)?
                     _ => Err(format!("expected {}", one_of(Self::WORDS))),
                 }
             }
@@ -104,7 +151,7 @@ keyword_enum! {
 }
 
 keyword_enum! {
-    /// How a service picks a backend for a packet.
+    /// How a service picks a backend for a new flow.
     Select {
         /// Round robin.
         Nth = "nth",
@@ -114,17 +161,33 @@ keyword_enum! {
 }
 
 keyword_enum! {
-    /// The transport a service balances.
-    Protocol { Udp = "udp" }
-    not_yet ["tcp", "udp+tcp"]
+    /// The transports a service balances.
+    Protocol {
+        Udp = "udp",
+        Tcp = "tcp",
+        /// Both, on the same listen entries and backends.
+        UdpTcp = "udp+tcp",
+    }
 }
 
 impl Protocol {
-    /// The IP protocol number, as the kernel side matches it.
-    pub fn ip_proto(&self) -> u8 {
+    /// The IP protocol numbers, as the kernel side matches them: one listen
+    /// entry per listen address and protocol.
+    pub fn ip_protos(&self) -> &'static [u8] {
         match self {
-            Protocol::Udp => PROTO_UDP,
+            Protocol::Udp => &[PROTO_UDP],
+            Protocol::Tcp => &[PROTO_TCP],
+            Protocol::UdpTcp => &[PROTO_UDP, PROTO_TCP],
         }
+    }
+}
+
+/// The config's word for an IP protocol number `Protocol::ip_protos` returns.
+fn ip_proto_word(proto: u8) -> &'static str {
+    match proto {
+        PROTO_UDP => "udp",
+        PROTO_TCP => "tcp",
+        _ => unreachable!("ip_protos returns udp and tcp only, not {proto}"),
     }
 }
 
@@ -139,6 +202,12 @@ impl fmt::Display for Listen {
 
 const LISTEN_FORM: &str = r#"IPV4:PORT or *:PORT, e.g. "192.0.2.10:53" or "*:53""#;
 const BACKEND_FORM: &str = r#"IPV4:PORT, e.g. "10.0.0.2:53""#;
+const BACKEND_SPEC_FORM: &str = r#"IPV4:PORT or IPV4:PORT=WEIGHT, e.g. "10.0.0.2:53=3""#;
+const BACKEND_ENTRY_FORM: &str = r#""IPV4:PORT" or { addr = "IPV4:PORT", weight = N }, e.g. { addr = "10.0.0.2:53", weight = 3 }"#;
+/// `MIN_FLOW_TIMEOUT` to `MAX_FLOW_TIMEOUT`, for messages.
+const TIMEOUT_RANGE: &str = r#"use a duration from 100ms to 24h, e.g. "30s" or 30"#;
+const DURATION_FORM: &str =
+    r#"a number and a unit (ms, s, m or h), e.g. "500ms", "1.5s", "5m" or "1h""#;
 
 impl FromStr for Listen {
     type Err = String;
@@ -150,6 +219,34 @@ impl FromStr for Listen {
                 r#"0.0.0.0 is not a listen address; write "*:{port}" for any address"#
             )),
             (addr, port) => Ok(Listen { addr, port }),
+        }
+    }
+}
+
+/// The command line's spelling: `IPV4:PORT` (weight 1) or `IPV4:PORT=WEIGHT`.
+impl FromStr for BackendSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, weight) = match s.split_once('=') {
+            Some((addr, weight)) => (addr, Some(weight)),
+            None => (s, None),
+        };
+        let addr = backend_addr(addr, BACKEND_SPEC_FORM)?;
+        let weight = match weight {
+            None => DEFAULT_WEIGHT,
+            Some(w) => parse_weight(w).map_err(|reason| format!("weight {w:?}: {reason}"))?,
+        };
+        Ok(BackendSpec { addr, weight })
+    }
+}
+
+/// `IPV4:PORT` at weight 1, `IPV4:PORT=WEIGHT` otherwise: what `FromStr` reads.
+impl fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.weight {
+            DEFAULT_WEIGHT => write!(f, "{}", self.addr),
+            weight => write!(f, "{}={weight}", self.addr),
         }
     }
 }
@@ -231,7 +328,8 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
 
     let mut services: Vec<Service> = Vec::with_capacity(raw.service.len());
     let mut names = HashMap::new();
-    // (listen entry, protocol) -> index of the service that owns it.
+    // (listen entry, IP protocol) -> index of the service that owns it: one map
+    // entry each on the kernel side.
     let mut listeners = HashMap::new();
     for (i, raw) in raw.service.into_iter().enumerate() {
         let service = at.service(i, raw)?;
@@ -245,29 +343,33 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         for (j, listen) in service.listen.iter().enumerate() {
             let field = format!("service[{i}] {:?}: listen[{j}]", service.name);
             let value = quoted(&listen.to_string());
-            if let Some(k) = listeners.insert((*listen, service.protocol), i) {
-                let (owner, protocol) = (&services[k].name, service.protocol);
-                let reason = format!(
-                    "service[{k}] {owner:?} listens on {listen} ({protocol}) already; an address, port and protocol belong to one service"
-                );
-                return Err(at.invalid(field, value, reason));
-            }
-            if listeners.len() > MAX_LISTENERS as usize {
-                return Err(at.invalid(
-                    field,
-                    value,
-                    format!(
-                        "at most {MAX_LISTENERS} listen entries over all services are supported"
-                    ),
-                ));
+            for &proto in service.protocol.ip_protos() {
+                if let Some(k) = listeners.insert((*listen, proto), i) {
+                    let (owner, word) = (&services[k].name, ip_proto_word(proto));
+                    let reason = format!(
+                        "service[{k}] {owner:?} listens on {listen} ({word}) already; an address, port and protocol belong to one service"
+                    );
+                    return Err(at.invalid(field, value, reason));
+                }
+                if listeners.len() > MAX_LISTENERS as usize {
+                    return Err(at.invalid(
+                        field,
+                        value,
+                        format!(
+                            "at most {MAX_LISTENERS} listen entries over all services are supported; a udp+tcp service's entries count twice"
+                        ),
+                    ));
+                }
             }
         }
         services.push(service);
     }
+    let flows = at.flows(raw.flows.unwrap_or_default())?;
     Ok(Config {
         interface,
         xdp_mode,
         services,
+        flows,
     })
 }
 
@@ -286,6 +388,59 @@ pub fn check_interface(origin: &Path, interface: &str) -> Result<u32, ConfigErro
     }
 }
 
+/// Parses a duration: a decimal number and a unit, `ms`, `s`, `m` or `h`
+/// (`"500ms"`, `"1.5s"`, `"5m"`, `"1h"`), or a bare number of seconds (`"30"`).
+/// Exact to the nanosecond, below which it truncates; callers check the range.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration_or_overflow(s)?
+        .ok_or_else(|| "too long; a duration is at most 2^64 - 1 seconds".to_owned())
+}
+
+/// `parse_duration`, with `None` for a well-formed duration too long for `Duration`,
+/// so a caller with a range can say its maximum instead.
+fn duration_or_overflow(s: &str) -> Result<Option<Duration>, String> {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    let expected = || format!("expected {DURATION_FORM}");
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(end);
+    let unit_nanos = match unit {
+        "ms" => NANOS_PER_SEC / 1000,
+        "s" | "" => NANOS_PER_SEC,
+        "m" => 60 * NANOS_PER_SEC,
+        "h" => 60 * 60 * NANOS_PER_SEC,
+        _ => return Err(expected()),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(expected());
+    }
+    let whole: u128 = match whole.parse::<u64>() {
+        Ok(whole) => whole.into(),
+        Err(_) if whole.is_empty() => 0,
+        // Digits only: more than u64 holds.
+        Err(_) => return Ok(None),
+    };
+    // Digits past the 18th are below a nanosecond even in hours; u128 holds the rest.
+    let fraction = &fraction[..fraction.len().min(18)];
+    let scale = 10u128.pow(fraction.len() as u32);
+    let fraction: u128 = match fraction {
+        "" => 0,
+        _ => fraction.parse().expect("digits only"),
+    };
+    let nanos = whole * unit_nanos + fraction * unit_nanos / scale;
+    Ok(u64::try_from(nanos / NANOS_PER_SEC)
+        .ok()
+        .map(|secs| Duration::new(secs, (nanos % NANOS_PER_SEC) as u32)))
+}
+
+/// Parses a backend's `IPV4:PORT`: a concrete unicast address to rewrite packets
+/// towards. The command line's `ADDR:PORT` arguments use it too.
+pub fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
+    backend_addr(s, BACKEND_FORM)
+}
+
 /// The file as written; validation turns it into a `Config`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +449,7 @@ struct RawConfig {
     xdp_mode: Option<String>,
     #[serde(default)]
     service: Vec<RawService>,
+    flows: Option<RawFlows>,
 }
 
 #[derive(Deserialize)]
@@ -303,7 +459,27 @@ struct RawService {
     listen: Option<Vec<String>>,
     protocol: Option<String>,
     select: Option<String>,
-    backends: Option<Vec<String>>,
+    /// Each a string or a table, checked one by one so a bad entry is named.
+    backends: Option<Vec<toml::Value>>,
+}
+
+/// A `backends` entry in table form; values are checked by hand to name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    addr: Option<toml::Value>,
+    weight: Option<toml::Value>,
+}
+
+/// `[flows]`; values are checked by hand to name the field and accept both
+/// spellings of a duration.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    size: Option<toml::Value>,
+    udp_idle_timeout: Option<toml::Value>,
+    tcp_idle_timeout: Option<toml::Value>,
+    tcp_closing_timeout: Option<toml::Value>,
 }
 
 /// The config file being validated: builds errors that name it.
@@ -410,24 +586,10 @@ impl Origin<'_> {
         self.service_name(i, &name)?;
 
         let at = format!("service[{i}] {name:?}");
-        let listen = self.endpoints(
-            &at,
-            "listen",
-            raw.listen,
-            MAX_LISTENERS,
-            r#"["192.0.2.10:53"] or ["*:53"]"#,
-            str::parse,
-        )?;
+        let listen = self.listen(&at, raw.listen)?;
         let protocol = self.keyword(format_args!("{at}: protocol"), raw.protocol, Protocol::Udp)?;
         let select = self.keyword(format_args!("{at}: select"), raw.select, Select::Nth)?;
-        let backends = self.endpoints(
-            &at,
-            "backends",
-            raw.backends,
-            MAX_BACKENDS_PER_SERVICE,
-            r#"["10.0.0.2:53", "10.0.0.3:53"]"#,
-            parse_backend,
-        )?;
+        let backends = self.backends(&at, raw.backends)?;
         Ok(Service {
             name,
             listen,
@@ -437,15 +599,14 @@ impl Origin<'_> {
         })
     }
 
-    /// A list of endpoints in service `at`: present, 1 to `max` entries, each valid and listed once.
-    fn endpoints<T: Eq + Hash + Copy>(
+    /// A list in service `at`: present, with 1 to `max` entries.
+    fn list<T>(
         self,
         at: &str,
         key: &str,
-        list: Option<Vec<String>>,
+        list: Option<Vec<T>>,
         max: u32,
         example: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Vec<T>, ConfigError> {
         let list = self.required(
             format_args!("{at}: {key}"),
@@ -459,23 +620,185 @@ impl Origin<'_> {
             };
             return Err(self.invalid(format_args!("{at}: {key}"), entries(list.len()), reason));
         }
+        Ok(list)
+    }
+
+    /// Service `at`'s listen entries, each valid and listed once.
+    fn listen(self, at: &str, list: Option<Vec<String>>) -> Result<Vec<Listen>, ConfigError> {
+        let example = r#"["192.0.2.10:53"] or ["*:53"]"#;
+        let list = self.list(at, "listen", list, MAX_LISTENERS, example)?;
         let mut seen = HashMap::new();
-        let field = |j| format!("{at}: {key}[{j}]");
         list.iter()
             .enumerate()
             .map(|(j, entry)| {
-                let value =
-                    parse(entry).map_err(|reason| self.invalid(field(j), quoted(entry), reason))?;
-                match seen.insert(value, j) {
+                let field = format!("{at}: listen[{j}]");
+                let listen: Listen = entry
+                    .parse()
+                    .map_err(|reason| self.invalid(&field, quoted(entry), reason))?;
+                match seen.insert(listen, j) {
                     Some(first) => Err(self.invalid(
-                        field(j),
+                        field,
                         quoted(entry),
-                        format!("the same as {key}[{first}]; list each entry once"),
+                        format!("the same as listen[{first}]; list each entry once"),
                     )),
-                    None => Ok(value),
+                    None => Ok(listen),
                 }
             })
             .collect()
+    }
+
+    /// Service `at`'s backends, each valid and at an address of its own.
+    fn backends(
+        self,
+        at: &str,
+        list: Option<Vec<toml::Value>>,
+    ) -> Result<Vec<BackendSpec>, ConfigError> {
+        let example = r#"["10.0.0.2:53", { addr = "10.0.0.3:53", weight = 3 }]"#;
+        let list = self.list(at, "backends", list, MAX_BACKENDS_PER_SERVICE, example)?;
+        let mut seen = HashMap::new();
+        let backends = list
+            .into_iter()
+            .enumerate()
+            .map(|(j, entry)| {
+                let (backend, field, value) =
+                    self.backend(&format!("{at}: backends[{j}]"), entry)?;
+                match seen.insert(backend.addr, j) {
+                    Some(first) => Err(self.invalid(
+                        field,
+                        value,
+                        format!("the same address as backends[{first}]; list each backend once"),
+                    )),
+                    None => Ok(backend),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Without an active backend every new flow would pass unsteered.
+        if backends.iter().all(|b| b.weight == 0) {
+            return Err(self.invalid(
+                format_args!("{at}: backends"),
+                entries(backends.len()),
+                "every backend has weight 0 (draining); give at least one a weight of 1 or more",
+            ));
+        }
+        Ok(backends)
+    }
+
+    /// The `backends` entry `field`, a string or a table; also returns the field
+    /// and value that hold its address, to name a duplicate by.
+    fn backend(
+        self,
+        field: &str,
+        entry: toml::Value,
+    ) -> Result<(BackendSpec, String, String), ConfigError> {
+        let table = match entry {
+            toml::Value::String(s) => {
+                let value = quoted(&s);
+                let addr = parse_backend_addr(&s).map_err(|reason| {
+                    let reason = table_hint(&s).unwrap_or(reason);
+                    self.invalid(field, value.clone(), reason)
+                })?;
+                let backend = BackendSpec {
+                    addr,
+                    weight: DEFAULT_WEIGHT,
+                };
+                return Ok((backend, field.to_owned(), value));
+            }
+            toml::Value::Table(table) => table,
+            other => {
+                let reason = format!("expected {BACKEND_ENTRY_FORM}");
+                return Err(self.invalid(field, written(&other), reason));
+            }
+        };
+        let shown = written(&toml::Value::Table(table.clone()));
+        let raw = RawBackend::deserialize(toml::Value::Table(table))
+            .map_err(|e| self.invalid(field, shown, e.message().to_owned()))?;
+
+        let addr_field = format!("{field}.addr");
+        let addr = self.required(
+            &addr_field,
+            raw.addr,
+            r#"add addr = "IPV4:PORT", e.g. { addr = "10.0.0.2:53", weight = 3 }"#,
+        )?;
+        let (addr, value) = match addr {
+            toml::Value::String(s) => {
+                let value = quoted(&s);
+                let addr = parse_backend_addr(&s)
+                    .map_err(|reason| self.invalid(&addr_field, value.clone(), reason))?;
+                (addr, value)
+            }
+            other => {
+                let reason = format!("expected a quoted {BACKEND_FORM}");
+                return Err(self.invalid(addr_field, written(&other), reason));
+            }
+        };
+        let weight = match raw.weight {
+            None => DEFAULT_WEIGHT,
+            Some(weight) => toml_weight(&weight).map_err(|reason| {
+                self.invalid(format!("{field}.weight"), written(&weight), reason)
+            })?,
+        };
+        Ok((BackendSpec { addr, weight }, addr_field, value))
+    }
+
+    fn flows(self, raw: RawFlows) -> Result<FlowSettings, ConfigError> {
+        let default = FlowSettings::default();
+        let size = match raw.size {
+            None => default.size,
+            Some(size) => toml_integer(&size, MIN_FLOW_SIZE, MAX_FLOW_SIZE, &size_range())
+                .map_err(|reason| self.invalid("flows.size", written(&size), reason))?,
+        };
+        Ok(FlowSettings {
+            size,
+            udp_idle_timeout: self.timeout(
+                "flows.udp_idle_timeout",
+                raw.udp_idle_timeout,
+                default.udp_idle_timeout,
+            )?,
+            tcp_idle_timeout: self.timeout(
+                "flows.tcp_idle_timeout",
+                raw.tcp_idle_timeout,
+                default.tcp_idle_timeout,
+            )?,
+            tcp_closing_timeout: self.timeout(
+                "flows.tcp_closing_timeout",
+                raw.tcp_closing_timeout,
+                default.tcp_closing_timeout,
+            )?,
+        })
+    }
+
+    /// A flow timeout: a duration string or a number of seconds, `default` when
+    /// absent, `MIN_FLOW_TIMEOUT` to `MAX_FLOW_TIMEOUT`.
+    fn timeout(
+        self,
+        field: &str,
+        value: Option<toml::Value>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let duration = match &value {
+            toml::Value::String(s) => duration_or_overflow(s),
+            toml::Value::Integer(n) if *n < 0 => Err(format!("negative; {TIMEOUT_RANGE}")),
+            toml::Value::Integer(n) => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
+            toml::Value::Float(x) if *x < 0.0 => Err(format!("negative; {TIMEOUT_RANGE}")),
+            // Display writes a float's shortest exact decimal, never an exponent.
+            toml::Value::Float(x) => duration_or_overflow(&x.to_string()),
+            _ => Err(format!(
+                "expected {DURATION_FORM}, or a number of seconds, e.g. 30"
+            )),
+        };
+        let reason = match duration {
+            Ok(Some(d)) if d < MIN_FLOW_TIMEOUT => {
+                format!("below the minimum of 100ms; {TIMEOUT_RANGE}")
+            }
+            Ok(Some(d)) if d <= MAX_FLOW_TIMEOUT => return Ok(d),
+            // Longer than the maximum, or than `Duration` holds.
+            Ok(_) => format!("above the maximum of 24h; {TIMEOUT_RANGE}"),
+            Err(reason) => reason,
+        };
+        Err(self.invalid(field, written(&value), reason))
     }
 }
 
@@ -503,11 +826,10 @@ fn parse_endpoint(s: &str, form: &str) -> Result<(Option<Ipv4Addr>, u16), String
     }
 }
 
-/// A backend: a concrete unicast `IPV4:PORT` to rewrite packets towards.
-fn parse_backend(s: &str) -> Result<SocketAddrV4, String> {
-    let (addr, port) = parse_endpoint(s, BACKEND_FORM)?;
-    let addr =
-        addr.ok_or_else(|| format!("`*` is not allowed for a backend; use {BACKEND_FORM}"))?;
+/// A backend address: a concrete unicast `IPV4:PORT`; `form` says what the caller accepts.
+fn backend_addr(s: &str, form: &str) -> Result<SocketAddrV4, String> {
+    let (addr, port) = parse_endpoint(s, form)?;
+    let addr = addr.ok_or_else(|| format!("`*` is not allowed for a backend; use {form}"))?;
     let what = if addr.is_unspecified() {
         "the unspecified address"
     } else if addr.is_multicast() {
@@ -520,6 +842,72 @@ fn parse_backend(s: &str) -> Result<SocketAddrV4, String> {
     Err(format!(
         "{addr} is {what}; a backend needs a unicast host address"
     ))
+}
+
+/// The command line's `ADDR:PORT=WEIGHT` written in the config, where a weight
+/// goes in a table: how to write it instead.
+fn table_hint(s: &str) -> Option<String> {
+    if !s.contains('=') {
+        return None;
+    }
+    Some(match s.parse::<BackendSpec>() {
+        Ok(spec) => format!(
+            r#"write a weighted backend as {{ addr = "{}", weight = {} }}"#,
+            spec.addr, spec.weight
+        ),
+        Err(_) => {
+            r#"write a weighted backend as a table, e.g. { addr = "10.0.0.2:53", weight = 3 }"#
+                .to_owned()
+        }
+    })
+}
+
+/// What a weight may be, for messages.
+fn weight_range() -> String {
+    format!("use an integer from 0 (drain) to {MAX_WEIGHT}")
+}
+
+/// What `[flows] size` may be, for messages.
+fn size_range() -> String {
+    format!("use an integer from {MIN_FLOW_SIZE} to {MAX_FLOW_SIZE}")
+}
+
+/// A weight as the command line writes it.
+fn parse_weight(s: &str) -> Result<u32, String> {
+    let accepted = weight_range();
+    match s.parse::<i64>() {
+        Ok(n) => bounded(n, 0, MAX_WEIGHT, &accepted),
+        // All digits, but more than i64 holds.
+        Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("above the maximum of {MAX_WEIGHT}; {accepted}"))
+        }
+        Err(_) => Err(format!("not an integer; {accepted}")),
+    }
+}
+
+/// A weight as TOML holds it.
+fn toml_weight(value: &toml::Value) -> Result<u32, String> {
+    toml_integer(value, 0, MAX_WEIGHT, &weight_range())
+}
+
+/// An integer from `min` to `max` as TOML holds it; `accepted` says so in messages.
+fn toml_integer(value: &toml::Value, min: u32, max: u32, accepted: &str) -> Result<u32, String> {
+    match value {
+        toml::Value::Integer(n) => bounded(*n, min, max, accepted),
+        toml::Value::String(s) if s.parse::<i64>().is_ok() => {
+            Err(format!("a string; write {s} without quotes"))
+        }
+        _ => Err(format!("not an integer; {accepted}")),
+    }
+}
+
+/// `n` if it is from `min` to `max`; `accepted` says what is, for messages.
+fn bounded(n: i64, min: u32, max: u32, accepted: &str) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ if n < i64::from(min) => Err(format!("below the minimum of {min}; {accepted}")),
+        _ => Err(format!("above the maximum of {max}; {accepted}")),
+    }
 }
 
 /// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
@@ -537,6 +925,14 @@ fn one_of(words: &[&str]) -> String {
 /// A string value as written in TOML.
 fn quoted(s: &str) -> String {
     format!("{s:?}")
+}
+
+/// A value as written in TOML; a float keeps its exponent, as `1e300`.
+fn written(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Float(x) if x.is_finite() => format!("{x:?}"),
+        _ => value.to_string(),
+    }
 }
 
 /// A list value, by its length.
@@ -598,17 +994,34 @@ backends = ["10.0.0.2:53"]
         )
     }
 
+    /// `BASE` with protocol `first`, and a service "b" on the same listen address with `second`.
+    fn protocols(first: &str, second: &str) -> String {
+        let text = and_service("b", r#"["192.0.2.10:53"]"#);
+        let text = text.replace("protocol = \"udp\"", &format!("protocol = {first:?}"));
+        format!("{text}protocol = {second:?}\n")
+    }
+
+    /// `BASE` and a `[flows]` table holding `lines`; they start on line 10.
+    fn flows(lines: &str) -> String {
+        format!("{BASE}[flows]\n{lines}\n")
+    }
+
     /// A TOML array of strings.
     fn array(entries: impl Iterator<Item = String>) -> String {
         let quoted: Vec<String> = entries.map(|e| format!("{e:?}")).collect();
         format!("[{}]", quoted.join(", "))
     }
 
+    fn backend(a: u8, b: u8, c: u8, d: u8, port: u16, weight: u32) -> BackendSpec {
+        BackendSpec {
+            addr: SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port),
+            weight,
+        }
+    }
+
     #[test]
     fn example_parses() {
-        let backends = (2..=5)
-            .map(|h| SocketAddrV4::new(Ipv4Addr::new(10, 100, 13, h), 53))
-            .collect();
+        let backends = (2..=5).map(|h| backend(10, 100, 13, h, 53, 1)).collect();
         let expected = Config {
             interface: "eth3".to_owned(),
             xdp_mode: XdpModeSetting::Auto,
@@ -628,8 +1041,24 @@ backends = ["10.0.0.2:53"]
                 select: Select::Nth,
                 backends,
             }],
+            flows: FlowSettings::default(),
         };
         assert_eq!(parse_str(EXAMPLE).unwrap(), expected);
+    }
+
+    /// The shipped example keeps the iptables rules' four equal backends.
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../examples/dnsteer.toml");
+        let config = parse(text, Path::new("examples/dnsteer.toml")).unwrap();
+        let service = &config.services[..];
+        let [service] = service else {
+            panic!("one service expected: {service:?}");
+        };
+        let backends: Vec<BackendSpec> = (2..=5).map(|h| backend(10, 100, 13, h, 53, 1)).collect();
+        assert_eq!(service.backends, backends);
+        assert_eq!(service.listen.len(), 2);
+        assert_eq!(config.flows, FlowSettings::default());
     }
 
     #[test]
@@ -650,7 +1079,237 @@ backends = ["10.0.0.2:53"]
             (service.protocol, service.select),
             (Protocol::Udp, Select::Nth)
         );
-        assert_eq!(service.protocol.ip_proto(), PROTO_UDP);
+        assert_eq!(service.protocol.ip_protos(), [PROTO_UDP]);
+        assert_eq!(service.backends, [backend(10, 0, 0, 2, 53, 1)]);
+        assert_eq!(
+            config.flows,
+            FlowSettings {
+                size: 65536,
+                udp_idle_timeout: Duration::from_secs(30),
+                tcp_idle_timeout: Duration::from_secs(300),
+                tcp_closing_timeout: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(config.flows.size, DEFAULT_FLOW_SIZE);
+    }
+
+    #[test]
+    fn weights() {
+        let text = set(
+            "backends",
+            r#"["10.0.0.2:53", { addr = "10.0.0.3:53", weight = 3 }, { addr = "10.0.0.4:53", weight = 0 }, { addr = "10.0.0.5:5353" }, { weight = 100, addr = "10.0.0.6:53" }]"#,
+        );
+        let config = parse_str(&text).unwrap();
+        assert_eq!(
+            config.services[0].backends,
+            [
+                backend(10, 0, 0, 2, 53, 1),
+                backend(10, 0, 0, 3, 53, 3),
+                backend(10, 0, 0, 4, 53, 0),
+                backend(10, 0, 0, 5, 5353, 1),
+                backend(10, 0, 0, 6, 53, MAX_WEIGHT),
+            ]
+        );
+        // The same address on another port is another backend.
+        let text = set(
+            "backends",
+            r#"["10.0.0.2:53", { addr = "10.0.0.2:5353", weight = 2 }]"#,
+        );
+        assert_eq!(parse_str(&text).unwrap().services[0].backends.len(), 2);
+        // A multi-line table array reads the same.
+        let text = BASE.replace(
+            "backends = [\"10.0.0.2:53\"]\n",
+            "backends = [\n  { addr = \"10.0.0.2:53\", weight = 0 },\n  \"10.0.0.3:53\",\n]\n",
+        );
+        assert_eq!(
+            parse_str(&text).unwrap().services[0].backends,
+            [backend(10, 0, 0, 2, 53, 0), backend(10, 0, 0, 3, 53, 1)]
+        );
+    }
+
+    #[test]
+    fn protocols_and_listen_conflicts() {
+        let ip_protos = |word: &str| {
+            let config = parse_str(&set("protocol", &format!("{word:?}"))).unwrap();
+            let protocol = config.services[0].protocol;
+            assert_eq!(protocol.as_str(), word);
+            protocol.ip_protos()
+        };
+        assert_eq!(ip_protos("udp"), [PROTO_UDP]);
+        assert_eq!(ip_protos("tcp"), [PROTO_TCP]);
+        assert_eq!(ip_protos("udp+tcp"), [PROTO_UDP, PROTO_TCP]);
+        // One address and port, two services: one per IP protocol.
+        for (first, second) in [("udp", "tcp"), ("tcp", "udp")] {
+            let config = parse_str(&protocols(first, second)).unwrap();
+            assert_eq!(config.services.len(), 2, "{first} and {second}");
+        }
+        // An exact address and `*` are separate entries whichever the protocols.
+        let text = and_service("b", r#"["*:53"]"#)
+            .replace("protocol = \"udp\"", "protocol = \"udp+tcp\"")
+            + "protocol = \"udp+tcp\"\n";
+        assert_eq!(parse_str(&text).unwrap().services.len(), 2);
+        // udp+tcp entries count twice towards MAX_LISTENERS: 512 listens fill it.
+        let half = array((1..=MAX_LISTENERS / 2).map(|p| format!("192.0.2.11:{p}")));
+        let text = set("listen", &half).replace("protocol = \"udp\"", "protocol = \"udp+tcp\"");
+        assert_eq!(parse_str(&text).unwrap().services[0].listen.len(), 512);
+    }
+
+    #[test]
+    fn flows_table() {
+        let config = parse_str(&flows("")).unwrap();
+        assert_eq!(config.flows, FlowSettings::default());
+        let text = flows(
+            "size = 1024\nudp_idle_timeout = \"1.5s\"\ntcp_idle_timeout = 600\ntcp_closing_timeout = 0.5",
+        );
+        assert_eq!(
+            parse_str(&text).unwrap().flows,
+            FlowSettings {
+                size: 1024,
+                udp_idle_timeout: Duration::from_millis(1500),
+                tcp_idle_timeout: Duration::from_secs(600),
+                tcp_closing_timeout: Duration::from_millis(500),
+            }
+        );
+        // The bounds are allowed; one key alone keeps the others' defaults.
+        let text = flows(
+            "size = 16777216\nudp_idle_timeout = \"100ms\"\ntcp_idle_timeout = \"24h\"\ntcp_closing_timeout = 0.1",
+        );
+        let settings = parse_str(&text).unwrap().flows;
+        assert_eq!(
+            (settings.size, settings.udp_idle_timeout),
+            (MAX_FLOW_SIZE, MIN_FLOW_TIMEOUT)
+        );
+        assert_eq!(
+            (settings.tcp_idle_timeout, settings.tcp_closing_timeout),
+            (MAX_FLOW_TIMEOUT, MIN_FLOW_TIMEOUT)
+        );
+        let settings = parse_str(&flows("tcp_idle_timeout = \"1h\""))
+            .unwrap()
+            .flows;
+        assert_eq!(
+            settings,
+            FlowSettings {
+                tcp_idle_timeout: Duration::from_secs(3600),
+                ..FlowSettings::default()
+            }
+        );
+        // `[flows]` may come before the services.
+        let text = BASE.replacen("[[service]]", "[flows]\nsize = 2048\n[[service]]", 1);
+        assert_eq!(parse_str(&text).unwrap().flows.size, 2048);
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        for (text, expected) in [
+            ("500ms", ms(500)),
+            ("30s", ms(30_000)),
+            ("5m", ms(300_000)),
+            ("1h", ms(3_600_000)),
+            ("1.5s", ms(1500)),
+            ("0.1s", ms(100)),
+            ("1.25m", ms(75_000)),
+            ("0.5h", ms(1_800_000)),
+            ("2.5ms", Duration::from_micros(2500)),
+            ("30", ms(30_000)),
+            ("0.25", ms(250)),
+            (".5s", ms(500)),
+            ("0", Duration::ZERO),
+            ("0.000000001s", Duration::from_nanos(1)),
+            // Below a nanosecond truncates.
+            ("0.0000000019s", Duration::from_nanos(1)),
+            ("0.1000000000000000000001h", ms(360_000)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+        for (text, reason) in [
+            ("", "expected a number and a unit"),
+            ("s", "expected a number and a unit"),
+            (".s", "expected a number and a unit"),
+            ("1.2.3s", "expected a number and a unit"),
+            ("5d", "expected a number and a unit"),
+            ("5 s", "expected a number and a unit"),
+            (" 5s", "expected a number and a unit"),
+            ("5S", "expected a number and a unit"),
+            ("-1s", "expected a number and a unit"),
+            ("1e3s", "expected a number and a unit"),
+            ("5sec", "expected a number and a unit"),
+            ("99999999999999999999s", "too long"),
+            ("18446744073709551615h", "too long"),
+        ] {
+            let message = parse_duration(text).unwrap_err();
+            assert!(message.contains(reason), "{text:?}: {message:?}");
+        }
+        assert_eq!(
+            parse_duration("5d").unwrap_err(),
+            r#"expected a number and a unit (ms, s, m or h), e.g. "500ms", "1.5s", "5m" or "1h""#
+        );
+    }
+
+    #[test]
+    fn backend_spec_from_str_and_display() {
+        for (text, expected, shown) in [
+            ("10.0.0.2:53", backend(10, 0, 0, 2, 53, 1), "10.0.0.2:53"),
+            (
+                "10.0.0.2:53=3",
+                backend(10, 0, 0, 2, 53, 3),
+                "10.0.0.2:53=3",
+            ),
+            ("10.0.0.2:53=1", backend(10, 0, 0, 2, 53, 1), "10.0.0.2:53"),
+            (
+                "10.0.0.2:53=0",
+                backend(10, 0, 0, 2, 53, 0),
+                "10.0.0.2:53=0",
+            ),
+            (
+                "10.0.0.2:5353=100",
+                backend(10, 0, 0, 2, 5353, 100),
+                "10.0.0.2:5353=100",
+            ),
+        ] {
+            let spec: BackendSpec = text.parse().unwrap();
+            assert_eq!(spec, expected, "{text:?}");
+            assert_eq!(spec.to_string(), shown);
+            assert_eq!(shown.parse::<BackendSpec>(), Ok(spec));
+        }
+        for (text, reason) in [
+            (
+                "10.0.0.2:53=101",
+                r#"weight "101": above the maximum of 100; use an integer from 0 (drain) to 100"#,
+            ),
+            (
+                "10.0.0.2:53=99999999999999999999",
+                r#"weight "99999999999999999999": above the maximum of 100"#,
+            ),
+            ("10.0.0.2:53=-1", r#"weight "-1": below the minimum of 0"#),
+            ("10.0.0.2:53=1.5", r#"weight "1.5": not an integer"#),
+            ("10.0.0.2:53=", r#"weight "": not an integer"#),
+            ("10.0.0.2:53=x", r#"weight "x": not an integer"#),
+            ("10.0.0.2:53=3=4", r#"weight "3=4": not an integer"#),
+            ("10.0.0.2=3", "expected IPV4:PORT or IPV4:PORT=WEIGHT"),
+            (
+                "10.0.0:53=3",
+                r#""10.0.0" is not an IPv4 address; use IPV4:PORT or IPV4:PORT=WEIGHT"#,
+            ),
+            ("*:53=2", "`*` is not allowed for a backend"),
+            ("10.0.0.2:0", "port 0 is not allowed"),
+            ("224.0.0.1:53", "multicast"),
+        ] {
+            let message = text.parse::<BackendSpec>().unwrap_err();
+            assert!(message.contains(reason), "{text:?}: {message:?}");
+        }
+        assert_eq!(
+            parse_backend_addr("10.0.0.2:53"),
+            Ok(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53))
+        );
+        assert_eq!(
+            parse_backend_addr("10.0.0.2:53=3").unwrap_err(),
+            r#""53=3" is not a port; use a port from 1 to 65535"#
+        );
+        assert_eq!(
+            parse_backend_addr("*:53").unwrap_err(),
+            r#"`*` is not allowed for a backend; use IPV4:PORT, e.g. "10.0.0.2:53""#
+        );
     }
 
     #[test]
@@ -664,6 +1323,9 @@ backends = ["10.0.0.2:53"]
         }
         for select in [Select::Nth, Select::Random] {
             assert_eq!(select.as_str().parse::<Select>(), Ok(select));
+        }
+        for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::UdpTcp] {
+            assert_eq!(protocol.as_str().parse::<Protocol>(), Ok(protocol));
         }
         assert_eq!("udp".parse::<Protocol>(), Ok(Protocol::Udp));
         // The CLI's --xdp-mode shares the config's wording.
@@ -685,6 +1347,11 @@ backends = ["10.0.0.2:53"]
         let services = (0..=MAX_SERVICES).map(|i| format!("[[service]]\nname = \"s{i}\"\n"));
         let services = format!("interface = \"eth3\"\n{}", services.collect::<String>());
         let listeners = array((1..=MAX_LISTENERS).map(|p| format!("192.0.2.11:{p}")));
+        let both = set(
+            "listen",
+            &array((1..=MAX_LISTENERS / 2 + 1).map(|p| format!("192.0.2.11:{p}"))),
+        )
+        .replace("protocol = \"udp\"", "protocol = \"udp+tcp\"");
         let backends = array((1..=MAX_BACKENDS_PER_SERVICE + 1).map(|h| format!("10.0.0.{h}:53")));
         let long_name = "n".repeat(SERVICE_NAME_LEN);
         let long_name_head = format!("service[0].name = {long_name:?}");
@@ -704,9 +1371,8 @@ backends = ["10.0.0.2:53"]
             (set("interface", r#""eth 3""#), r#"interface = "eth 3""#, "cannot contain"),
             (set("xdp_mode", r#""native""#), r#"xdp_mode = "native""#, r#"expected "auto", "driver" or "skb""#),
             (set("select", r#""rr""#), r#"service[0] "dns": select = "rr""#, r#"expected "nth" or "random""#),
-            (set("protocol", r#""tcp""#), r#"service[0] "dns": protocol = "tcp""#, r#"not supported yet; use "udp""#),
-            (set("protocol", r#""udp+tcp""#), r#"service[0] "dns": protocol = "udp+tcp""#, "not supported yet"),
-            (set("protocol", r#""sctp""#), r#"service[0] "dns": protocol = "sctp""#, r#"expected "udp""#),
+            (set("protocol", r#""sctp""#), r#"service[0] "dns": protocol = "sctp""#, r#"expected "udp", "tcp" or "udp+tcp""#),
+            (set("protocol", r#""tcp+udp""#), r#"service[0] "dns": protocol = "tcp+udp""#, r#"expected "udp", "tcp" or "udp+tcp""#),
             ("interface = \"eth3\"\n".into(), "[[service]] is missing", "add at least one [[service]]"),
             (services, "[[service]] = [257 entries]", "at most 256 services"),
             (BASE.replace("name = \"dns\"", ""), "service[0].name is missing", "add name = "),
@@ -729,9 +1395,16 @@ backends = ["10.0.0.2:53"]
                 r#"service[1] "b": listen[1] = "192.0.2.10:53""#,
                 r#"service[0] "dns" listens on 192.0.2.10:53 (udp) already"#,
             ),
+            // Listen conflicts are per IP protocol.
+            (protocols("udp+tcp", "tcp"), r#"service[1] "b": listen[0] = "192.0.2.10:53""#, r#"service[0] "dns" listens on 192.0.2.10:53 (tcp) already"#),
+            (protocols("tcp", "udp+tcp"), r#"service[1] "b": listen[0] = "192.0.2.10:53""#, r#"service[0] "dns" listens on 192.0.2.10:53 (tcp) already"#),
+            (protocols("udp", "udp+tcp"), r#"service[1] "b": listen[0] = "192.0.2.10:53""#, r#"service[0] "dns" listens on 192.0.2.10:53 (udp) already"#),
+            (protocols("tcp", "tcp"), r#"service[1] "b": listen[0] = "192.0.2.10:53""#, "(tcp) already; an address, port and protocol belong to one service"),
             (and_service("b", &listeners), r#"service[1] "b": listen[1023] = "192.0.2.11:1024""#, "at most 1024 listen entries"),
+            (both, r#"service[0] "dns": listen[512] = "192.0.2.11:513""#, "at most 1024 listen entries over all services are supported; a udp+tcp service's entries count twice"),
             (BASE.replace("backends = [\"10.0.0.2:53\"]", ""), r#"service[0] "dns": backends is missing"#, "add backends = "),
             (set("backends", "[]"), r#"service[0] "dns": backends = []"#, "at least one entry"),
+            (set("backends", r#""10.0.0.2:53""#), "TOML parse error at line 8", "invalid type: string"),
             (set("backends", r#"["10.0.0:53"]"#), r#"service[0] "dns": backends[0] = "10.0.0:53""#, "not an IPv4 address; use IPV4:PORT"),
             (set("backends", r#"["*:53"]"#), r#"service[0] "dns": backends[0] = "*:53""#, "`*` is not allowed for a backend"),
             (set("backends", r#"["10.0.0.2:53", "10.0.0.3:53", "10.0.0.1:0"]"#), r#"service[0] "dns": backends[2] = "10.0.0.1:0""#, "port 0 is not allowed"),
@@ -739,8 +1412,59 @@ backends = ["10.0.0.2:53"]
             (set("backends", r#"["224.0.0.1:53"]"#), r#"service[0] "dns": backends[0] = "224.0.0.1:53""#, "multicast"),
             (set("backends", r#"["255.255.255.255:53"]"#), r#"service[0] "dns": backends[0] = "255.255.255.255:53""#, "broadcast"),
             (set("backends", r#"["[::1]:53"]"#), r#"service[0] "dns": backends[0] = "[::1]:53""#, "IPv6 is not supported yet"),
-            (set("backends", r#"["10.0.0.2:53", "10.0.0.2:53"]"#), r#"service[0] "dns": backends[1] = "10.0.0.2:53""#, "the same as backends[0]"),
+            (set("backends", r#"["10.0.0.2:53", "10.0.0.2:53"]"#), r#"service[0] "dns": backends[1] = "10.0.0.2:53""#, "the same address as backends[0]; list each backend once"),
             (set("backends", &backends), r#"service[0] "dns": backends = [65 entries]"#, "at most 64 per service"),
+            // Weighted backends.
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = 0 }, { addr = "10.0.0.3:53", weight = 0 }]"#), r#"service[0] "dns": backends = [2 entries]"#, "every backend has weight 0 (draining)"),
+            (set("backends", r#"["10.0.0.2:53", { addr = "10.0.0.2:53", weight = 3 }]"#), r#"service[0] "dns": backends[1].addr = "10.0.0.2:53""#, "the same address as backends[0]"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = 0 }, "10.0.0.2:53"]"#), r#"service[0] "dns": backends[1] = "10.0.0.2:53""#, "the same address as backends[0]"),
+            (set("backends", r#"["10.0.0.3:53", { addr = "10.0.0.2:53", weight = 101 }]"#), r#"service[0] "dns": backends[1].weight = 101"#, "above the maximum of 100; use an integer from 0 (drain) to 100"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = 4294967297 }]"#), r#"service[0] "dns": backends[0].weight = 4294967297"#, "above the maximum of 100"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = -1 }]"#), r#"service[0] "dns": backends[0].weight = -1"#, "below the minimum of 0; use an integer from 0 (drain) to 100"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = 1.5 }]"#), r#"service[0] "dns": backends[0].weight = 1.5"#, "not an integer; use an integer from 0 (drain) to 100"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = 2.0 }]"#), r#"service[0] "dns": backends[0].weight = 2.0"#, "not an integer"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = "3" }]"#), r#"service[0] "dns": backends[0].weight = "3""#, "a string; write 3 without quotes"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = "heavy" }]"#), r#"service[0] "dns": backends[0].weight = "heavy""#, "not an integer"),
+            (set("backends", r#"[{ addr = "10.0.0.2:53", weight = true }]"#), r#"service[0] "dns": backends[0].weight = true"#, "not an integer"),
+            (
+                set("backends", r#"[{ addr = "10.0.0.2:53", wieght = 3 }]"#),
+                r#"service[0] "dns": backends[0] = { addr = "10.0.0.2:53", wieght = 3 }"#,
+                "unknown field `wieght`, expected `addr` or `weight`",
+            ),
+            (set("backends", r#"[{ weight = 3 }]"#), r#"service[0] "dns": backends[0].addr is missing"#, r#"add addr = "IPV4:PORT""#),
+            (set("backends", r#"[{}]"#), r#"service[0] "dns": backends[0].addr is missing"#, r#"add addr = "IPV4:PORT""#),
+            (set("backends", r#"[{ addr = 53 }]"#), r#"service[0] "dns": backends[0].addr = 53"#, r#"expected a quoted IPV4:PORT, e.g. "10.0.0.2:53""#),
+            (set("backends", r#"[{ addr = "10.0.0.2" }]"#), r#"service[0] "dns": backends[0].addr = "10.0.0.2""#, "expected IPV4:PORT"),
+            (set("backends", r#"[{ addr = "*:53", weight = 2 }]"#), r#"service[0] "dns": backends[0].addr = "*:53""#, "`*` is not allowed"),
+            (set("backends", r#"["10.0.0.2:53=3"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53=3""#, r#"write a weighted backend as { addr = "10.0.0.2:53", weight = 3 }"#),
+            (set("backends", r#"["10.0.0.2:53=x"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53=x""#, "write a weighted backend as a table, e.g. { addr ="),
+            (set("backends", "[53]"), r#"service[0] "dns": backends[0] = 53"#, r#"expected "IPV4:PORT" or { addr = "IPV4:PORT", weight = N }"#),
+            (set("backends", r#"[["10.0.0.2:53"]]"#), r#"service[0] "dns": backends[0] = ["10.0.0.2:53"]"#, r#"expected "IPV4:PORT" or"#),
+            // [flows]
+            (flows("sise = 2048"), "TOML parse error at line 10", "unknown field `sise`"),
+            (flows("size = 1023"), "flows.size = 1023", "below the minimum of 1024; use an integer from 1024 to 16777216"),
+            (flows("size = 0"), "flows.size = 0", "below the minimum of 1024"),
+            (flows("size = -1"), "flows.size = -1", "below the minimum of 1024"),
+            (flows("size = 16777217"), "flows.size = 16777217", "above the maximum of 16777216; use an integer from 1024 to 16777216"),
+            (flows("size = 65536.0"), "flows.size = 65536.0", "not an integer"),
+            (flows(r#"size = "64k""#), r#"flows.size = "64k""#, "not an integer"),
+            (flows(r#"size = "65536""#), r#"flows.size = "65536""#, "a string; write 65536 without quotes"),
+            (flows(r#"udp_idle_timeout = "50ms""#), r#"flows.udp_idle_timeout = "50ms""#, r#"below the minimum of 100ms; use a duration from 100ms to 24h, e.g. "30s" or 30"#),
+            (flows("udp_idle_timeout = 0"), "flows.udp_idle_timeout = 0", "below the minimum of 100ms"),
+            (flows("udp_idle_timeout = 0.05"), "flows.udp_idle_timeout = 0.05", "below the minimum of 100ms"),
+            (flows(r#"udp_idle_timeout = "10d""#), r#"flows.udp_idle_timeout = "10d""#, r#"expected a number and a unit (ms, s, m or h), e.g. "500ms""#),
+            (flows(r#"tcp_idle_timeout = "25h""#), r#"flows.tcp_idle_timeout = "25h""#, "above the maximum of 24h"),
+            (flows("tcp_idle_timeout = 86401"), "flows.tcp_idle_timeout = 86401", "above the maximum of 24h"),
+            (flows("tcp_idle_timeout = 1e300"), "flows.tcp_idle_timeout = 1e300", "above the maximum of 24h"),
+            (flows(r#"tcp_idle_timeout = "99999999999999999999h""#), r#"flows.tcp_idle_timeout = "99999999999999999999h""#, "above the maximum of 24h"),
+            (flows(r#"tcp_idle_timeout = "18446744073709551615h""#), r#"flows.tcp_idle_timeout = "18446744073709551615h""#, "above the maximum of 24h"),
+            (flows(r#"tcp_closing_timeout = "10 s""#), r#"flows.tcp_closing_timeout = "10 s""#, "expected a number and a unit"),
+            (flows(r#"tcp_closing_timeout = """#), r#"flows.tcp_closing_timeout = """#, "expected a number and a unit"),
+            (flows("tcp_closing_timeout = -5"), "flows.tcp_closing_timeout = -5", "negative; use a duration from 100ms to 24h"),
+            (flows("tcp_closing_timeout = -0.5"), "flows.tcp_closing_timeout = -0.5", "negative"),
+            (flows("tcp_closing_timeout = nan"), "flows.tcp_closing_timeout = nan", "expected a number and a unit"),
+            (flows("tcp_closing_timeout = inf"), "flows.tcp_closing_timeout = inf", "expected a number and a unit"),
+            (flows("tcp_closing_timeout = true"), "flows.tcp_closing_timeout = true", r#"expected a number and a unit (ms, s, m or h), e.g. "500ms", "1.5s", "5m" or "1h", or a number of seconds, e.g. 30"#),
         ];
         for (text, head, reason) in cases {
             let message = match parse_str(&text) {
@@ -753,7 +1477,7 @@ backends = ["10.0.0.2:53"]
             );
             assert!(message.contains(reason), "{message:?} lacks {reason:?}");
         }
-        // The brief's example, word for word.
+        // The brief's examples, word for word.
         let message = parse_str(&set(
             "backends",
             r#"["10.0.0.2:53", "10.0.0.3:53", "10.0.0.1:0"]"#,
@@ -762,6 +1486,15 @@ backends = ["10.0.0.2:53"]
         assert_eq!(
             message.to_string(),
             r#"dnsteer.toml: service[0] "dns": backends[2] = "10.0.0.1:0": port 0 is not allowed; use a port from 1 to 65535"#
+        );
+        let message = parse_str(&set(
+            "backends",
+            r#"["10.0.0.2:53", { addr = "10.0.0.3:53", weight = 101 }]"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            message.to_string(),
+            r#"dnsteer.toml: service[0] "dns": backends[1].weight = 101: above the maximum of 100; use an integer from 0 (drain) to 100"#
         );
     }
 

@@ -1,9 +1,12 @@
-//! dnsteer's userspace: configuration, the map plan, the running instance and its stats.
+//! dnsteer's userspace: configuration, the live backend state and how it reaches
+//! the maps, the running instance, its control socket and its stats.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules; the tests crate
 //! uses them directly to load the same object and fill maps the same way.
 
 pub mod config;
+pub mod control;
+pub mod live;
 pub mod maps;
 pub mod pins;
 pub mod run;

@@ -5,7 +5,8 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use dnsteer::{
-    config::XdpModeSetting,
+    config::{self, BackendSpec, XdpModeSetting},
+    control::{self, Op, Request},
     pins::Instance,
     run::{RunOptions, run},
     stats,
@@ -24,6 +25,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List or change the backends of a running instance's service.
+    Backends {
+        /// The instance's interface; optional when only one runs in this network namespace.
+        #[arg(long, global = true)]
+        iface: Option<String>,
+        /// The service; optional when the instance has only one.
+        #[arg(long, global = true)]
+        service: Option<String>,
+        /// Print the instance's answer as JSON (schema in README.md).
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: BackendAction,
+    },
     /// Load the programs on the configured interface and steer until SIGINT/SIGTERM.
     Run {
         /// The TOML config (see examples/dnsteer.toml).
@@ -53,6 +68,87 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BackendAction {
+    /// Show each backend's address, state and weight.
+    List,
+    /// Add a backend, or set the weight of one already there (reactivating it if draining).
+    Add {
+        /// ADDR:PORT
+        #[arg(value_parser = parse_addr)]
+        backend: String,
+        /// 1 to 100; 0 adds it draining.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend: it takes no new flows and its flows move on their next packet.
+    Remove {
+        #[arg(value_parser = parse_addr)]
+        backend: String,
+    },
+    /// Drain a backend (weight 0): it takes no new flows and keeps its flows until they go idle.
+    Drain {
+        #[arg(value_parser = parse_addr)]
+        backend: String,
+    },
+    /// Replace the whole set: ADDR:PORT[=WEIGHT],...
+    Set {
+        #[arg(value_delimiter = ',', required = true, value_parser = parse_spec)]
+        backends: Vec<String>,
+    },
+}
+
+fn parse_addr(s: &str) -> Result<String, String> {
+    config::parse_backend_addr(s).map(|a| a.to_string())
+}
+
+fn parse_spec(s: &str) -> Result<String, String> {
+    s.parse::<BackendSpec>().map(|b| b.to_string())
+}
+
+fn backends_command(
+    iface: Option<String>,
+    service: Option<String>,
+    json: bool,
+    action: BackendAction,
+) -> Result<()> {
+    let iface = control::pick_interface(iface.as_deref())?;
+    let op = match action {
+        BackendAction::List => Op::List,
+        BackendAction::Add { backend, weight } => Op::Add {
+            backend,
+            weight: Some(weight),
+        },
+        BackendAction::Remove { backend } => Op::Remove { backend },
+        BackendAction::Drain { backend } => Op::Drain { backend },
+        BackendAction::Set { backends } => Op::Set { backends },
+    };
+    let request = Request {
+        service: service.unwrap_or_default(),
+        op,
+    };
+    let response = control::request(&iface, &request)?;
+    if json {
+        println!("{}", serde_json::to_string(&response)?);
+    }
+    if !response.ok {
+        bail!(
+            "dnsteer on {iface}: {}",
+            response.error.as_deref().unwrap_or("request failed")
+        );
+    }
+    if !json {
+        if let Some(message) = &response.message {
+            println!("{message}");
+        }
+        println!("{:<22} {:<9} {:>6}", "backend", "state", "weight");
+        for b in &response.backends {
+            println!("{:<22} {:<9} {:>6}", b.address, b.state, b.weight);
+        }
+    }
+    Ok(())
+}
+
 fn stats_command(
     iface: Option<String>,
     json: bool,
@@ -66,6 +162,8 @@ fn stats_command(
         Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
         None => None,
     };
+    // Without --iface, a daemon's control socket in this namespace names it.
+    let iface = iface.or_else(|| control::pick_interface(None).ok());
     let instance = Instance::find(iface.as_deref())?;
     if !instance.live {
         eprintln!(
@@ -101,6 +199,12 @@ fn stats_command(
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Backends {
+            iface,
+            service,
+            json,
+            action,
+        } => backends_command(iface, service, json, action),
         Command::Run {
             config,
             iface,

@@ -1,113 +1,46 @@
-//! From a validated config to map contents (the plan), and from the plan into
-//! the loaded program's maps.
-//!
-//! The plan is plain data so it is unit tested without a kernel; `apply` is the
-//! only place that writes configuration maps.
+//! The loaded program's maps as a [`Store`]: the only place that writes them.
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
 };
-use xdp_common::{
-    Backend, Endpoint, SERVICE_NAME_LEN, SelectMode, ServiceConf, backend_slot, names,
-};
+use log::warn;
+use xdp_common::{Backend, BackendCounter, Endpoint, FlowSettings, Ring, ServiceConf, names};
 
-use crate::config::{Config, Select};
+use crate::{EBPF_OBJECT, live::Store};
 
-/// Every configuration map entry a config produces.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub services: Vec<(Endpoint, u32)>,
-    pub confs: Vec<(u32, ServiceConf)>,
-    pub backends: Vec<(u32, Backend)>,
-    /// Backend endpoint -> how many slots point at it.
-    pub sources: BTreeMap<[u8; 8], (Endpoint, u32)>,
+/// `membarrier(2)`'s command that waits for an RCU grace period on all CPUs
+/// (include/uapi/linux/membarrier.h, Linux 4.3; `synchronize_rcu()` since 4.16).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Loads the eBPF object with the flow table sized as configured.
+pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .map_max_entries(names::FLOWS, flow_capacity)
+        .load(EBPF_OBJECT)
+        .context(
+            "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+        )
 }
 
-impl Plan {
-    /// Service ids are the services' positions in the config.
-    pub fn new(config: &Config) -> Self {
-        let mut plan = Plan::default();
-        for (id, service) in (0u32..).zip(&config.services) {
-            let proto = service.protocol.ip_proto();
-            for listen in &service.listen {
-                let addr = listen.addr.map_or([0; 4], |a| a.octets());
-                plan.services
-                    .push((Endpoint::new(addr, listen.port.to_be_bytes(), proto), id));
-            }
-            let select = match service.select {
-                Select::Nth => SelectMode::Nth,
-                Select::Random => SelectMode::Random,
-            };
-            let backend_count = service.backends.len() as u32;
-            plan.confs
-                .push((id, conf(&service.name, proto, select, backend_count)));
-            for (index, addr) in (0u32..).zip(&service.backends) {
-                let (ip, port) = (addr.ip().octets(), addr.port().to_be_bytes());
-                plan.backends.push((
-                    backend_slot(id, index),
-                    Backend {
-                        addr: ip,
-                        port,
-                        _pad: [0; 2],
-                    },
-                ));
-                let source = Endpoint::new(ip, port, proto);
-                let key = [ip[0], ip[1], ip[2], ip[3], port[0], port[1], proto, 0];
-                plan.sources.entry(key).or_insert((source, 0)).1 += 1;
-            }
-        }
-        plan
-    }
-
-    /// Writes the plan into freshly loaded (empty) maps. Backends and their
-    /// sources go in before the services that point at them, so a packet that
-    /// matches a service always finds its backends.
-    pub fn apply(&self, ebpf: &mut Ebpf) -> Result<()> {
-        let mut backends: Array<_, Backend> = typed(ebpf, names::BACKENDS)?;
-        for (slot, backend) in &self.backends {
-            backends
-                .set(*slot, backend, 0)
-                .with_context(|| format!("writing backend slot {slot}"))?;
-        }
-        let mut sources: HashMap<_, Endpoint, u32> = typed(ebpf, names::BACKEND_SOURCES)?;
-        for (source, count) in self.sources.values() {
-            sources
-                .insert(source, count, 0)
-                .context("writing a backend source")?;
-        }
-        let mut confs: Array<_, ServiceConf> = typed(ebpf, names::SERVICE_CONF)?;
-        for (id, conf) in &self.confs {
-            confs
-                .set(*id, conf, 0)
-                .with_context(|| format!("writing service {id}"))?;
-        }
-        let mut services: HashMap<_, Endpoint, u32> = typed(ebpf, names::SERVICES)?;
-        for (listen, id) in &self.services {
-            services
-                .insert(listen, id, 0)
-                .with_context(|| format!("writing listen entry of service {id}"))?;
-        }
-        Ok(())
-    }
+/// The maps of a loaded object. It owns the `Ebpf`, and with it the program links.
+pub struct KernelMaps {
+    pub ebpf: Ebpf,
+    /// Set when `membarrier` is unavailable and a sleep stands in for it.
+    warned: bool,
 }
 
-/// A service's kernel-side record.
-fn conf(name: &str, proto: u8, select: SelectMode, backend_count: u32) -> ServiceConf {
-    let mut conf = ServiceConf {
-        backend_count,
-        select: select as u32,
-        proto,
-        in_use: 1,
-        ..Default::default()
-    };
-    // Config validation keeps names below SERVICE_NAME_LEN; the NUL pad stays.
-    let len = name.len().min(SERVICE_NAME_LEN - 1);
-    conf.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-    conf
+impl KernelMaps {
+    pub fn new(ebpf: Ebpf) -> Self {
+        Self {
+            ebpf,
+            warned: false,
+        }
+    }
 }
 
 /// A typed view of one of the object's maps, by name.
@@ -121,77 +54,80 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::config;
-
-    const EXAMPLE: &str = r#"
-interface = "lo"
-[[service]]
-name = "dns"
-listen = ["192.0.2.10:53", "192.0.2.11:53"]
-select = "random"
-backends = ["10.100.13.2:53", "10.100.13.3:5353"]
-
-[[service]]
-name = "any"
-listen = ["*:5300"]
-backends = ["10.100.13.2:53"]
-"#;
-
-    #[test]
-    fn shipped_example_is_valid() {
-        let example = include_str!("../../examples/dnsteer.toml");
-        let config = config::parse(example, Path::new("examples/dnsteer.toml")).unwrap();
-        let plan = Plan::new(&config);
-        assert_eq!(
-            (plan.services.len(), plan.backends.len(), plan.sources.len()),
-            (2, 4, 4)
-        );
+impl Store for KernelMaps {
+    fn write_backend(&mut self, slot: u32, backend: &Backend) -> Result<()> {
+        let mut map: Array<_, Backend> = typed(&mut self.ebpf, names::BACKENDS)?;
+        map.set(slot, backend, 0)
+            .with_context(|| format!("writing backend slot {slot}"))
     }
 
-    #[test]
-    fn plan_lays_out_services_and_backends() {
-        let config = config::parse(EXAMPLE, Path::new("test.toml")).unwrap();
-        let plan = Plan::new(&config);
-        assert_eq!(
-            plan.services,
-            vec![
-                (Endpoint::new([192, 0, 2, 10], 53u16.to_be_bytes(), 17), 0),
-                (Endpoint::new([192, 0, 2, 11], 53u16.to_be_bytes(), 17), 0),
-                (Endpoint::new([0; 4], 5300u16.to_be_bytes(), 17), 1),
-            ]
-        );
-        assert_eq!(
-            (plan.confs[0].1.backend_count, plan.confs[0].1.select),
-            (2, SelectMode::Random as u32)
-        );
-        assert_eq!(
-            (plan.confs[1].1.backend_count, plan.confs[1].1.select),
-            (1, SelectMode::Nth as u32)
-        );
-        assert_eq!(
-            plan.backends[1],
-            (
-                backend_slot(0, 1),
-                Backend {
-                    addr: [10, 100, 13, 3],
-                    port: 5353u16.to_be_bytes(),
-                    _pad: [0; 2]
-                }
-            )
-        );
-        assert_eq!(plan.backends[2].0, backend_slot(1, 0));
-        // 10.100.13.2:53 serves both services: one source entry, used twice.
-        let shared = plan
-            .sources
-            .values()
-            .find(|(e, _)| e.addr == [10, 100, 13, 2])
-            .unwrap();
-        assert_eq!((plan.sources.len(), shared.1), (2, 2));
-        assert_eq!(&plan.confs[1].1.name[..4], b"any\0");
+    fn zero_backend_stats(&mut self, slot: u32) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
+        let zeros = PerCpuValues::try_from(vec![BackendCounter::default(); cpus])
+            .context("building per-CPU zeros")?;
+        let mut map: PerCpuArray<_, BackendCounter> = typed(&mut self.ebpf, names::BACKEND_STATS)?;
+        map.set(slot, zeros, 0)
+            .with_context(|| format!("clearing the counters of backend slot {slot}"))
+    }
+
+    fn write_ring(&mut self, key: u32, ring: &Ring) -> Result<()> {
+        let mut map: Array<_, Ring> = typed(&mut self.ebpf, names::RINGS)?;
+        map.set(key, ring, 0)
+            .with_context(|| format!("writing ring {key}"))
+    }
+
+    fn flip(&mut self, service: u32, generation: u32) -> Result<()> {
+        let mut map: Array<_, u32> = typed(&mut self.ebpf, names::ACTIVE_RING)?;
+        map.set(service, generation, 0)
+            .with_context(|| format!("flipping the ring of service {service}"))
+    }
+
+    fn write_conf(&mut self, service: u32, conf: &ServiceConf) -> Result<()> {
+        let mut map: Array<_, ServiceConf> = typed(&mut self.ebpf, names::SERVICE_CONF)?;
+        map.set(service, conf, 0)
+            .with_context(|| format!("writing service {service}"))
+    }
+
+    fn insert_listen(&mut self, listen: &Endpoint, service: u32) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u32> = typed(&mut self.ebpf, names::SERVICES)?;
+        map.insert(listen, service, 0)
+            .with_context(|| format!("writing a listen entry of service {service}"))
+    }
+
+    fn remove_listen(&mut self, listen: &Endpoint) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u32> = typed(&mut self.ebpf, names::SERVICES)?;
+        map.remove(listen).context("deleting a listen entry")
+    }
+
+    fn set_source(&mut self, source: &Endpoint, refs: u32) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u32> = typed(&mut self.ebpf, names::BACKEND_SOURCES)?;
+        if refs == 0 {
+            map.remove(source).context("deleting a backend source")
+        } else {
+            map.insert(source, refs, 0)
+                .context("writing a backend source")
+        }
+    }
+
+    fn write_flow_settings(&mut self, settings: &FlowSettings) -> Result<()> {
+        let mut map: Array<_, FlowSettings> = typed(&mut self.ebpf, names::FLOW_SETTINGS)?;
+        map.set(0, settings, 0).context("writing the flow timeouts")
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        // SAFETY: a syscall with integer arguments only.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if rc != 0 {
+            // nohz_full kernels refuse it; a program run lasts microseconds.
+            if !self.warned {
+                warn!(
+                    "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({}); waiting 20 ms instead of an RCU grace period",
+                    std::io::Error::last_os_error()
+                );
+                self.warned = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }

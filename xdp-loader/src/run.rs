@@ -1,6 +1,11 @@
-//! `dnsteer run`: validate, load, fill, attach, pin; on SIGINT/SIGTERM undo it all.
+//! `dnsteer run`: validate, load, fill, attach, pin; serve changes (control
+//! socket, SIGHUP, config file edits); on SIGINT/SIGTERM undo it all.
 
-use std::path::PathBuf;
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -8,13 +13,20 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
     util::KernelVersion,
 };
-use log::{info, warn};
-use tokio::signal::unix::{SignalKind, signal};
+use log::{error, info, warn};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
 
 use crate::{
-    EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM,
+    TC_PROGRAM, XDP_PROGRAM,
     config::{self, Config, XdpModeSetting},
-    maps::Plan,
+    control::{self, Request, Response},
+    live::Live,
+    maps::{self, KernelMaps},
     pins::{self, Pins},
 };
 
@@ -28,13 +40,29 @@ pub struct RunOptions {
     pub xdp_mode: Option<XdpModeSetting>,
 }
 
+impl RunOptions {
+    /// Reads and validates the config, with the command line's overrides.
+    fn load(&self) -> Result<Config> {
+        let mut config = config::load(&self.config)?;
+        if let Some(iface) = &self.iface {
+            config.interface = iface.clone();
+        }
+        if let Some(mode) = self.xdp_mode {
+            config.xdp_mode = mode;
+        }
+        Ok(config)
+    }
+}
+
 /// A loaded, attached and pinned instance. Dropping it detaches the programs
-/// (the links are owned by `ebpf`), then removes the pins and releases the lock.
+/// (the links are owned by the `Ebpf` inside `live`), then removes the pins and
+/// releases the lock.
 pub struct Instance {
-    #[expect(dead_code, reason = "held for its drop: it owns the program links")]
-    ebpf: Ebpf,
+    live: Live<KernelMaps>,
     pins: Pins,
     pub xdp_mode: XdpModeSetting,
+    /// The config the maps hold now (runtime changes aside).
+    config: Config,
 }
 
 impl Instance {
@@ -48,25 +76,98 @@ impl Instance {
                 "dnsteer is already running on {iface} (its programs are attached there); stop that instance first"
             );
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context(
-            "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
-        )?;
+        let ebpf = maps::load(config.flows.size)?;
         // Maps are filled before anything is attached: the first packet already
         // sees the whole configuration.
-        Plan::new(config).apply(&mut ebpf)?;
+        let mut live = Live::new(KernelMaps::new(ebpf));
+        live.apply(config)?;
+        let ebpf = &mut live.store_mut().ebpf;
         // Replies are translated from before the first query is steered.
-        attach_tc(&mut ebpf, iface)?;
-        let xdp_mode = attach_xdp(&mut ebpf, iface, config.xdp_mode)?;
-        pins.pin_maps(&ebpf)?;
+        attach_tc(ebpf, iface)?;
+        let xdp_mode = attach_xdp(ebpf, iface, config.xdp_mode)?;
+        pins.pin_maps(ebpf)?;
         Ok(Instance {
-            ebpf,
+            live,
             pins,
             xdp_mode,
+            config: config.clone(),
         })
     }
 
-    pub fn pin_dir(&self) -> &std::path::Path {
+    pub fn pin_dir(&self) -> &Path {
         self.pins.dir()
+    }
+
+    /// Applies a new config, or changes nothing and logs why.
+    fn reload(&mut self, opts: &RunOptions, why: &str) {
+        let new = match opts.load() {
+            Ok(new) => new,
+            Err(err) => {
+                error!("reload ({why}) refused, nothing changed: {err}");
+                return;
+            }
+        };
+        let fixed = [
+            (
+                "interface",
+                self.config.interface.clone(),
+                new.interface.clone(),
+            ),
+            (
+                "xdp_mode",
+                self.config.xdp_mode.to_string(),
+                new.xdp_mode.to_string(),
+            ),
+            (
+                "flows.size",
+                self.config.flows.size.to_string(),
+                new.flows.size.to_string(),
+            ),
+        ];
+        for (field, old, new) in fixed {
+            if old != new {
+                error!(
+                    "reload ({why}) refused, nothing changed: {field} changed from {old} to {new}, which needs a restart of dnsteer"
+                );
+                return;
+            }
+        }
+        match self.live.apply(&new) {
+            Ok(lines) if lines.is_empty() => info!("reload ({why}): no changes"),
+            Ok(lines) => {
+                for line in lines {
+                    info!("reload ({why}): {line}");
+                }
+            }
+            Err(err) => error!("reload ({why}) failed part way: {err:#}"),
+        }
+        self.config = new;
+    }
+
+    /// Answers one control request.
+    fn handle(&mut self, request: &Request) -> Response {
+        let service = request.service.as_str();
+        let change = match request.op.change() {
+            Ok(change) => change,
+            Err(err) => return Response::error(service, err),
+        };
+        let result = match &change {
+            None => self.live.list(service).map(|b| (b, None)),
+            Some(change) => self.live.change(service, change).map(|(b, message)| {
+                info!("{message} (dnsteer backends)");
+                (b, Some(message))
+            }),
+        };
+        match result {
+            Ok((backends, message)) => Response {
+                ok: true,
+                error: None,
+                message,
+                service: self.live.resolve_name(service).unwrap_or_default(),
+                backends,
+            },
+            Err(err) => Response::error(service, format!("{err:#}")),
+        }
     }
 }
 
@@ -125,7 +226,7 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting) -> Result<XdpM
 /// Logs what an instance does, one line per service.
 fn describe(config: &Config, instance: &Instance) {
     info!(
-        "steering UDP on {} (XDP in {} mode, replies translated on egress), maps pinned under {}",
+        "steering on {} (XDP in {} mode, replies translated on egress), maps pinned under {}",
         config.interface,
         instance.xdp_mode.as_str(),
         instance.pin_dir().display()
@@ -145,28 +246,127 @@ fn describe(config: &Config, instance: &Instance) {
     }
 }
 
+/// The config file's identity and contents' stamp, to notice edits (also an
+/// editor's write-to-temp-and-rename, which changes the inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    })
+}
+
+/// How often the config file is checked for edits.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a control client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Pending = (Request, oneshot::Sender<Response>);
+
+/// Reads one request from a control client, has the main loop answer it, and
+/// writes the answer back.
+async fn serve(stream: UnixStream, queue: mpsc::Sender<Pending>) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(err) => {
+            warn!("control socket: cannot tell who connected ({err}); closing");
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let response = if !control::allowed(uid) {
+        warn!("control socket: refused uid {uid}");
+        Response::error(
+            "",
+            format!("uid {uid} may not control dnsteer; run as root"),
+        )
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read);
+        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+            Err(_) => Response::error("", "no request within 10 s"),
+            Ok(Err(err)) => Response::error("", format!("reading the request: {err}")),
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Err(err) => {
+                    Response::error("", format!("bad request {:?}: {err}", line.trim_end()))
+                }
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if queue.send((request, tx)).await.is_err() {
+                        return; // shutting down
+                    }
+                    match rx.await {
+                        Ok(response) => response,
+                        Err(_) => return,
+                    }
+                }
+            },
+        }
+    };
+    let mut out = serde_json::to_string(&response).unwrap_or_default();
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+}
+
 /// `dnsteer run`: runs until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let mut config = config::load(&opts.config)?;
-    if let Some(iface) = opts.iface {
-        config.interface = iface;
-    }
-    if let Some(mode) = opts.xdp_mode {
-        config.xdp_mode = mode;
-    }
+    let config = opts.load()?;
     config::check_interface(&opts.config, &config.interface)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Bound first: a second instance in this namespace stops here, before touching anything.
+    let listener = control::bind(&config.interface)?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener).context("registering the control socket")?;
 
-    let instance = Instance::start(&config)?;
+    let mut instance = Instance::start(&config)?;
     describe(&config, &instance);
     info!(
-        "running; stop with Ctrl-C or SIGTERM, watch with `dnsteer stats --iface {}`",
+        "running; stop with Ctrl-C or SIGTERM, reload with SIGHUP or by editing {}, change backends with `dnsteer backends --iface {}`, watch with `dnsteer stats --iface {}`",
+        opts.config.display(),
+        config.interface,
         config.interface
     );
-    let why = tokio::select! {
-        _ = sigint.recv() => "SIGINT",
-        _ = sigterm.recv() => "SIGTERM",
+    let (queue, mut requests) = mpsc::channel::<Pending>(16);
+    let mut seen = stamp(&opts.config);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    let why = loop {
+        tokio::select! {
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sighup.recv() => {
+                seen = stamp(&opts.config).or(seen);
+                instance.reload(&opts, "SIGHUP");
+            }
+            _ = tick.tick() => {
+                let now = stamp(&opts.config);
+                // A missing file is an editor mid-save: wait for it to come back.
+                if now.is_some() && now != seen {
+                    seen = now;
+                    instance.reload(&opts, "config file changed");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve(stream, queue.clone()));
+                }
+                Err(err) => warn!("control socket: accept failed: {err}"),
+            },
+            Some((request, reply)) = requests.recv() => {
+                let _ = reply.send(instance.handle(&request));
+            }
+        }
     };
     info!("{why}: detaching from {}", config.interface);
     drop(instance);

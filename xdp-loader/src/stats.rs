@@ -15,8 +15,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
-    Backend, Counter, Endpoint, MAX_BACKENDS_PER_SERVICE, PROTO_UDP, Reason, SelectMode,
-    ServiceConf, backend_slot, names,
+    Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS_PER_SERVICE,
+    PROTO_MASK_TCP, PROTO_MASK_UDP, Reason, Ring, SelectMode, ServiceConf, backend_slot,
+    backend_state, names, ring_key,
 };
 
 use crate::pins::Instance;
@@ -38,6 +39,33 @@ pub struct Snapshot {
     /// Packets per reason per CPU; only with `--per-cpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasons_per_cpu: Option<BTreeMap<String, Vec<u64>>>,
+    /// The flow affinity table.
+    #[serde(default)]
+    pub flows: FlowStats,
+}
+
+/// The flow table: its size and what happened to its records, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStats {
+    /// Records the table holds at most (two per flow: query and reply).
+    pub capacity: u32,
+    /// Records present now.
+    pub entries: u64,
+    /// Queries that followed their flow's record.
+    pub hits: u64,
+    /// Queries with no record.
+    pub misses: u64,
+    /// Queries whose record had been idle too long (or whose TCP flow had closed).
+    pub expired: u64,
+    /// Queries whose record named a backend that is gone.
+    pub backend_gone: u64,
+    /// Records created under a new key.
+    pub inserted: u64,
+    /// Records deleted because a TCP flow was reset.
+    pub deleted: u64,
+    /// Records the full table dropped to make room: `inserted - deleted - entries`
+    /// (exact when no traffic flows while it is read).
+    pub evictions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,17 +85,24 @@ pub struct ServiceStats {
 pub struct BackendStats {
     /// `ADDR:PORT`.
     pub address: String,
+    /// `active`, `draining` (weight 0: keeps its flows, takes no new ones) or
+    /// `removed` (listed until its slot is reused, so no packet goes unaccounted).
+    pub state: String,
+    pub weight: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// Flows that started on this backend.
+    pub new_flows: u64,
     /// One entry per possible CPU; only with `--per-cpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_cpu: Option<Vec<CpuCounter>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuCounter {
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -82,8 +117,11 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     let confs: Array<MapData, ServiceConf> = typed(instance, names::SERVICE_CONF)?;
     let services: HashMap<MapData, Endpoint, u32> = typed(instance, names::SERVICES)?;
+    let active: Array<MapData, u32> = typed(instance, names::ACTIVE_RING)?;
+    let rings: Array<MapData, Ring> = typed(instance, names::RINGS)?;
     let backends: Array<MapData, Backend> = typed(instance, names::BACKENDS)?;
-    let backend_stats: PerCpuArray<MapData, Counter> = typed(instance, names::BACKEND_STATS)?;
+    let backend_stats: PerCpuArray<MapData, BackendCounter> =
+        typed(instance, names::BACKEND_STATS)?;
     let reasons: PerCpuArray<MapData, u64> = typed(instance, names::REASONS)?;
 
     let mut listen: BTreeMap<u32, Vec<String>> = BTreeMap::new();
@@ -103,15 +141,14 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         if conf.in_use == 0 {
             continue;
         }
+        let generation = active.get(&id, 0).context("reading ACTIVE_RING")?;
+        let ring = rings
+            .get(&ring_key(id, generation), 0)
+            .context("reading RINGS")?;
         let mut stats = ServiceStats {
             name: name_of(&conf),
-            protocol: if conf.proto == PROTO_UDP {
-                "udp"
-            } else {
-                "unknown"
-            }
-            .to_owned(),
-            select: if conf.select == SelectMode::Random as u32 {
+            protocol: protocol_name(conf.protocols).to_owned(),
+            select: if ring.select == SelectMode::Random as u32 {
                 "random"
             } else {
                 "nth"
@@ -122,11 +159,17 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             bytes: 0,
             backends: Vec::new(),
         };
-        for index in 0..conf.backend_count.min(MAX_BACKENDS_PER_SERVICE) {
+        for index in 0..MAX_BACKENDS_PER_SERVICE {
             let slot = backend_slot(id, index);
             let backend = backends
                 .get(&slot, 0)
                 .with_context(|| format!("reading backend slot {slot}"))?;
+            let state = match backend.state {
+                backend_state::ACTIVE => "active",
+                backend_state::DRAINING => "draining",
+                backend_state::REMOVED => "removed",
+                _ => continue,
+            };
             let cpus = backend_stats
                 .get(&slot, 0)
                 .with_context(|| format!("reading counters of slot {slot}"))?;
@@ -135,13 +178,16 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
                 .map(|c| CpuCounter {
                     packets: c.packets,
                     bytes: c.bytes,
+                    new_flows: c.new_flows,
                 })
                 .collect();
-            let (packets, bytes) = cpus
-                .iter()
-                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-            stats.packets += packets;
-            stats.bytes += bytes;
+            let sum = cpus.iter().fold(CpuCounter::default(), |s, c| CpuCounter {
+                packets: s.packets + c.packets,
+                bytes: s.bytes + c.bytes,
+                new_flows: s.new_flows + c.new_flows,
+            });
+            stats.packets += sum.packets;
+            stats.bytes += sum.bytes;
             let address = SocketAddrV4::new(
                 Ipv4Addr::from(backend.addr),
                 u16::from_be_bytes(backend.port),
@@ -149,8 +195,11 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             .to_string();
             stats.backends.push(BackendStats {
                 address,
-                packets,
-                bytes,
+                state: state.to_owned(),
+                weight: backend.weight,
+                packets: sum.packets,
+                bytes: sum.bytes,
+                new_flows: sum.new_flows,
                 per_cpu: per_cpu.then_some(cpus),
             });
         }
@@ -178,7 +227,47 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         services: out,
         reasons: totals,
         reasons_per_cpu: per_cpu.then_some(split),
+        flows: flows(instance)?,
     })
+}
+
+fn flows(instance: &Instance) -> Result<FlowStats> {
+    let events: PerCpuArray<MapData, u64> = typed(instance, names::FLOW_EVENTS)?;
+    let count = |event: FlowEvent| -> Result<u64> {
+        Ok(events
+            .get(&(event as u32), 0)
+            .context("reading FLOW_EVENTS")?
+            .iter()
+            .sum())
+    };
+    let table: HashMap<MapData, FlowKey, FlowValue> = typed(instance, names::FLOWS)?;
+    // Keys only: a walk of at most `capacity` get-next-key calls.
+    let entries = table.keys().filter(Result::is_ok).count() as u64;
+    let capacity = match instance.map(names::FLOWS)? {
+        aya::maps::Map::LruHashMap(data) => data.info().map(|i| i.max_entries()).unwrap_or(0),
+        _ => 0,
+    };
+    let (inserted, deleted) = (count(FlowEvent::Inserted)?, count(FlowEvent::Deleted)?);
+    Ok(FlowStats {
+        capacity,
+        entries,
+        hits: count(FlowEvent::Hit)?,
+        misses: count(FlowEvent::Miss)?,
+        expired: count(FlowEvent::Expired)?,
+        backend_gone: count(FlowEvent::BackendGone)?,
+        inserted,
+        deleted,
+        evictions: inserted.saturating_sub(deleted).saturating_sub(entries),
+    })
+}
+
+fn protocol_name(mask: u8) -> &'static str {
+    match (mask & PROTO_MASK_UDP != 0, mask & PROTO_MASK_TCP != 0) {
+        (true, true) => "udp+tcp",
+        (true, false) => "udp",
+        (false, true) => "tcp",
+        (false, false) => "none",
+    }
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -236,8 +325,8 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         );
         let _ = writeln!(
             s,
-            "  {:<24} {:>12} {:>14} {:>7}",
-            "backend", "packets", "bytes", "share"
+            "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>7} {:>10}",
+            "backend", "state", "weight", "packets", "bytes", "share", "new flows"
         );
         for (j, b) in svc.backends.iter().enumerate() {
             let share = if svc.packets == 0 {
@@ -248,22 +337,29 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
             let old = old.and_then(|o| o.backends.get(j)).map(|o| o.packets);
             let _ = writeln!(
                 s,
-                "  {:<24} {:>12} {:>14} {:>6.1}%{}",
+                "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>6.1}% {:>10}{}",
                 b.address,
+                b.state,
+                b.weight,
                 b.packets,
                 b.bytes,
                 share,
+                b.new_flows,
                 rate(old, b.packets)
             );
             if let Some(cpus) = &b.per_cpu {
                 for (cpu, c) in cpus.iter().enumerate() {
-                    let _ = writeln!(s, "    cpu{cpu:<19} {:>12} {:>14}", c.packets, c.bytes);
+                    let _ = writeln!(
+                        s,
+                        "    cpu{cpu:<34} {:>12} {:>14} {:>18}",
+                        c.packets, c.bytes, c.new_flows
+                    );
                 }
             }
         }
         let _ = writeln!(
             s,
-            "  {:<24} {:>12} {:>14}{}",
+            "  {:<37} {:>12} {:>14}{}",
             "total",
             svc.packets,
             svc.bytes,
@@ -279,5 +375,19 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         }
         s.push('\n');
     }
+    let f = &now.flows;
+    let _ = writeln!(
+        s,
+        "\nflows  {} of {} records  hits {}  misses {}  expired {}  backend_gone {}  evictions {}  (inserted {}, deleted {})",
+        f.entries,
+        f.capacity,
+        f.hits,
+        f.misses,
+        f.expired,
+        f.backend_gone,
+        f.evictions,
+        f.inserted,
+        f.deleted
+    );
     s
 }

@@ -1,0 +1,235 @@
+//! Flow affinity: the first packet of a flow picks a backend, every later one
+//! follows it, and the reply finds the address the client asked.
+//!
+//! Each flow has two `FLOWS` records, written when its first packet is steered:
+//! the query record (client -> service address, naming the backend) and the
+//! reply record (backend -> client, naming the service address). A query record
+//! is kept while its backend exists and the flow is not idle for longer than its
+//! protocol's timeout; otherwise the next packet is balanced as a new flow, as
+//! iptables' `--state NEW` did. TCP flows start only at a SYN, a FIN shortens
+//! the record's life to the closing timeout, and an RST ends it at once.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use xdp_common::{
+    FLOW_CLOSING, FlowEvent, FlowKey, FlowSettings, FlowValue, Reason, direction,
+    parse::{Headers4, tcp},
+};
+
+use crate::{
+    maps::{BACKENDS, FLOW_SETTINGS, FLOWS},
+    select, stats,
+};
+
+/// Where a query goes.
+pub struct Target {
+    pub slot: u32,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    /// The packet started a new flow.
+    pub new_flow: bool,
+}
+
+/// The backend for this query: its flow's while that is usable, else a new pick.
+#[inline(always)]
+pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
+    let key = FlowKey {
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+        src_port: pkt.sport,
+        dst_port: pkt.dport,
+        proto: pkt.proto,
+        direction: direction::QUERY,
+        _pad: [0; 2],
+    };
+    let record = FLOWS.get_ptr_mut(key);
+    if let Some(record) = record {
+        // SAFETY: a pointer into the map's value, valid for this program run;
+        // copied at once, then updated field by field (aligned stores).
+        let value = unsafe { *record };
+        match stale(&value, pkt, now) {
+            None => {
+                stats::flow(FlowEvent::Hit);
+                unsafe { (*record).last_seen = now };
+                let reply = reply_key(pkt, value.addr, value.port);
+                if pkt.tcp_flags & tcp::RST != 0 {
+                    forget(&key);
+                    forget(&reply);
+                } else {
+                    if pkt.tcp_flags & tcp::FIN != 0 {
+                        unsafe { (*record).flags |= FLOW_CLOSING };
+                    }
+                    answer_as(&reply, pkt, value.slot, now);
+                }
+                return Ok(Target {
+                    slot: value.slot,
+                    addr: value.addr,
+                    port: value.port,
+                    new_flow: false,
+                });
+            }
+            Some(event) => stats::flow(event),
+        }
+    } else {
+        stats::flow(FlowEvent::Miss);
+    }
+    // A TCP segment without its flow belongs to a connection dnsteer did not
+    // open: no backend has it, so it is not worth creating state for.
+    if pkt.is_tcp() && !pkt.is_syn() {
+        return Err(Reason::TcpNoFlow);
+    }
+    let (slot, backend) = select::backend(service).ok_or(Reason::NoBackend)?;
+    // Both records are written before the rewrite, so the answer can never
+    // overtake its reply record.
+    let query = FlowValue {
+        last_seen: now,
+        addr: backend.addr,
+        port: backend.port,
+        slot,
+        ..FlowValue::default()
+    };
+    insert(&key, &query, record.is_none());
+    let reply = FlowValue {
+        last_seen: now,
+        addr: pkt.dst,
+        port: pkt.dport,
+        slot,
+        ..FlowValue::default()
+    };
+    insert(&reply_key(pkt, backend.addr, backend.port), &reply, true);
+    Ok(Target {
+        slot,
+        addr: backend.addr,
+        port: backend.port,
+        new_flow: true,
+    })
+}
+
+/// The service address a backend's packet must appear to come from, if it
+/// belongs to a flow dnsteer steered.
+#[inline(always)]
+pub fn reply(pkt: &Headers4) -> Option<FlowValue> {
+    let key = FlowKey {
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+        src_port: pkt.sport,
+        dst_port: pkt.dport,
+        proto: pkt.proto,
+        direction: direction::REPLY,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let value = unsafe { FLOWS.get(key) }.copied()?;
+    if pkt.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
+        // The query record, as the client's packets key it.
+        let query = FlowKey {
+            src_addr: pkt.dst,
+            dst_addr: value.addr,
+            src_port: pkt.dport,
+            dst_port: value.port,
+            proto: pkt.proto,
+            direction: direction::QUERY,
+            _pad: [0; 2],
+        };
+        // Only while the client's flow still goes to this backend: a late FIN or
+        // RST from a backend the flow has since left must not end the new one.
+        if let Some(record) = FLOWS.get_ptr_mut(query) {
+            // SAFETY: reads and a byte store into the map's value.
+            let ours = unsafe { (*record).addr == pkt.src && (*record).port == pkt.sport };
+            if ours && pkt.tcp_flags & tcp::RST != 0 {
+                forget(&query);
+            } else if ours {
+                unsafe { (*record).flags |= FLOW_CLOSING };
+            }
+        }
+        if pkt.tcp_flags & tcp::RST != 0 {
+            forget(&key);
+        }
+    }
+    Some(value)
+}
+
+/// Makes sure the flow's reply record names the address this query asked.
+///
+/// It may not: a client that reuses its port for another service address
+/// sharing this backend overwrote it (the reply 5-tuple is the same), or the
+/// LRU evicted it. Then the reply would leave from the wrong address; rewrite it.
+#[inline(always)]
+fn answer_as(reply: &FlowKey, pkt: &Headers4, slot: u32, now: u64) {
+    if let Some(record) = FLOWS.get_ptr_mut(reply) {
+        // SAFETY: a read of the map's value, valid for this program run.
+        let (addr, port) = unsafe { ((*record).addr, (*record).port) };
+        if addr == pkt.dst && port == pkt.dport {
+            return;
+        }
+    }
+    let value = FlowValue {
+        last_seen: now,
+        addr: pkt.dst,
+        port: pkt.dport,
+        slot,
+        ..FlowValue::default()
+    };
+    insert(reply, &value, true);
+}
+
+/// Why a query record may not be followed, or `None` when it may.
+#[inline(always)]
+fn stale(value: &FlowValue, pkt: &Headers4, now: u64) -> Option<FlowEvent> {
+    let Some(backend) = BACKENDS.get(value.slot) else {
+        return Some(FlowEvent::BackendGone);
+    };
+    // The address check catches a slot reused for another backend.
+    if !backend.keeps_flows() || backend.addr != value.addr || backend.port != value.port {
+        return Some(FlowEvent::BackendGone);
+    }
+    let settings = FLOW_SETTINGS
+        .get(0)
+        .copied()
+        .unwrap_or(FlowSettings::default());
+    let closing = value.flags & FLOW_CLOSING != 0;
+    let idle = if !pkt.is_tcp() {
+        settings.udp_idle_ns
+    } else if closing {
+        settings.tcp_closing_ns
+    } else {
+        settings.tcp_idle_ns
+    };
+    // A SYN on a closed flow's ports is a new connection.
+    if now.wrapping_sub(value.last_seen) > idle || (closing && pkt.is_syn()) {
+        return Some(FlowEvent::Expired);
+    }
+    None
+}
+
+#[inline(always)]
+fn reply_key(pkt: &Headers4, backend_addr: [u8; 4], backend_port: [u8; 2]) -> FlowKey {
+    FlowKey {
+        src_addr: backend_addr,
+        dst_addr: pkt.src,
+        src_port: backend_port,
+        dst_port: pkt.sport,
+        proto: pkt.proto,
+        direction: direction::REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// Writes a record, counting it as inserted only when its key was new, so
+/// userspace can derive LRU evictions from inserted - deleted - present.
+#[inline(always)]
+fn insert(key: &FlowKey, value: &FlowValue, maybe_new: bool) {
+    if maybe_new && FLOWS.insert(key, value, BPF_NOEXIST as u64).is_ok() {
+        stats::flow(FlowEvent::Inserted);
+        return;
+    }
+    // An LRU map evicts instead of failing when full; an error here would only
+    // cost this flow its affinity, not worth dropping the packet for.
+    let _ = FLOWS.insert(key, value, BPF_ANY as u64);
+}
+
+#[inline(always)]
+fn forget(key: &FlowKey) {
+    if FLOWS.remove(key).is_ok() {
+        stats::flow(FlowEvent::Deleted);
+    }
+}
