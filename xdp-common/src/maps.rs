@@ -240,6 +240,27 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
+impl FlowKey {
+    /// The key of a packet from `src:sport` to `dst:dport`, looked up as `direction`.
+    #[inline(always)]
+    pub const fn new(
+        src: ([u8; 4], [u8; 2]),
+        dst: ([u8; 4], [u8; 2]),
+        proto: u8,
+        direction: u8,
+    ) -> Self {
+        Self {
+            src_addr: src.0,
+            dst_addr: dst.0,
+            src_port: src.1,
+            dst_port: dst.1,
+            proto,
+            direction,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// `FLOWS` value. For a query record `addr:port` is the backend; for a reply
 /// record it is the service address the client asked, which the reply must come from.
 #[repr(C)]

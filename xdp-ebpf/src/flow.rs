@@ -32,15 +32,12 @@ pub struct Target {
 /// The backend for this query: its flow's while that is usable, else a new pick.
 #[inline(always)]
 pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
-    let key = FlowKey {
-        src_addr: pkt.src,
-        dst_addr: pkt.dst,
-        src_port: pkt.sport,
-        dst_port: pkt.dport,
-        proto: pkt.proto,
-        direction: direction::QUERY,
-        _pad: [0; 2],
-    };
+    let key = FlowKey::new(
+        (pkt.src, pkt.sport),
+        (pkt.dst, pkt.dport),
+        pkt.proto,
+        direction::QUERY,
+    );
     let record = FLOWS.get_ptr_mut(key);
     if let Some(record) = record {
         // SAFETY: a pointer into the map's value, valid for this program run;
@@ -108,28 +105,22 @@ pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
 /// belongs to a flow dnsteer steered.
 #[inline(always)]
 pub fn reply(pkt: &Headers4) -> Option<FlowValue> {
-    let key = FlowKey {
-        src_addr: pkt.src,
-        dst_addr: pkt.dst,
-        src_port: pkt.sport,
-        dst_port: pkt.dport,
-        proto: pkt.proto,
-        direction: direction::REPLY,
-        _pad: [0; 2],
-    };
+    let key = FlowKey::new(
+        (pkt.src, pkt.sport),
+        (pkt.dst, pkt.dport),
+        pkt.proto,
+        direction::REPLY,
+    );
     // SAFETY: copied out at once.
     let value = unsafe { FLOWS.get(key) }.copied()?;
     if pkt.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
         // The query record, as the client's packets key it.
-        let query = FlowKey {
-            src_addr: pkt.dst,
-            dst_addr: value.addr,
-            src_port: pkt.dport,
-            dst_port: value.port,
-            proto: pkt.proto,
-            direction: direction::QUERY,
-            _pad: [0; 2],
-        };
+        let query = FlowKey::new(
+            (pkt.dst, pkt.dport),
+            (value.addr, value.port),
+            pkt.proto,
+            direction::QUERY,
+        );
         // Only while the client's flow still goes to this backend: a late FIN or
         // RST from a backend the flow has since left must not end the new one.
         if let Some(record) = FLOWS.get_ptr_mut(query) {
@@ -203,15 +194,12 @@ fn stale(value: &FlowValue, pkt: &Headers4, now: u64) -> Option<FlowEvent> {
 
 #[inline(always)]
 fn reply_key(pkt: &Headers4, backend_addr: [u8; 4], backend_port: [u8; 2]) -> FlowKey {
-    FlowKey {
-        src_addr: backend_addr,
-        dst_addr: pkt.src,
-        src_port: backend_port,
-        dst_port: pkt.sport,
-        proto: pkt.proto,
-        direction: direction::REPLY,
-        _pad: [0; 2],
-    }
+    FlowKey::new(
+        (backend_addr, backend_port),
+        (pkt.src, pkt.sport),
+        pkt.proto,
+        direction::REPLY,
+    )
 }
 
 /// Writes a record, counting it as inserted only when its key was new, so
