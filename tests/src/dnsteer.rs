@@ -141,35 +141,15 @@ impl Dnsteer {
 
     /// Runs `dnsteer stats --iface IF <args>`; Ok(stdout).
     pub fn stats(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .stats_command()
-            .args(args)
-            .output()
-            .context("running dnsteer stats")?;
-        if !out.status.success() {
-            bail!(
-                "dnsteer stats failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(self.stats_command().args(args), "stats", args)
     }
 
     /// Runs `dnsteer backends --iface IF <args>` in the node namespace; Ok(stdout),
     /// Err with stderr when the command fails.
     pub fn backends(&self, args: &[&str]) -> Result<String> {
-        let out = command(self.launch, &self.ns, &self.bin)
-            .args(["backends", "--iface", &self.iface])
-            .args(args)
-            .output()
-            .context("running dnsteer backends")?;
-        if !out.status.success() {
-            bail!(
-                "dnsteer backends {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut cmd = command(self.launch, &self.ns, &self.bin);
+        cmd.args(["backends", "--iface", &self.iface]).args(args);
+        stdout_of(&mut cmd, "backends", args)
     }
 
     /// The config file `run` was started with (and watches).
@@ -224,6 +204,20 @@ impl Dnsteer {
         }
         Ok(())
     }
+}
+
+/// Runs a `dnsteer <what>` command: its stdout, or an error carrying its stderr.
+fn stdout_of(cmd: &mut Command, what: &str, args: &[&str]) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running dnsteer {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "dnsteer {what} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `bin` to be run in the network namespace at `ns` (a /var/run/netns path).

@@ -279,6 +279,22 @@ pub struct FlowValue {
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
+impl FlowValue {
+    /// A fresh record naming `addr:port` (backend slot `slot`), seen at `now`.
+    #[inline(always)]
+    pub const fn new(now: u64, addr: [u8; 4], port: [u8; 2], slot: u32) -> Self {
+        Self {
+            last_seen: now,
+            addr,
+            port,
+            flags: 0,
+            _pad: 0,
+            slot,
+            _pad2: 0,
+        }
+    }
+}
+
 /// A TCP flow that saw a FIN: kept only for `tcp_closing_ns` after its last packet.
 pub const FLOW_CLOSING: u8 = 1;
 

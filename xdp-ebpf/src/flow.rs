@@ -77,21 +77,9 @@ pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
     let (slot, backend) = select::backend(service).ok_or(Reason::NoBackend)?;
     // Both records are written before the rewrite, so the answer can never
     // overtake its reply record.
-    let query = FlowValue {
-        last_seen: now,
-        addr: backend.addr,
-        port: backend.port,
-        slot,
-        ..FlowValue::default()
-    };
+    let query = FlowValue::new(now, backend.addr, backend.port, slot);
     insert(&key, &query, record.is_none());
-    let reply = FlowValue {
-        last_seen: now,
-        addr: pkt.dst,
-        port: pkt.dport,
-        slot,
-        ..FlowValue::default()
-    };
+    let reply = FlowValue::new(now, pkt.dst, pkt.dport, slot);
     insert(&reply_key(pkt, backend.addr, backend.port), &reply, true);
     Ok(Target {
         slot,
@@ -153,14 +141,7 @@ fn answer_as(reply: &FlowKey, pkt: &Headers4, slot: u32, now: u64) {
             return;
         }
     }
-    let value = FlowValue {
-        last_seen: now,
-        addr: pkt.dst,
-        port: pkt.dport,
-        slot,
-        ..FlowValue::default()
-    };
-    insert(reply, &value, true);
+    insert(reply, &FlowValue::new(now, pkt.dst, pkt.dport, slot), true);
 }
 
 /// Why a query record may not be followed, or `None` when it may.

@@ -111,6 +111,16 @@ impl ServiceState {
             .filter(|(_, s)| s.state != backend_state::REMOVED)
     }
 
+    /// The members as a wanted list: what a change or a reload starts from.
+    fn specs(&self) -> Vec<BackendSpec> {
+        self.members()
+            .map(|(_, s)| BackendSpec {
+                addr: s.addr,
+                weight: s.weight,
+            })
+            .collect()
+    }
+
     fn view(&self) -> Vec<BackendView> {
         self.members()
             .map(|(_, s)| BackendView {
@@ -227,13 +237,7 @@ impl<S: Store> Live<S> {
         let state = self.services[id as usize].as_ref().expect("resolved");
         let name = state.name.clone();
         let name = name.as_str();
-        let mut wanted: Vec<BackendSpec> = state
-            .members()
-            .map(|(_, s)| BackendSpec {
-                addr: s.addr,
-                weight: s.weight,
-            })
-            .collect();
+        let mut wanted = state.specs();
         let position = |wanted: &[BackendSpec], addr| wanted.iter().position(|b| b.addr == addr);
         let summary = match change {
             Change::Add(addr, weight) => {
@@ -372,19 +376,13 @@ impl<S: Store> Live<S> {
 
     fn update_service(&mut self, id: u32, service: &Service, log: &mut Vec<String>) -> Result<()> {
         let state = self.services[id as usize].as_ref().expect("a live id");
-        let before: Vec<BackendSpec> = state
-            .members()
-            .map(|(_, s)| BackendSpec {
-                addr: s.addr,
-                weight: s.weight,
-            })
-            .collect();
+        let before = state.specs();
         let (old_protocol, old_select) = (state.protocol, state.select);
         if old_protocol != service.protocol {
             // Sources are keyed by protocol: retire the old ones, add the new.
-            for (_, slot) in state.members().map(|(i, s)| (i, *s)).collect::<Vec<_>>() {
-                self.unref_source(slot.addr, old_protocol)?;
-                self.ref_source(slot.addr, service.protocol)?;
+            for addr in before.iter().map(|b| b.addr) {
+                self.unref_source(addr, old_protocol)?;
+                self.ref_source(addr, service.protocol)?;
             }
             let state = self.services[id as usize].as_mut().expect("a live id");
             state.protocol = service.protocol;
@@ -490,6 +488,7 @@ impl<S: Store> Live<S> {
 
         // 1. Backends entering the ring become ACTIVE; weight-only changes of
         //    active ones and new draining ones are written too (harmless before the flip).
+        let mut drained = Vec::new();
         for &(i, spec) in &placed {
             let new_state = if spec.weight > 0 {
                 backend_state::ACTIVE
@@ -510,7 +509,8 @@ impl<S: Store> Live<S> {
                 removed_at: 0,
             });
             if leaves_ring {
-                continue; // written after the flip
+                drained.push(i); // written after the flip
+                continue;
             }
             if old.is_none_or(|s| {
                 s.state != new_state || s.weight != spec.weight || s.addr != spec.addr
@@ -548,19 +548,12 @@ impl<S: Store> Live<S> {
 
         // 5-6. Backends that left the ring: draining ones keep their flows,
         //      removed ones lose them; then a grace period before returning.
-        let mut after_flip = false;
-        for &(i, spec) in &placed {
+        for &i in &drained {
             let slot = slots[i].expect("placed above");
-            if slot.state == backend_state::DRAINING {
-                let was = self.services[id as usize].as_ref().expect("live").slots[i];
-                if was.is_some_and(|s| s.state == backend_state::ACTIVE) {
-                    self.store.write_backend(
-                        backend_slot(id, i as u32),
-                        &backend(spec.addr, backend_state::DRAINING, 0),
-                    )?;
-                    after_flip = true;
-                }
-            }
+            self.store.write_backend(
+                backend_slot(id, i as u32),
+                &backend(slot.addr, backend_state::DRAINING, 0),
+            )?;
         }
         for &i in &leaving {
             let old = slots[i].expect("a member");
@@ -574,9 +567,8 @@ impl<S: Store> Live<S> {
                 removed_at: now,
                 ..old
             });
-            after_flip = true;
         }
-        if after_flip {
+        if !drained.is_empty() || !leaving.is_empty() {
             self.store.synchronize()?;
         }
         self.services[id as usize].as_mut().expect("live").slots = slots;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
     Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS_PER_SERVICE,
@@ -243,10 +243,7 @@ fn flows(instance: &Instance) -> Result<FlowStats> {
     let table: HashMap<MapData, FlowKey, FlowValue> = typed(instance, names::FLOWS)?;
     // Keys only: a walk of at most `capacity` get-next-key calls.
     let entries = table.keys().filter(Result::is_ok).count() as u64;
-    let capacity = match instance.map(names::FLOWS)? {
-        aya::maps::Map::LruHashMap(data) => data.info().map(|i| i.max_entries()).unwrap_or(0),
-        _ => 0,
-    };
+    let capacity = table.map().info().map_or(0, |i| i.max_entries());
     let (inserted, deleted) = (count(FlowEvent::Inserted)?, count(FlowEvent::Deleted)?);
     Ok(FlowStats {
         capacity,
