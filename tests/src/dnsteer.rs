@@ -78,6 +78,18 @@ impl Dnsteer {
         iface: &str,
         config: &str,
     ) -> Result<Self> {
+        Self::start_with_args(launch, ns, bin, iface, config, &[])
+    }
+
+    /// [`Self::start_with`], with more `dnsteer run` arguments (`--metrics-listen ...`).
+    pub fn start_with_args(
+        launch: Launch,
+        ns: &NetNs,
+        bin: &Path,
+        iface: &str,
+        config: &str,
+        run_args: &[&str],
+    ) -> Result<Self> {
         let dir = TempDir::new("dnsteer")?;
         let config_path = dir.path().join("dnsteer.toml");
         fs::write(&config_path, config).context("writing the config")?;
@@ -90,6 +102,7 @@ impl Dnsteer {
         let child = command(launch, &ns.path(), bin)
             .args(["run", "--config"])
             .arg(&config_path)
+            .args(run_args)
             .env("DNSTEER_PIN_ROOT", &pin_root)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -18,7 +18,9 @@ pub use bind::{
 };
 pub use netns::NetNs;
 pub use tools::require_root_tools;
-pub use topology::{BACKEND_IFACE, BackendHost, CLIENT_IFACE, Topology, TopologyConfig};
+pub use topology::{
+    BACKEND_IFACE, BackendHost, CLIENT_IFACE, DnsControl, Topology, TopologyConfig,
+};
 
 /// Pearson's chi-square statistic of `counts` against a uniform split.
 pub fn chi_square_uniform(counts: &[usize]) -> f64 {

@@ -209,8 +209,9 @@ impl Topology {
                 server.start(&backend.ns)?;
                 backend.dns = Some(server);
             }
-            for i in 0..topology.backends.len() {
-                topology.wait_dns(i)?;
+            let mut dns = topology.split().1;
+            for i in 0..dns.backends.len() {
+                dns.wait_ready(i)?;
             }
         }
         Ok(topology)
@@ -253,23 +254,58 @@ impl Topology {
 
     /// Stops backend `i`'s named (SIGTERM, then SIGKILL after 5 s); a no-op if stopped.
     pub fn stop_dns(&mut self, i: usize) -> Result<()> {
-        self.dns_mut(i)?.stop()
+        self.split().1.stop(i)
     }
 
     /// Starts backend `i`'s named again and waits until it answers from the node.
     pub fn start_dns(&mut self, i: usize) -> Result<()> {
+        self.split().1.start(i)
+    }
+
+    /// The client namespace and the backends' named processes apart, so a load
+    /// can run from the client while named is stopped and started.
+    pub fn split(&mut self) -> (&NetNs, DnsControl<'_>) {
+        let Self {
+            client,
+            node,
+            backends,
+            ..
+        } = self;
+        (client, DnsControl { node, backends })
+    }
+}
+
+/// Stops and starts the backends' named; see [`Topology::split`].
+pub struct DnsControl<'a> {
+    node: &'a NetNs,
+    backends: &'a mut [BackendHost],
+}
+
+impl<'a> DnsControl<'a> {
+    /// The node namespace (dnsteer's).
+    pub fn node(&self) -> &'a NetNs {
+        self.node
+    }
+
+    /// Stops backend `i`'s named (SIGTERM, then SIGKILL after 5 s); a no-op if stopped.
+    pub fn stop(&mut self, i: usize) -> Result<()> {
+        self.dns_mut(i)?.stop()
+    }
+
+    /// Starts backend `i`'s named again and waits until it answers from the node.
+    pub fn start(&mut self, i: usize) -> Result<()> {
         let backend = self.backend_mut(i)?;
         let server = backend
             .dns
             .as_mut()
             .context("this topology was built with dns: false")?;
         server.start(&backend.ns)?;
-        self.wait_dns(i)
+        self.wait_ready(i)
     }
 
-    fn wait_dns(&mut self, i: usize) -> Result<()> {
-        let Self { node, backends, .. } = self;
-        let backend = &mut backends[i];
+    fn wait_ready(&mut self, i: usize) -> Result<()> {
+        let node = self.node;
+        let backend = self.backend_mut(i)?;
         let server = backend.dns.as_mut().context("backend has no named")?;
         server
             .wait_ready(node, DNS_READY_TIMEOUT)

@@ -181,6 +181,10 @@ pub mod backend_state {
     /// Removed: its flows move on their next packet; counters kept for stats
     /// until the slot is reused.
     pub const REMOVED: u8 = 3;
+    /// Failed its health checks: takes no new flows and its flows move on their
+    /// next packet, like `REMOVED`, but it stays a member and comes back when
+    /// the probes succeed again.
+    pub const DOWN: u8 = 4;
 }
 
 /// `BACKENDS[slot]`: where a steered packet goes.

@@ -20,6 +20,8 @@ use xdp_common::{
     SERVICE_NAME_LEN,
 };
 
+use crate::probe::{ProbeQuery, Rcode};
+
 /// The weight of a backend written without one.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -33,6 +35,13 @@ pub const MAX_FLOW_SIZE: u32 = 1 << 24;
 pub const MIN_FLOW_TIMEOUT: Duration = Duration::from_millis(100);
 /// The longest flow timeout.
 pub const MAX_FLOW_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest and longest `[service.health] interval`.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// The shortest `[service.health] timeout`; the longest is the interval.
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(10);
+/// The most probes `fall` and `rise` may ask for.
+pub const MAX_HEALTH_COUNT: u32 = 100;
 
 /// A validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +62,31 @@ pub struct Service {
     pub protocol: Protocol,
     pub select: Select,
     pub backends: Vec<BackendSpec>,
+    /// `[service.health]`: none means every member counts as healthy.
+    pub health: Option<HealthCheck>,
+}
+
+/// How each backend of a service is probed: a real DNS query, sent to the
+/// backend itself every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub query: ProbeQuery,
+    pub interval: Duration,
+    /// How long one probe waits for its answer; at most `interval`.
+    pub timeout: Duration,
+    /// Failed probes in a row that take a backend out of selection.
+    pub fall: u32,
+    /// Good probes in a row that bring it back.
+    pub rise: u32,
+    /// None: any answer to the question is good (the server is alive).
+    pub expect_rcode: Option<Rcode>,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+    pub const DEFAULT_FALL: u32 = 3;
+    pub const DEFAULT_RISE: u32 = 2;
 }
 
 /// A listen entry: `addr` `None` is `*`, any destination address arriving on the interface.
@@ -204,8 +238,6 @@ const LISTEN_FORM: &str = r#"IPV4:PORT or *:PORT, e.g. "192.0.2.10:53" or "*:53"
 const BACKEND_FORM: &str = r#"IPV4:PORT, e.g. "10.0.0.2:53""#;
 const BACKEND_SPEC_FORM: &str = r#"IPV4:PORT or IPV4:PORT=WEIGHT, e.g. "10.0.0.2:53=3""#;
 const BACKEND_ENTRY_FORM: &str = r#""IPV4:PORT" or { addr = "IPV4:PORT", weight = N }, e.g. { addr = "10.0.0.2:53", weight = 3 }"#;
-/// `MIN_FLOW_TIMEOUT` to `MAX_FLOW_TIMEOUT`, for messages.
-const TIMEOUT_RANGE: &str = r#"use a duration from 100ms to 24h, e.g. "30s" or 30"#;
 const DURATION_FORM: &str =
     r#"a number and a unit (ms, s, m or h), e.g. "500ms", "1.5s", "5m" or "1h""#;
 
@@ -461,6 +493,19 @@ struct RawService {
     select: Option<String>,
     /// Each a string or a table, checked one by one so a bad entry is named.
     backends: Option<Vec<toml::Value>>,
+    health: Option<RawHealth>,
+}
+
+/// `[service.health]`; values are checked by hand to name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    query: Option<String>,
+    interval: Option<toml::Value>,
+    timeout: Option<toml::Value>,
+    fall: Option<toml::Value>,
+    rise: Option<toml::Value>,
+    expect_rcode: Option<String>,
 }
 
 /// A `backends` entry in table form; values are checked by hand to name the field.
@@ -590,12 +635,80 @@ impl Origin<'_> {
         let protocol = self.keyword(format_args!("{at}: protocol"), raw.protocol, Protocol::Udp)?;
         let select = self.keyword(format_args!("{at}: select"), raw.select, Select::Nth)?;
         let backends = self.backends(&at, raw.backends)?;
+        let health = match raw.health {
+            Some(raw) => Some(self.health(&at, raw)?),
+            None => None,
+        };
         Ok(Service {
             name,
             listen,
             protocol,
             select,
             backends,
+            health,
+        })
+    }
+
+    /// `[service.health]` of service `at`.
+    fn health(self, at: &str, raw: RawHealth) -> Result<HealthCheck, ConfigError> {
+        let field = |key: &str| format!("{at}: health.{key}");
+        let query = self.required(
+            field("query"),
+            raw.query,
+            r#"say what to ask each backend, e.g. query = "health.example. A""#,
+        )?;
+        let query = query
+            .parse::<ProbeQuery>()
+            .map_err(|reason| self.invalid(field("query"), quoted(&query), reason))?;
+        let interval = self.duration(
+            &field("interval"),
+            raw.interval,
+            HealthCheck::DEFAULT_INTERVAL,
+            (MIN_HEALTH_INTERVAL, MAX_HEALTH_INTERVAL),
+        )?;
+        let written_timeout = raw.timeout.as_ref().map(written);
+        let timeout = self.duration(
+            &field("timeout"),
+            raw.timeout,
+            HealthCheck::DEFAULT_TIMEOUT.min(interval),
+            (MIN_HEALTH_TIMEOUT, MAX_HEALTH_INTERVAL),
+        )?;
+        if timeout > interval {
+            return Err(self.invalid(
+                field("timeout"),
+                written_timeout.unwrap_or_else(|| human(timeout)),
+                format!(
+                    "longer than the interval ({}); a probe must end before the next one starts",
+                    human(interval)
+                ),
+            ));
+        }
+        let count = |key: &str, value: Option<toml::Value>, default: u32| match value {
+            None => Ok(default),
+            Some(v) => toml_integer(
+                &v,
+                1,
+                MAX_HEALTH_COUNT,
+                &format!("use 1 to {MAX_HEALTH_COUNT} probes in a row"),
+            )
+            .map_err(|reason| self.invalid(field(key), written(&v), reason)),
+        };
+        let fall = count("fall", raw.fall, HealthCheck::DEFAULT_FALL)?;
+        let rise = count("rise", raw.rise, HealthCheck::DEFAULT_RISE)?;
+        let expect_rcode = match raw.expect_rcode {
+            None => None,
+            Some(v) => Some(
+                v.parse::<Rcode>()
+                    .map_err(|reason| self.invalid(field("expect_rcode"), quoted(&v), reason))?,
+            ),
+        };
+        Ok(HealthCheck {
+            query,
+            interval,
+            timeout,
+            fall,
+            rise,
+            expect_rcode,
         })
     }
 
@@ -767,22 +880,40 @@ impl Origin<'_> {
         })
     }
 
-    /// A flow timeout: a duration string or a number of seconds, `default` when
-    /// absent, `MIN_FLOW_TIMEOUT` to `MAX_FLOW_TIMEOUT`.
+    /// A flow timeout: `MIN_FLOW_TIMEOUT` to `MAX_FLOW_TIMEOUT`.
     fn timeout(
         self,
         field: &str,
         value: Option<toml::Value>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
+        self.duration(field, value, default, (MIN_FLOW_TIMEOUT, MAX_FLOW_TIMEOUT))
+    }
+
+    /// A duration string or a number of seconds, `default` when absent, within
+    /// `(min, max)`.
+    fn duration(
+        self,
+        field: &str,
+        value: Option<toml::Value>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Result<Duration, ConfigError> {
         let Some(value) = value else {
             return Ok(default);
         };
+        let range = format!(
+            "use a duration from {} to {}, e.g. {:?} or {}",
+            human(min),
+            human(max),
+            human(default),
+            default.as_secs_f64()
+        );
         let duration = match &value {
             toml::Value::String(s) => duration_or_overflow(s),
-            toml::Value::Integer(n) if *n < 0 => Err(format!("negative; {TIMEOUT_RANGE}")),
+            toml::Value::Integer(n) if *n < 0 => Err(format!("negative; {range}")),
             toml::Value::Integer(n) => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
-            toml::Value::Float(x) if *x < 0.0 => Err(format!("negative; {TIMEOUT_RANGE}")),
+            toml::Value::Float(x) if *x < 0.0 => Err(format!("negative; {range}")),
             // Display writes a float's shortest exact decimal, never an exponent.
             toml::Value::Float(x) => duration_or_overflow(&x.to_string()),
             _ => Err(format!(
@@ -790,12 +921,10 @@ impl Origin<'_> {
             )),
         };
         let reason = match duration {
-            Ok(Some(d)) if d < MIN_FLOW_TIMEOUT => {
-                format!("below the minimum of 100ms; {TIMEOUT_RANGE}")
-            }
-            Ok(Some(d)) if d <= MAX_FLOW_TIMEOUT => return Ok(d),
+            Ok(Some(d)) if d < min => format!("below the minimum of {}; {range}", human(min)),
+            Ok(Some(d)) if d <= max => return Ok(d),
             // Longer than the maximum, or than `Duration` holds.
-            Ok(_) => format!("above the maximum of 24h; {TIMEOUT_RANGE}"),
+            Ok(_) => format!("above the maximum of {}; {range}", human(max)),
             Err(reason) => reason,
         };
         Err(self.invalid(field, written(&value), reason))
@@ -935,6 +1064,19 @@ fn written(value: &toml::Value) -> String {
     }
 }
 
+/// A duration in the config's own spelling: `"24h"`, `"5m"`, `"30s"`, `"500ms"`.
+pub fn human(d: Duration) -> String {
+    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+    match (secs, nanos) {
+        (0, 0) => "0s".to_owned(),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ if nanos % 1_000_000 == 0 => format!("{}ms", d.as_millis()),
+        _ => format!("{}s", d.as_secs_f64()),
+    }
+}
+
 /// A list value, by its length.
 fn entries(n: usize) -> String {
     match n {
@@ -1006,6 +1148,11 @@ backends = ["10.0.0.2:53"]
         format!("{BASE}[flows]\n{lines}\n")
     }
 
+    /// `BASE` with a `[service.health]` table holding `lines`; they start on line 10.
+    fn health(lines: &str) -> String {
+        format!("{BASE}[service.health]\n{lines}\n")
+    }
+
     /// A TOML array of strings.
     fn array(entries: impl Iterator<Item = String>) -> String {
         let quoted: Vec<String> = entries.map(|e| format!("{e:?}")).collect();
@@ -1040,6 +1187,7 @@ backends = ["10.0.0.2:53"]
                 protocol: Protocol::Udp,
                 select: Select::Nth,
                 backends,
+                health: None,
             }],
             flows: FlowSettings::default(),
         };
@@ -1059,6 +1207,32 @@ backends = ["10.0.0.2:53"]
         assert_eq!(service.backends, backends);
         assert_eq!(service.listen.len(), 2);
         assert_eq!(config.flows, FlowSettings::default());
+
+        // Its commented-out tables parse too, and say the defaults.
+        let mut open = false;
+        let uncommented: Vec<&str> = text
+            .lines()
+            .map(|line| {
+                open = (open && !line.is_empty()) || line.starts_with("# [");
+                if open { &line[2..] } else { line }
+            })
+            .collect();
+        let config = parse(&uncommented.join("\n"), Path::new("examples/dnsteer.toml")).unwrap();
+        assert_eq!(config.flows, FlowSettings::default());
+        let health = config.services[0].health.clone().expect("[service.health]");
+        assert_eq!(
+            (health.interval, health.timeout, health.fall, health.rise),
+            (
+                HealthCheck::DEFAULT_INTERVAL,
+                HealthCheck::DEFAULT_TIMEOUT,
+                HealthCheck::DEFAULT_FALL,
+                HealthCheck::DEFAULT_RISE
+            )
+        );
+        assert_eq!(
+            health.expect_rcode.map(|r| r.to_string()).as_deref(),
+            Some("NOERROR")
+        );
     }
 
     #[test]
@@ -1196,6 +1370,68 @@ backends = ["10.0.0.2:53"]
         // `[flows]` may come before the services.
         let text = BASE.replacen("[[service]]", "[flows]\nsize = 2048\n[[service]]", 1);
         assert_eq!(parse_str(&text).unwrap().flows.size, 2048);
+    }
+
+    #[test]
+    fn health_table() {
+        assert_eq!(parse_str(BASE).unwrap().services[0].health, None);
+        let check = parse_str(&health(r#"query = "health.example. A""#))
+            .unwrap()
+            .services[0]
+            .health
+            .clone()
+            .unwrap();
+        assert_eq!(check.query.to_string(), "health.example. A");
+        assert_eq!(
+            (check.interval, check.timeout, check.fall, check.rise),
+            (
+                HealthCheck::DEFAULT_INTERVAL,
+                HealthCheck::DEFAULT_TIMEOUT,
+                3,
+                2
+            )
+        );
+        assert_eq!(check.expect_rcode, None);
+        let text = health(
+            "query = \"probe.example TXT\"\ninterval = \"250ms\"\ntimeout = 0.1\nfall = 1\nrise = 5\nexpect_rcode = \"nxdomain\"",
+        );
+        let check = parse_str(&text).unwrap().services[0]
+            .health
+            .clone()
+            .unwrap();
+        assert_eq!(check.query.to_string(), "probe.example. TXT");
+        assert_eq!(
+            (check.interval, check.timeout, check.fall, check.rise),
+            (Duration::from_millis(250), Duration::from_millis(100), 1, 5)
+        );
+        assert_eq!(
+            check.expect_rcode.map(|r| r.to_string()).as_deref(),
+            Some("NXDOMAIN")
+        );
+        // A short interval shortens the default timeout with it.
+        let text = health("query = \"h.example.\"\ninterval = \"200ms\"");
+        let check = parse_str(&text).unwrap().services[0]
+            .health
+            .clone()
+            .unwrap();
+        assert_eq!(check.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn human_durations() {
+        let ms = Duration::from_millis;
+        for (d, text) in [
+            (ms(0), "0s"),
+            (ms(500), "500ms"),
+            (ms(1500), "1500ms"),
+            (ms(30_000), "30s"),
+            (ms(300_000), "5m"),
+            (ms(86_400_000), "24h"),
+            (Duration::from_micros(2500), "0.0025s"),
+        ] {
+            assert_eq!(human(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
     }
 
     #[test]
@@ -1440,6 +1676,19 @@ backends = ["10.0.0.2:53"]
             (set("backends", r#"["10.0.0.2:53=x"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53=x""#, "write a weighted backend as a table, e.g. { addr ="),
             (set("backends", "[53]"), r#"service[0] "dns": backends[0] = 53"#, r#"expected "IPV4:PORT" or { addr = "IPV4:PORT", weight = N }"#),
             (set("backends", r#"[["10.0.0.2:53"]]"#), r#"service[0] "dns": backends[0] = ["10.0.0.2:53"]"#, r#"expected "IPV4:PORT" or"#),
+            // [service.health]
+            (health("interval = \"1s\""), r#"service[0] "dns": health.query is missing"#, r#"e.g. query = "health.example. A""#),
+            (health("query = \"health.example. BOGUS\""), r#"service[0] "dns": health.query = "health.example. BOGUS""#, "NAME [TYPE]"),
+            (health("query = \"\""), r#"service[0] "dns": health.query = """#, "NAME [TYPE]"),
+            (health("query = \"h.example.\"\nintervall = 1"), "TOML parse error at line 11", "unknown field `intervall`"),
+            (health("query = \"h.example.\"\ninterval = \"50ms\""), r#"service[0] "dns": health.interval = "50ms""#, r#"below the minimum of 100ms; use a duration from 100ms to 1h, e.g. "1s" or 1"#),
+            (health("query = \"h.example.\"\ninterval = \"2h\""), r#"service[0] "dns": health.interval = "2h""#, "above the maximum of 1h"),
+            (health("query = \"h.example.\"\ntimeout = \"1ms\""), r#"service[0] "dns": health.timeout = "1ms""#, "below the minimum of 10ms"),
+            (health("query = \"h.example.\"\ninterval = \"1s\"\ntimeout = \"2s\""), r#"service[0] "dns": health.timeout = "2s""#, "longer than the interval (1s)"),
+            (health("query = \"h.example.\"\nfall = 0"), r#"service[0] "dns": health.fall = 0"#, "below the minimum of 1; use 1 to 100 probes in a row"),
+            (health("query = \"h.example.\"\nrise = 101"), r#"service[0] "dns": health.rise = 101"#, "above the maximum of 100"),
+            (health("query = \"h.example.\"\nrise = \"2\""), r#"service[0] "dns": health.rise = "2""#, "a string; write 2 without quotes"),
+            (health("query = \"h.example.\"\nexpect_rcode = \"FINE\""), r#"service[0] "dns": health.expect_rcode = "FINE""#, "NOERROR"),
             // [flows]
             (flows("sise = 2048"), "TOML parse error at line 10", "unknown field `sise`"),
             (flows("size = 1023"), "flows.size = 1023", "below the minimum of 1024; use an integer from 1024 to 16777216"),

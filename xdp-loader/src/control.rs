@@ -96,6 +96,9 @@ pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub service: String,
+    /// Every weighted backend failed its health checks, so all take new flows.
+    #[serde(default)]
+    pub fail_open: bool,
     /// The service's backends after the request.
     #[serde(default)]
     pub backends: Vec<BackendView>,
@@ -108,6 +111,7 @@ impl Response {
             error: Some(error.to_string()),
             message: None,
             service: service.to_owned(),
+            fail_open: false,
             backends: Vec::new(),
         }
     }

@@ -6,9 +6,12 @@
 
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod live;
 pub mod maps;
+pub mod metrics;
 pub mod pins;
+pub mod probe;
 pub mod run;
 pub mod stats;
 

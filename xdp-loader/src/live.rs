@@ -21,6 +21,11 @@
 //! 6. Another grace period, so once the change returns, no packet in flight
 //!    still acts on the old state: no new flow goes to a removed backend.
 //!
+//! A backend whose health probes fail is `DOWN`: out of the ring like a removed
+//! one (its flows move), still a member. When every weighted member of a service
+//! is down, the service fails open: they all stay in the ring and `ACTIVE`, since
+//! a backend the prober cannot reach may still answer clients.
+//!
 //! A backend slot is reused for another address only after it was `REMOVED`; the
 //! new address is written while the slot still says `REMOVED` and only then made
 //! `ACTIVE`, so a torn read can never pair an old flow with the new address.
@@ -41,7 +46,10 @@ use xdp_common::{
     SelectMode, ServiceConf, backend_slot, backend_state, ring_key, select::smooth_ring,
 };
 
-use crate::config::{BackendSpec, Config, Protocol, Select, Service};
+use crate::{
+    config::{BackendSpec, Config, Protocol, Select, Service},
+    stats::HealthStats,
+};
 
 /// Writes into the kernel's maps, one entry at a time.
 pub trait Store {
@@ -64,8 +72,11 @@ pub trait Store {
 pub struct BackendView {
     pub address: String,
     pub weight: u32,
-    /// `active` or `draining`.
+    /// `active`, `draining` or `down` (failed its health checks).
     pub state: String,
+    /// What the health probes say; null without `[service.health]`.
+    #[serde(default)]
+    pub health: Option<HealthStats>,
 }
 
 /// A change to one service's backend set.
@@ -100,6 +111,10 @@ struct ServiceState {
     slots: Vec<Option<Slot>>,
     /// The generation of its ring the data path reads.
     generation: u32,
+    /// Members whose health probes failed.
+    down: BTreeSet<SocketAddrV4>,
+    /// Every weighted member is down, so all of them are kept in the ring.
+    fail_open: bool,
 }
 
 impl ServiceState {
@@ -126,12 +141,13 @@ impl ServiceState {
             .map(|(_, s)| BackendView {
                 address: s.addr.to_string(),
                 weight: s.weight,
-                state: if s.state == backend_state::ACTIVE {
-                    "active"
-                } else {
-                    "draining"
+                state: match s.state {
+                    backend_state::ACTIVE => "active",
+                    backend_state::DOWN => "down",
+                    _ => "draining",
                 }
                 .to_owned(),
+                health: None,
             })
             .collect()
     }
@@ -294,7 +310,54 @@ impl<S: Store> Live<S> {
         Ok((self.list(name)?, format!("service {name}: {summary}")))
     }
 
-    /// The backends of service `name` (active and draining).
+    /// Takes backend `addr` of service `name` out of selection (`up == false`;
+    /// its flows move on their next packet) or puts it back. Returns one line
+    /// for the log, or None when nothing changed (not a member, or already so).
+    pub fn set_health(
+        &mut self,
+        name: &str,
+        addr: SocketAddrV4,
+        up: bool,
+    ) -> Result<Option<String>> {
+        let id = self.resolve(name)?;
+        let state = self.services[id as usize].as_mut().expect("resolved");
+        let is_member = state.members().any(|(_, s)| s.addr == addr);
+        let changed = if up {
+            state.down.remove(&addr)
+        } else {
+            is_member && state.down.insert(addr)
+        };
+        if !changed {
+            return Ok(None);
+        }
+        let (wanted, select) = (state.specs(), state.select);
+        self.commit(id, &wanted, select)?;
+        let name = &self.services[id as usize].as_ref().expect("live").name;
+        let what = if up {
+            "back in selection"
+        } else {
+            "out of selection"
+        };
+        Ok(Some(format!("service {name}: {addr} {what}")))
+    }
+
+    /// Whether every weighted backend of service `name` is down, so that all of
+    /// them take new flows anyway.
+    pub fn fail_open(&self, name: &str) -> bool {
+        self.id_of(name)
+            .and_then(|id| self.services[id as usize].as_ref())
+            .is_some_and(|s| s.fail_open)
+    }
+
+    /// The members (active, draining, down) of service `name`.
+    pub fn members(&self, name: &str) -> Vec<SocketAddrV4> {
+        self.id_of(name)
+            .and_then(|id| self.services[id as usize].as_ref())
+            .map(|s| s.members().map(|(_, slot)| slot.addr).collect())
+            .unwrap_or_default()
+    }
+
+    /// The backends of service `name` (active, draining and down).
     pub fn list(&self, name: &str) -> Result<Vec<BackendView>> {
         let id = self.resolve(name)?;
         Ok(self.services[id as usize]
@@ -367,6 +430,8 @@ impl<S: Store> Live<S> {
             listen: Vec::new(),
             slots: vec![None; MAX_BACKENDS_PER_SERVICE as usize],
             generation: 0,
+            down: BTreeSet::new(),
+            fail_open: false,
         });
         self.store
             .write_conf(id, &conf(&service.name, service.protocol))?;
@@ -427,6 +492,17 @@ impl<S: Store> Live<S> {
         let state = self.services[id as usize].as_ref().expect("a live id");
         let protocol = state.protocol;
         let mut slots = state.slots.clone();
+        // Health: a backend that leaves the set forgets it was down.
+        let down: BTreeSet<SocketAddrV4> = wanted
+            .iter()
+            .map(|b| b.addr)
+            .filter(|a| state.down.contains(a))
+            .collect();
+        let fail_open = !down.is_empty()
+            && wanted
+                .iter()
+                .filter(|b| b.weight > 0)
+                .all(|b| down.contains(&b.addr));
 
         // Where each wanted backend lives: its current slot, else a never-used
         // one, else the one removed longest ago.
@@ -487,10 +563,13 @@ impl<S: Store> Live<S> {
         }
 
         // 1. Backends entering the ring become ACTIVE; weight-only changes of
-        //    active ones and new draining ones are written too (harmless before the flip).
+        //    active ones and new draining or down ones are written too (harmless
+        //    before the flip).
         let mut drained = Vec::new();
         for &(i, spec) in &placed {
-            let new_state = if spec.weight > 0 {
+            let new_state = if down.contains(&spec.addr) && !fail_open {
+                backend_state::DOWN
+            } else if spec.weight > 0 {
                 backend_state::ACTIVE
             } else {
                 backend_state::DRAINING
@@ -498,7 +577,7 @@ impl<S: Store> Live<S> {
             let old = slots[i];
             let was_member = old.is_some_and(|s| s.state != backend_state::REMOVED);
             let leaves_ring = old.is_some_and(|s| s.state == backend_state::ACTIVE)
-                && new_state == backend_state::DRAINING;
+                && new_state != backend_state::ACTIVE;
             if !was_member {
                 self.ref_source(spec.addr, protocol)?;
             }
@@ -525,7 +604,9 @@ impl<S: Store> Live<S> {
         // 2-4. The new ring into the unused generation, flip, grace period.
         let mut weights = vec![0u32; MAX_BACKENDS_PER_SERVICE as usize];
         for &(i, spec) in &placed {
-            weights[i] = spec.weight;
+            if slots[i].is_some_and(|s| s.state == backend_state::ACTIVE) {
+                weights[i] = spec.weight;
+            }
         }
         let mut ring = Ring {
             select: match select {
@@ -544,15 +625,17 @@ impl<S: Store> Live<S> {
         self.store.flip(id, next)?;
         state.generation = next;
         state.select = select;
+        state.down = down;
+        state.fail_open = fail_open;
         self.store.synchronize()?;
 
         // 5-6. Backends that left the ring: draining ones keep their flows,
-        //      removed ones lose them; then a grace period before returning.
+        //      down and removed ones lose them; then a grace period before returning.
         for &i in &drained {
             let slot = slots[i].expect("placed above");
             self.store.write_backend(
                 backend_slot(id, i as u32),
-                &backend(slot.addr, backend_state::DRAINING, 0),
+                &backend(slot.addr, slot.state, slot.weight),
             )?;
         }
         for &i in &leaving {
@@ -948,6 +1031,118 @@ mod tests {
         );
         assert!(!fake.picks(0).contains(&addr("10.0.0.3:53")));
         assert_eq!(fake.sources.len(), 3);
+    }
+
+    #[test]
+    fn down_leaves_the_ring_after_the_flip_and_up_rejoins_before_it() {
+        let mut live = started(FOUR);
+        let b = addr("10.0.0.3:53");
+        let mark = live.store().log.len();
+        let line = live.set_health("dns", b, false).unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("service dns: 10.0.0.3:53 out of selection")
+        );
+        assert_eq!(
+            live.store().since(mark),
+            [
+                Write::Ring(0),
+                Write::Flip(0, 0),
+                Write::Sync,
+                Write::Backend(1, backend_state::DOWN),
+                Write::Sync,
+            ]
+        );
+        assert!(!live.store().picks(0).contains(&b));
+        // Still a member: listed as down, weight kept, its source kept for replies.
+        let view = live.list("dns").unwrap();
+        assert_eq!((view[1].state.as_str(), view[1].weight), ("down", 1));
+        assert_eq!(live.members("dns").len(), 4);
+        assert_eq!(live.store().sources.len(), 4);
+        assert!(!live.fail_open("dns"));
+        // Again: nothing to do.
+        assert_eq!(live.set_health("dns", b, false).unwrap(), None);
+
+        let mark = live.store().log.len();
+        let line = live.set_health("dns", b, true).unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("service dns: 10.0.0.3:53 back in selection")
+        );
+        assert_eq!(
+            live.store().since(mark),
+            [
+                Write::Backend(1, backend_state::ACTIVE),
+                Write::Ring(1),
+                Write::Flip(0, 1),
+                Write::Sync,
+            ]
+        );
+        assert_eq!(live.store().picks(0).len(), 4);
+    }
+
+    #[test]
+    fn all_weighted_backends_down_fails_open() {
+        let mut live = started(
+            r#"{ addr = "10.0.0.2:53", weight = 2 }, "10.0.0.3:53", { addr = "10.0.0.4:53", weight = 0 }"#,
+        );
+        let (a, b, c) = (
+            addr("10.0.0.2:53"),
+            addr("10.0.0.3:53"),
+            addr("10.0.0.4:53"),
+        );
+        live.set_health("dns", a, false).unwrap();
+        assert_eq!(live.store().picks(0), [b]);
+        // The draining one does not count: with both weighted ones down, fail open.
+        live.set_health("dns", b, false).unwrap();
+        assert!(live.fail_open("dns"));
+        let mut picks = live.store().picks(0);
+        picks.sort();
+        assert_eq!(picks, [a, a, b], "weights as configured");
+        let states: Vec<String> = live
+            .list("dns")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.state)
+            .collect();
+        assert_eq!(states, ["active", "active", "draining"]);
+        // Failing open ignores health altogether: a draining one that goes
+        // down keeps its flows, until a weighted one is back.
+        live.set_health("dns", c, false).unwrap();
+        assert_eq!(live.list("dns").unwrap()[2].state, "draining");
+        assert!(live.fail_open("dns"));
+        // One back: it alone takes new flows.
+        live.set_health("dns", b, true).unwrap();
+        assert!(!live.fail_open("dns"));
+        assert_eq!(live.store().picks(0), [b]);
+        let states: Vec<String> = live
+            .list("dns")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.state)
+            .collect();
+        assert_eq!(states, ["down", "active", "down"]);
+    }
+
+    #[test]
+    fn health_survives_changes_but_not_removal() {
+        let mut live = started(FOUR);
+        let b = addr("10.0.0.3:53");
+        live.set_health("dns", b, false).unwrap();
+        // A weight change keeps it down.
+        live.change("dns", &Change::Add(b, 5)).unwrap();
+        assert_eq!(live.list("dns").unwrap()[1].state, "down");
+        assert!(!live.store().picks(0).contains(&b));
+        // Removed and added back, it starts up.
+        live.change("dns", &Change::Remove(b)).unwrap();
+        live.change("dns", &Change::Add(b, 1)).unwrap();
+        assert!(live.store().picks(0).contains(&b));
+        // Not a member: nothing to mark.
+        assert_eq!(
+            live.set_health("dns", addr("10.9.9.9:53"), false).unwrap(),
+            None
+        );
+        assert!(live.set_health("nope", b, false).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `dnsteer`: a DNS load balancer in XDP. See README.md.
 
-use std::{path::PathBuf, time::Instant};
+use std::{net::SocketAddr, path::PathBuf, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -50,6 +50,9 @@ enum Command {
         /// Overrides `xdp_mode` from the config: auto, driver or skb.
         #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<XdpModeSetting>()))]
         xdp_mode: Option<XdpModeSetting>,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics, e.g. 127.0.0.1:9153.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Print where every packet went, from a running instance's pinned maps.
     Stats {
@@ -141,9 +144,19 @@ fn backends_command(
         if let Some(message) = &response.message {
             println!("{message}");
         }
-        println!("{:<22} {:<9} {:>6}", "backend", "state", "weight");
+        if response.fail_open {
+            println!(
+                "FAILING OPEN: every backend of {} failed its health checks; all take new flows",
+                response.service
+            );
+        }
+        println!("{:<22} {:<9} {:>6}  health", "backend", "state", "weight");
         for b in &response.backends {
-            println!("{:<22} {:<9} {:>6}", b.address, b.state, b.weight);
+            let health = b
+                .health
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), stats::health_text);
+            println!("{:<22} {:<9} {:>6}  {health}", b.address, b.state, b.weight);
         }
     }
     Ok(())
@@ -173,7 +186,10 @@ fn stats_command(
     }
     let mut previous: Option<(stats::Snapshot, Instant)> = None;
     loop {
-        let snapshot = stats::read(&instance, per_cpu)?;
+        let mut snapshot = stats::read(&instance, per_cpu)?;
+        if instance.live {
+            add_health(&mut snapshot);
+        }
         let now = Instant::now();
         if json {
             // One document per line, also under --watch (NDJSON).
@@ -196,6 +212,22 @@ fn stats_command(
     }
 }
 
+/// Asks the running daemon for each service's health; without one (an
+/// instance that exited uncleanly) health stays null.
+fn add_health(snapshot: &mut stats::Snapshot) {
+    for service in &mut snapshot.services {
+        let request = Request {
+            service: service.name.clone(),
+            op: Op::List,
+        };
+        if let Ok(response) = control::request(&snapshot.interface, &request)
+            && response.ok
+        {
+            stats::add_health(service, response.fail_open, &response.backends);
+        }
+    }
+}
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
@@ -209,8 +241,12 @@ fn main() -> Result<()> {
             config,
             iface,
             xdp_mode,
+            metrics_listen,
         } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // Two workers: probes keep their timing while the run loop waits out
+            // a change's grace periods.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
@@ -218,6 +254,7 @@ fn main() -> Result<()> {
                 config,
                 iface,
                 xdp_mode,
+                metrics_listen,
             }))
         }
         Command::Stats {

@@ -1,7 +1,10 @@
 //! `dnsteer run`: validate, load, fill, attach, pin; serve changes (control
-//! socket, SIGHUP, config file edits); on SIGINT/SIGTERM undo it all.
+//! socket, SIGHUP, config file edits), health probes and metrics; on
+//! SIGINT/SIGTERM undo it all.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -16,18 +19,22 @@ use aya::{
 use log::{error, info, warn};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
 
 use crate::{
     TC_PROGRAM, XDP_PROGRAM,
-    config::{self, Config, XdpModeSetting},
+    config::{self, Config, Protocol, XdpModeSetting},
     control::{self, Request, Response},
-    live::Live,
+    health::{Monitor, ProbeResult},
+    live::{BackendView, Live},
     maps::{self, KernelMaps},
+    metrics::{self, Scrape},
     pins::{self, Pins},
+    probe::Transport,
+    stats::{self, Snapshot},
 };
 
 /// What `dnsteer run` was asked to do.
@@ -38,6 +45,8 @@ pub struct RunOptions {
     pub iface: Option<String>,
     /// Overrides the config's `xdp_mode`.
     pub xdp_mode: Option<XdpModeSetting>,
+    /// Where to serve Prometheus metrics on `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl RunOptions {
@@ -63,12 +72,15 @@ pub struct Instance {
     pub xdp_mode: XdpModeSetting,
     /// The config the maps hold now (runtime changes aside).
     config: Config,
+    monitor: Monitor,
+    /// Services whose every weighted backend is down, as last logged.
+    failing_open: BTreeSet<String>,
 }
 
 impl Instance {
     /// Brings up dnsteer on `config.interface`. Nothing stays attached or pinned
     /// when this fails: everything acquired so far is dropped on the way out.
-    pub fn start(config: &Config) -> Result<Self> {
+    pub fn start(config: &Config, monitor: Monitor) -> Result<Self> {
         let iface = config.interface.as_str();
         let pins = Pins::claim(iface)?;
         if pins::attached(iface) {
@@ -86,12 +98,16 @@ impl Instance {
         attach_tc(ebpf, iface)?;
         let xdp_mode = attach_xdp(ebpf, iface, config.xdp_mode)?;
         pins.pin_maps(ebpf)?;
-        Ok(Instance {
+        let mut instance = Instance {
             live,
             pins,
             xdp_mode,
             config: config.clone(),
-        })
+            monitor,
+            failing_open: BTreeSet::new(),
+        };
+        instance.sync_health();
+        Ok(instance)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -142,6 +158,106 @@ impl Instance {
             Err(err) => error!("reload ({why}) failed part way: {err:#}"),
         }
         self.config = new;
+        self.sync_health();
+    }
+
+    /// Probes exactly the members of services with `[service.health]`; a
+    /// backend that stops being probed while down goes back into selection.
+    fn sync_health(&mut self) {
+        let mut wanted = BTreeMap::new();
+        for service in &self.config.services {
+            let Some(check) = &service.health else {
+                continue;
+            };
+            let transport = match service.protocol {
+                Protocol::Tcp => Transport::Tcp,
+                Protocol::Udp | Protocol::UdpTcp => Transport::Udp,
+            };
+            for backend in self.live.members(&service.name) {
+                wanted.insert((service.name.clone(), backend), (check.clone(), transport));
+            }
+        }
+        for (service, backend) in self.monitor.reconcile(&wanted) {
+            self.set_health(&service, backend, true, "no longer health checked");
+        }
+        self.note_fail_open();
+    }
+
+    /// Applies one probe's outcome; a transition changes selection and is logged.
+    fn on_probe(&mut self, result: ProbeResult) {
+        let Some(t) = self.monitor.record(result) else {
+            return;
+        };
+        let state = if t.up { "up" } else { "DOWN" };
+        let line = format!(
+            "service {}: backend {} is {state} {}",
+            t.service, t.backend, t.detail
+        );
+        if t.up {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.set_health(&t.service, t.backend, t.up, "health probes");
+        self.note_fail_open();
+    }
+
+    fn set_health(&mut self, service: &str, backend: std::net::SocketAddrV4, up: bool, why: &str) {
+        match self.live.set_health(service, backend, up) {
+            Ok(Some(line)) => info!("{line} ({why})"),
+            Ok(None) => {}
+            Err(err) => error!(
+                "service {service}: marking {backend} {} failed: {err:#}",
+                if up { "up" } else { "down" }
+            ),
+        }
+    }
+
+    /// Logs each service that starts or stops failing open.
+    fn note_fail_open(&mut self) {
+        let now: BTreeSet<String> = self
+            .live
+            .names()
+            .into_iter()
+            .filter(|name| self.live.fail_open(name))
+            .collect();
+        for name in now.difference(&self.failing_open) {
+            error!(
+                "service {name}: FAILING OPEN: every backend failed its health checks; steering new flows to all of them anyway"
+            );
+        }
+        for name in self.failing_open.difference(&now) {
+            if self.live.names().contains(name) {
+                warn!(
+                    "service {name}: no longer failing open: a backend passes its health checks again"
+                );
+            }
+        }
+        self.failing_open = now;
+    }
+
+    /// The backends of service `name` with their health, and whether it fails open.
+    fn views(&self, name: &str) -> Result<(Vec<BackendView>, bool)> {
+        let name = self.live.resolve_name(name)?;
+        let mut backends = self.live.list(&name)?;
+        for b in &mut backends {
+            if let Ok(addr) = b.address.parse() {
+                b.health = self.monitor.stats(&name, addr);
+            }
+        }
+        Ok((backends, self.live.fail_open(&name)))
+    }
+
+    /// The counters, as `dnsteer stats --json` would print them.
+    fn snapshot(&self) -> Result<Snapshot> {
+        let found = pins::Instance::find(Some(&self.config.interface))?;
+        let mut snapshot = stats::read(&found, false)?;
+        for service in &mut snapshot.services {
+            if let Ok((views, fail_open)) = self.views(&service.name) {
+                stats::add_health(service, fail_open, &views);
+            }
+        }
+        Ok(snapshot)
     }
 
     /// Answers one control request.
@@ -151,19 +267,24 @@ impl Instance {
             Ok(change) => change,
             Err(err) => return Response::error(service, err),
         };
-        let result = match &change {
-            None => self.live.list(service).map(|b| (b, None)),
-            Some(change) => self.live.change(service, change).map(|(b, message)| {
-                info!("{message} (dnsteer backends)");
-                (b, Some(message))
-            }),
+        let message = match &change {
+            None => None,
+            Some(change) => match self.live.change(service, change) {
+                Ok((_, message)) => {
+                    info!("{message} (dnsteer backends)");
+                    self.sync_health();
+                    Some(message)
+                }
+                Err(err) => return Response::error(service, format!("{err:#}")),
+            },
         };
-        match result {
-            Ok((backends, message)) => Response {
+        match self.views(service) {
+            Ok((backends, fail_open)) => Response {
                 ok: true,
                 error: None,
                 message,
                 service: self.live.resolve_name(service).unwrap_or_default(),
+                fail_open,
                 backends,
             },
             Err(err) => Response::error(service, format!("{err:#}")),
@@ -243,6 +364,19 @@ fn describe(config: &Config, instance: &Instance) {
             backends.len(),
             backends.join(", ")
         );
+        if let Some(h) = &service.health {
+            info!(
+                "service {}: health query {} every {} (timeout {}), down after {} failures, up after {} successes, expecting {}",
+                service.name,
+                h.query,
+                config::human(h.interval),
+                config::human(h.timeout),
+                h.fall,
+                h.rise,
+                h.expect_rcode
+                    .map_or_else(|| "any rcode".to_owned(), |r| format!("rcode {r}"))
+            );
+        }
     }
 }
 
@@ -272,6 +406,15 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Pending = (Request, oneshot::Sender<Response>);
+
+/// Stops a spawned task when dropped (the metrics server on shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Reads one request from a control client, has the main loop answer it, and
 /// writes the answer back.
@@ -329,8 +472,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = control::bind(&config.interface)?;
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener).context("registering the control socket")?;
+    let metrics_listener = match opts.metrics_listen {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("--metrics-listen {addr}: cannot listen there for metrics; pick a free address and port")
+        })?),
+    };
 
-    let mut instance = Instance::start(&config)?;
+    let (monitor, mut probe_results) = Monitor::new();
+    let mut instance = Instance::start(&config, monitor)?;
     describe(&config, &instance);
     info!(
         "running; stop with Ctrl-C or SIGTERM, reload with SIGHUP or by editing {}, change backends with `dnsteer backends --iface {}`, watch with `dnsteer stats --iface {}`",
@@ -339,6 +489,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         config.interface
     );
     let (queue, mut requests) = mpsc::channel::<Pending>(16);
+    let (scrapes, mut scrape_requests) = mpsc::channel::<Scrape>(16);
+    let _metrics = metrics_listener.map(|listener| {
+        info!(
+            "serving Prometheus metrics on http://{}/metrics",
+            listener
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        );
+        AbortOnDrop(tokio::spawn(metrics::serve(listener, scrapes)))
+    });
     let mut seen = stamp(&opts.config);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     let why = loop {
@@ -365,6 +525,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             },
             Some((request, reply)) = requests.recv() => {
                 let _ = reply.send(instance.handle(&request));
+            }
+            Some(result) = probe_results.recv() => instance.on_probe(result),
+            Some(reply) = scrape_requests.recv() => {
+                let body = instance
+                    .snapshot()
+                    .map(|s| metrics::encode(&s))
+                    .map_err(|err| format!("reading the counters: {err:#}"));
+                let _ = reply.send(body);
             }
         }
     };

@@ -20,7 +20,7 @@ use xdp_common::{
     backend_state, names, ring_key,
 };
 
-use crate::pins::Instance;
+use crate::{live::BackendView, pins::Instance};
 
 /// Version of the JSON shape; bumped only for incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -78,6 +78,10 @@ pub struct ServiceStats {
     /// Sums over the backends.
     pub packets: u64,
     pub bytes: u64,
+    /// Every health-checked backend is down, so all of them take new flows
+    /// anyway (`[service.health]`; false without it).
+    #[serde(default)]
+    pub fail_open: bool,
     pub backends: Vec<BackendStats>,
 }
 
@@ -85,7 +89,8 @@ pub struct ServiceStats {
 pub struct BackendStats {
     /// `ADDR:PORT`.
     pub address: String,
-    /// `active`, `draining` (weight 0: keeps its flows, takes no new ones) or
+    /// `active`, `draining` (weight 0: keeps its flows, takes no new ones), `down`
+    /// (failed its health checks: takes no new flows, its flows move) or
     /// `removed` (listed until its slot is reused, so no packet goes unaccounted).
     pub state: String,
     pub weight: u32,
@@ -93,9 +98,28 @@ pub struct BackendStats {
     pub bytes: u64,
     /// Flows that started on this backend.
     pub new_flows: u64,
+    /// What the service's health probes say; null without `[service.health]`,
+    /// for a removed backend, or when no `dnsteer run` answers.
+    #[serde(default)]
+    pub health: Option<HealthStats>,
     /// One entry per possible CPU; only with `--per-cpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_cpu: Option<Vec<CpuCounter>>,
+}
+
+/// A backend's health as `dnsteer run` probes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStats {
+    /// `up` or `down`. A backend starts up.
+    pub state: String,
+    /// Round trip of the last probe that got a reply, in microseconds.
+    pub last_rtt_us: Option<u64>,
+    /// Why the last probe failed; null when it succeeded.
+    pub last_error: Option<String>,
+    /// Changes between up and down since the backend joined.
+    pub transitions: u64,
+    pub probes_ok: u64,
+    pub probes_failed: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +181,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             listen: listen.remove(&id).map(sorted).unwrap_or_default(),
             packets: 0,
             bytes: 0,
+            fail_open: false,
             backends: Vec::new(),
         };
         for index in 0..MAX_BACKENDS_PER_SERVICE {
@@ -168,6 +193,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
                 backend_state::ACTIVE => "active",
                 backend_state::DRAINING => "draining",
                 backend_state::REMOVED => "removed",
+                backend_state::DOWN => "down",
                 _ => continue,
             };
             let cpus = backend_stats
@@ -200,6 +226,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
                 packets: sum.packets,
                 bytes: sum.bytes,
                 new_flows: sum.new_flows,
+                health: None,
                 per_cpu: per_cpu.then_some(cpus),
             });
         }
@@ -229,6 +256,23 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         reasons_per_cpu: per_cpu.then_some(split),
         flows: flows(instance)?,
     })
+}
+
+/// Adds what `dnsteer run` knows of `service`'s health (from the control
+/// socket or the daemon itself) to its counters.
+pub fn add_health(service: &mut ServiceStats, fail_open: bool, views: &[BackendView]) {
+    service.fail_open = fail_open;
+    for backend in &mut service.backends {
+        // A removed backend's slot may name an address that is a member again
+        // in another slot; only the member has a health state.
+        if backend.state == "removed" {
+            continue;
+        }
+        backend.health = views
+            .iter()
+            .find(|v| v.address == backend.address)
+            .and_then(|v| v.health.clone());
+    }
 }
 
 fn flows(instance: &Instance) -> Result<FlowStats> {
@@ -290,6 +334,23 @@ fn endpoint_string(e: &Endpoint) -> String {
     }
 }
 
+/// `up 0.4ms (2 transitions)`, `down: no reply within 500ms (1 transition)`.
+pub fn health_text(h: &HealthStats) -> String {
+    let mut text = h.state.clone();
+    match (&h.last_error, h.last_rtt_us) {
+        (Some(err), _) => {
+            let _ = write!(text, ": {err}");
+        }
+        (None, Some(us)) => {
+            let _ = write!(text, " {:.1}ms", us as f64 / 1000.0);
+        }
+        (None, None) => {}
+    }
+    let plural = if h.transitions == 1 { "" } else { "s" };
+    let _ = write!(text, " ({} transition{plural})", h.transitions);
+    text
+}
+
 /// The text form. With `previous` (from `--watch`), adds packets per second.
 pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String {
     let rate = |old: Option<u64>, new: u64| -> String {
@@ -314,16 +375,29 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         let old = previous.and_then(|(p, _)| p.services.get(i));
         let _ = writeln!(
             s,
-            "\nservice {}  {}  select {}  listen {}",
+            "\nservice {}  {}  select {}  listen {}{}",
             svc.name,
             svc.protocol,
             svc.select,
-            svc.listen.join(", ")
+            svc.listen.join(", "),
+            if svc.fail_open {
+                "  FAILING OPEN: every backend is down, all take new flows"
+            } else {
+                ""
+            }
         );
+        let checked = svc.backends.iter().any(|b| b.health.is_some());
         let _ = writeln!(
             s,
-            "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>7} {:>10}",
-            "backend", "state", "weight", "packets", "bytes", "share", "new flows"
+            "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>7} {:>10}{}",
+            "backend",
+            "state",
+            "weight",
+            "packets",
+            "bytes",
+            "share",
+            "new flows",
+            if checked { "  health" } else { "" }
         );
         for (j, b) in svc.backends.iter().enumerate() {
             let share = if svc.packets == 0 {
@@ -332,9 +406,14 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
                 100.0 * b.packets as f64 / svc.packets as f64
             };
             let old = old.and_then(|o| o.backends.get(j)).map(|o| o.packets);
+            let health = match &b.health {
+                Some(h) => format!("  {}", health_text(h)),
+                None if checked => "  -".to_owned(),
+                None => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>6.1}% {:>10}{}",
+                "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>6.1}% {:>10}{}{}",
                 b.address,
                 b.state,
                 b.weight,
@@ -342,6 +421,7 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
                 b.bytes,
                 share,
                 b.new_flows,
+                health,
                 rate(old, b.packets)
             );
             if let Some(cpus) = &b.per_cpu {
