@@ -352,6 +352,11 @@ fn a_dead_backend_is_taken_out_and_readmitted() {
         "{log}"
     );
     assert_eq!(lines("FAILING OPEN"), 0, "{log}");
+    assert_eq!(
+        lines("selection"),
+        0,
+        "a second line for a transition: {log}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{SocketAddr, SocketAddrV4},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -178,7 +178,10 @@ impl Instance {
             }
         }
         for (service, backend) in self.monitor.reconcile(&wanted) {
-            self.set_health(&service, backend, true, "no longer health checked");
+            // A service that is gone took its backends with it.
+            if self.live.names().contains(&service) {
+                self.set_health(&service, backend, true, Some("no longer health checked"));
+            }
         }
         self.note_fail_open();
     }
@@ -198,13 +201,19 @@ impl Instance {
         } else {
             warn!("{line}");
         }
-        self.set_health(&t.service, t.backend, t.up, "health probes");
+        // The line above is the transition's one log line.
+        self.set_health(&t.service, t.backend, t.up, None);
         self.note_fail_open();
     }
 
-    fn set_health(&mut self, service: &str, backend: std::net::SocketAddrV4, up: bool, why: &str) {
+    /// Puts `backend` in or out of selection; logs the change with `why`, if given.
+    fn set_health(&mut self, service: &str, backend: SocketAddrV4, up: bool, why: Option<&str>) {
         match self.live.set_health(service, backend, up) {
-            Ok(Some(line)) => info!("{line} ({why})"),
+            Ok(Some(line)) => {
+                if let Some(why) = why {
+                    info!("{line} ({why})");
+                }
+            }
             Ok(None) => {}
             Err(err) => error!(
                 "service {service}: marking {backend} {} failed: {err:#}",
