@@ -198,6 +198,31 @@ fn refuses_a_second_instance_and_bad_configs() {
         .err()
         .expect("unknown interface must be refused");
     assert!(format!("{err:#}").contains("eth9"), "{err:#}");
+
+    // Root without CAP_BPF and CAP_PERFMON (as in a restricted container): named.
+    let path = std::env::temp_dir().join(format!("dnsteer-caps-{}.toml", std::process::id()));
+    std::fs::write(&path, &config).unwrap();
+    let out = topo
+        .node
+        .command("setpriv")
+        .args([
+            "--bounding-set=-bpf,-perfmon,-sys_admin",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("running dnsteer under setpriv");
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without CAP_BPF: {stderr}");
+    assert!(
+        stderr.contains("lacks CAP_BPF, CAP_PERFMON") && !stderr.contains("lacks CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+
     let link = topo.node.run(&["ip", "link", "show", iface]).unwrap();
     assert!(
         !link.contains("xdp"),

@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over these modules; the tests crate
 //! uses them directly to load the same object and fill maps the same way.
 
+pub mod caps;
 pub mod config;
 pub mod control;
 pub mod health;

@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use crate::{
-    TC_PROGRAM, XDP_PROGRAM,
+    TC_PROGRAM, XDP_PROGRAM, caps,
     config::{self, Config, Protocol, XdpModeSetting},
     control::{self, Request, Response},
     health::{Monitor, ProbeResult},
@@ -474,6 +474,7 @@ async fn serve(stream: UnixStream, queue: mpsc::Sender<Pending>) {
 pub async fn run(opts: RunOptions) -> Result<()> {
     let config = opts.load()?;
     config::check_interface(&opts.config, &config.interface)?;
+    caps::require_for_run()?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
