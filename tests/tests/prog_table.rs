@@ -28,7 +28,10 @@ use dnsteer::{
 use xdp_common::{
     Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS_PER_SERVICE,
     PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode, ServiceConf, backend_slot, backend_state, csum,
-    direction, names, parse::tcp, ring_key, select::smooth_ring,
+    direction, names,
+    parse::{icmp, tcp},
+    ring_key,
+    select::smooth_ring,
 };
 
 const XDP_PASS: u32 = 2;
@@ -1481,4 +1484,305 @@ fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
             HIT,
         ),
     ]);
+}
+
+/// An ICMP error from `from` to the client, `icmp_type`/`code` with `rest`
+/// (unused, or the next-hop MTU), quoting `quote`: an IPv4 packet, as much of it
+/// as the sender kept. Checksums from scratch.
+fn icmp_error(from: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0xc0]);
+    f.extend_from_slice(&((20 + 8 + quote.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0x56, 0x78, 0, 0, 64, icmp::PROTO, 0, 0]);
+    f.extend_from_slice(&from.octets());
+    f.extend_from_slice(&CLIENT.octets());
+    let c = csum::ipv4_header(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&[icmp_type, code, 0, 0]);
+    f.extend_from_slice(&rest);
+    f.extend_from_slice(quote);
+    let c = !csum::fold(csum::sum_bytes(0, &f[34..]));
+    f[36..38].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The IPv4 packet `p` as its backend got it: the query steered there.
+fn as_forwarded(p: &Pkt, backend: SocketAddrV4) -> Vec<u8> {
+    p.clone().to(backend).bytes()[14..].to_vec()
+}
+
+/// `quote` pointed back at `asked`, its IPv4 header checksum from scratch; its
+/// UDP or TCP checksum stays as the backend got it.
+fn quote_as_asked(quote: &[u8], asked: SocketAddrV4) -> Vec<u8> {
+    let mut q = quote.to_vec();
+    let ihl = (q[0] & 0x0f) as usize * 4;
+    q[16..20].copy_from_slice(&asked.ip().octets());
+    q[ihl + 2..ihl + 4].copy_from_slice(&asked.port().to_be_bytes());
+    q[10..12].copy_from_slice(&[0, 0]);
+    let c = csum::ipv4_header(&q[..ihl]);
+    q[10..12].copy_from_slice(&c.to_be_bytes());
+    q
+}
+
+/// Every checksum of an untagged ICMP error frame verifies from scratch: the
+/// outer IPv4 header, the ICMP message, the quoted IPv4 header.
+fn assert_icmp_checksums(what: &str, f: &[u8]) {
+    let outer = (f[14] & 0x0f) as usize * 4;
+    let icmp_at = 14 + outer;
+    let quoted = icmp_at + 8;
+    let inner = (f[quoted] & 0x0f) as usize * 4;
+    assert_eq!(csum::ipv4_header(&f[14..icmp_at]), 0, "{what}: outer IPv4");
+    assert_eq!(
+        !csum::fold(csum::sum_bytes(0, &f[icmp_at..])),
+        0,
+        "{what}: ICMP"
+    );
+    assert_eq!(
+        csum::ipv4_header(&f[quoted..quoted + inner]),
+        0,
+        "{what}: quoted IPv4"
+    );
+}
+
+#[test]
+fn tc_icmp_errors_about_steered_flows_are_translated_like_replies() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let udp = query(VIP).sport(46000);
+    let wild = query(WILD).sport(46001);
+    let syn = segment(TCP_VIP, tcp::SYN).sport(46002);
+    let mut opts = query(VIP).sport(46003);
+    opts.options = 8;
+    prog.check(&[
+        steered("UDP flow", &udp, B[0], NEW_FLOW),
+        steered(
+            "UDP flow, backend on another port",
+            &wild,
+            WILD_BACKEND,
+            NEW_FLOW,
+        ),
+        steered(
+            "TCP flow, backend on another port",
+            &syn,
+            TCP_BACKEND,
+            NEW_FLOW,
+        ),
+        steered("UDP flow with IPv4 options", &opts, B[1], NEW_FLOW),
+    ]);
+    let router = Ipv4Addr::new(10, 100, 13, 1);
+    let no_mtu = [0; 4];
+    let mtu_1400 = [0, 0, 0x05, 0x78];
+    let (udp_q, wild_q) = (as_forwarded(&udp, B[0]), as_forwarded(&wild, WILD_BACKEND));
+    let (syn_q, opts_q) = (as_forwarded(&syn, TCP_BACKEND), as_forwarded(&opts, B[1]));
+    // (what, from, type, code, rest, quote, the address the client asked)
+    let translated = [
+        (
+            "port unreachable from the backend",
+            *B[0].ip(),
+            icmp::DEST_UNREACH,
+            icmp::PORT_UNREACH,
+            no_mtu,
+            udp_q.clone(),
+            VIP,
+        ),
+        (
+            "port unreachable from a backend on another port",
+            *WILD_BACKEND.ip(),
+            icmp::DEST_UNREACH,
+            icmp::PORT_UNREACH,
+            no_mtu,
+            wild_q.clone(),
+            WILD,
+        ),
+        (
+            "fragmentation needed from the backend",
+            *B[0].ip(),
+            icmp::DEST_UNREACH,
+            icmp::FRAG_NEEDED,
+            mtu_1400,
+            udp_q.clone(),
+            VIP,
+        ),
+        (
+            "fragmentation needed from a router: sent from the service address too",
+            router,
+            icmp::DEST_UNREACH,
+            icmp::FRAG_NEEDED,
+            mtu_1400,
+            wild_q.clone(),
+            WILD,
+        ),
+        (
+            "time exceeded from a router",
+            router,
+            icmp::TIME_EXCEEDED,
+            0,
+            no_mtu,
+            udp_q.clone(),
+            VIP,
+        ),
+        (
+            "quote of the IPv4 header and 8 bytes only",
+            *WILD_BACKEND.ip(),
+            icmp::DEST_UNREACH,
+            icmp::PORT_UNREACH,
+            no_mtu,
+            wild_q[..28].to_vec(),
+            WILD,
+        ),
+        (
+            "quoted query with IPv4 options",
+            *B[1].ip(),
+            icmp::DEST_UNREACH,
+            icmp::PORT_UNREACH,
+            no_mtu,
+            opts_q.clone(),
+            VIP,
+        ),
+        (
+            "host unreachable from a router, TCP quoted whole",
+            router,
+            icmp::DEST_UNREACH,
+            icmp::HOST_UNREACH,
+            no_mtu,
+            syn_q.clone(),
+            TCP_VIP,
+        ),
+        (
+            "fragmentation needed, TCP quoted to its first 8 bytes",
+            *TCP_BACKEND.ip(),
+            icmp::DEST_UNREACH,
+            icmp::FRAG_NEEDED,
+            mtu_1400,
+            syn_q[..28].to_vec(),
+            TCP_VIP,
+        ),
+    ];
+    let mut cases: Vec<Case> = translated
+        .iter()
+        .map(|(what, from, ty, code, rest, quote, asked)| {
+            let want = icmp_error(
+                *asked.ip(),
+                *ty,
+                *code,
+                *rest,
+                &quote_as_asked(quote, *asked),
+            );
+            tc(
+                *what,
+                icmp_error(*from, *ty, *code, *rest, quote),
+                Out::Packet(want),
+                Some(Reason::IcmpRewritten),
+                NO_EVENTS,
+            )
+        })
+        .collect();
+
+    let mut fragment = icmp_error(
+        *B[0].ip(),
+        icmp::DEST_UNREACH,
+        icmp::PORT_UNREACH,
+        no_mtu,
+        &udp_q,
+    );
+    fragment[20] = 0x20; // MF
+    fragment[24..26].copy_from_slice(&[0, 0]);
+    let c = csum::ipv4_header(&fragment[14..34]);
+    fragment[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut about_icmp = query(B[0]);
+    about_icmp.proto = icmp::PROTO;
+    let untouched = [
+        (
+            "port unreachable about a client port with no flow",
+            icmp_error(
+                *B[0].ip(),
+                icmp::DEST_UNREACH,
+                icmp::PORT_UNREACH,
+                no_mtu,
+                &as_forwarded(&query(VIP).sport(46099), B[0]),
+            ),
+        ),
+        (
+            "port unreachable about the flow's ports on another backend",
+            icmp_error(
+                *B[1].ip(),
+                icmp::DEST_UNREACH,
+                icmp::PORT_UNREACH,
+                no_mtu,
+                &as_forwarded(&udp, B[1]),
+            ),
+        ),
+        (
+            "quote cut inside the UDP header",
+            icmp_error(
+                *B[0].ip(),
+                icmp::DEST_UNREACH,
+                icmp::PORT_UNREACH,
+                no_mtu,
+                &udp_q[..24],
+            ),
+        ),
+        (
+            "quote cut inside the IPv4 header",
+            icmp_error(
+                *B[0].ip(),
+                icmp::DEST_UNREACH,
+                icmp::PORT_UNREACH,
+                no_mtu,
+                &udp_q[..16],
+            ),
+        ),
+        (
+            "echo reply from the backend",
+            icmp_error(
+                *B[0].ip(),
+                icmp::ECHO_REPLY,
+                0,
+                [0x12, 0x34, 0, 1],
+                b"ping payload",
+            ),
+        ),
+        (
+            "redirect from a router quoting the flow",
+            icmp_error(router, icmp::REDIRECT, 1, [10, 100, 13, 254], &udp_q),
+        ),
+        (
+            "port unreachable about an ICMP packet",
+            icmp_error(
+                *B[0].ip(),
+                icmp::DEST_UNREACH,
+                icmp::PROTO_UNREACH,
+                no_mtu,
+                &about_icmp.bytes()[14..],
+            ),
+        ),
+        ("a fragment of an ICMP error", fragment),
+    ];
+    cases.extend(
+        untouched
+            .into_iter()
+            .map(|(what, input)| tc(what, input, Out::Unchanged, None, NO_EVENTS)),
+    );
+    prog.check(&cases);
+
+    // The output itself, checked field by field rather than against a packet
+    // built the same way.
+    for (what, from, ty, code, rest, quote, asked) in &translated {
+        let (_, out) = prog.run(TC_PROGRAM, &icmp_error(*from, *ty, *code, *rest, quote));
+        assert_icmp_checksums(what, &out);
+        assert_eq!(&out[26..30], &asked.ip().octets(), "{what}: outer source");
+        assert_eq!(&out[30..34], &CLIENT.octets(), "{what}: outer destination");
+        let inner = 42;
+        let l4 = inner + (out[inner] & 0x0f) as usize * 4;
+        assert_eq!(
+            &out[inner + 16..inner + 20],
+            &asked.ip().octets(),
+            "{what}: quoted destination"
+        );
+        assert_eq!(
+            &out[l4 + 2..l4 + 4],
+            &asked.port().to_be_bytes(),
+            "{what}: quoted port"
+        );
+    }
 }

@@ -378,9 +378,12 @@ pub enum Reason {
     ReplyNoFlow = 6,
     /// A TCP segment other than a SYN with no flow record (left alone).
     TcpNoFlow = 7,
+    /// An ICMP error about a steered flow, translated like its reply: the
+    /// quoted packet's destination and the outer source set to the service address.
+    IcmpRewritten = 8,
 }
 
-pub const REASON_COUNT: u32 = 8;
+pub const REASON_COUNT: u32 = 9;
 
 impl Reason {
     /// Every reason, in index order.
@@ -393,6 +396,7 @@ impl Reason {
         Reason::ReplyRewritten,
         Reason::ReplyNoFlow,
         Reason::TcpNoFlow,
+        Reason::IcmpRewritten,
     ];
 
     /// The stable name used in `dnsteer stats` text and JSON.
@@ -406,6 +410,7 @@ impl Reason {
             Reason::ReplyRewritten => "reply_rewritten",
             Reason::ReplyNoFlow => "reply_no_flow",
             Reason::TcpNoFlow => "tcp_no_flow",
+            Reason::IcmpRewritten => "icmp_rewritten",
         }
     }
 }

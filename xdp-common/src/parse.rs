@@ -1,4 +1,5 @@
-//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options), UDP or TCP.
+//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options), UDP or TCP,
+//! and ICMP errors quoting an IPv4 UDP or TCP packet.
 //!
 //! Written once over the [`Packet`] trait so the kernel side (bounds checked
 //! against `data_end`) and the host (a byte slice) run the same code: what the
@@ -11,6 +12,10 @@ pub const VLAN_HLEN: usize = 4;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 pub const TCP_MIN_HLEN: usize = 20;
+pub const ICMP_HLEN: usize = 8;
+/// Transport bytes an ICMP error is sure to quote (RFC 792): both ports, and
+/// UDP's length and checksum; not TCP's flags or checksum.
+pub const QUOTED_L4_LEN: usize = 8;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -47,6 +52,24 @@ pub mod tcp {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
+}
+
+/// Protocol number, field offsets and message types of ICMP (RFC 792).
+pub mod icmp {
+    pub const PROTO: u8 = 1;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECK: usize = 2;
+    pub const ECHO_REPLY: u8 = 0;
+    /// Destination unreachable; all its codes quote the packet the same way.
+    pub const DEST_UNREACH: u8 = 3;
+    pub const REDIRECT: u8 = 5;
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Destination unreachable codes.
+    pub const HOST_UNREACH: u8 = 1;
+    pub const PROTO_UNREACH: u8 = 2;
+    pub const PORT_UNREACH: u8 = 3;
+    pub const FRAG_NEEDED: u8 = 4;
 }
 
 /// Read access to a packet's bytes.
@@ -138,9 +161,65 @@ impl Skip {
     }
 }
 
+/// An ICMP error about an IPv4 UDP datagram or TCP segment: where its headers
+/// start, the checksums a rewrite must update, and what the quoted packet says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpError4 {
+    /// Offset of the outer IPv4 header.
+    pub l3: usize,
+    /// Offset of the ICMP header.
+    pub icmp: usize,
+    /// `icmp::DEST_UNREACH` or `icmp::TIME_EXCEEDED`.
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The host reporting the error.
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// The outer IPv4 header checksum and the ICMP checksum, as they are.
+    pub ip_check: [u8; 2],
+    pub icmp_check: [u8; 2],
+    pub quoted: Quoted4,
+}
+
+/// The packet an ICMP error quotes: its IPv4 header and first
+/// `QUOTED_L4_LEN` transport bytes, which are all an error is sure to carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted4 {
+    /// Offset of the quoted IPv4 header.
+    pub l3: usize,
+    /// Offset of the quoted UDP or TCP header.
+    pub l4: usize,
+    /// `PROTO_UDP` or `PROTO_TCP`.
+    pub proto: u8,
+    /// The quoted IPv4 header checksum, as it is.
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// Why a packet is not an ICMP error dnsteer may translate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpSkip {
+    /// The outer packet: not IPv4, malformed (also an ICMP header cut short),
+    /// or a fragment.
+    Outer(Skip),
+    /// IPv4, but not an ICMP destination unreachable or time exceeded message.
+    NotIcmpError,
+    /// The quoted packet: cut short before its first `QUOTED_L4_LEN` transport
+    /// bytes or inconsistent (`Malformed`), a fragment, or neither UDP nor TCP.
+    Quoted(Skip),
+}
+
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn addr(b: &[u8; IPV4_MIN_HLEN], at: usize) -> [u8; 4] {
+    [b[at], b[at + 1], b[at + 2], b[at + 3]]
 }
 
 /// The ethertype after at most two VLAN tags (802.1Q or 802.1ad), and the offset
@@ -161,41 +240,68 @@ fn ethertype<P: Packet + ?Sized>(p: &P) -> Result<(u16, usize), Skip> {
     Ok((proto, off))
 }
 
-/// Parses an Ethernet frame down to its UDP or TCP header.
+/// The fields of an IPv4 header the parsers use.
+struct Ipv4 {
+    ihl: usize,
+    tot_len: usize,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// The IPv4 header at `off`: version 4, a header of 20 bytes or more inside a
+/// total length that does not run past `end`, and not a fragment.
 #[inline(always)]
-pub fn headers4<P: Packet + ?Sized>(p: &P) -> Result<Headers4, Skip> {
-    let (proto, l3) = ethertype(p)?;
-    if proto != ETH_P_IPV4 {
-        return Err(Skip::NotIpv4);
-    }
-    let ip = p.bytes::<IPV4_MIN_HLEN>(l3).ok_or(Skip::Malformed)?;
+fn ipv4_at<P: Packet + ?Sized>(p: &P, off: usize, end: usize) -> Result<Ipv4, Skip> {
+    let ip = p.bytes::<IPV4_MIN_HLEN>(off).ok_or(Skip::Malformed)?;
     if ip[0] >> 4 != 4 {
         return Err(Skip::Malformed);
     }
     let ihl = (ip[0] & 0x0f) as usize * 4;
     let tot_len = be16([ip[ipv4::TOT_LEN], ip[ipv4::TOT_LEN + 1]]) as usize;
-    // The frame may carry padding after the datagram, never less than it.
-    if ihl < IPV4_MIN_HLEN || tot_len < ihl || l3 + tot_len > p.len() {
+    if ihl < IPV4_MIN_HLEN || tot_len < ihl || off + tot_len > end {
         return Err(Skip::Malformed);
     }
     if be16([ip[ipv4::FRAG], ip[ipv4::FRAG + 1]]) & ipv4::FRAG_MASK != 0 {
         return Err(Skip::Fragment);
     }
-    let proto = ip[ipv4::PROTO];
+    Ok(Ipv4 {
+        ihl,
+        tot_len,
+        proto: ip[ipv4::PROTO],
+        check: [ip[ipv4::CHECK], ip[ipv4::CHECK + 1]],
+        src: addr(&ip, ipv4::SRC),
+        dst: addr(&ip, ipv4::DST),
+    })
+}
+
+/// Ethernet, VLAN tags and the IPv4 header: where that header starts and what
+/// it says. The part `headers4` and `icmp_error4` share.
+#[inline(always)]
+fn outer4<P: Packet + ?Sized>(p: &P) -> Result<(usize, Ipv4), Skip> {
+    let (proto, l3) = ethertype(p)?;
+    if proto != ETH_P_IPV4 {
+        return Err(Skip::NotIpv4);
+    }
+    // The frame may carry padding after the datagram, never less than it.
+    Ok((l3, ipv4_at(p, l3, p.len())?))
+}
+
+/// Parses an Ethernet frame down to its UDP or TCP header.
+#[inline(always)]
+pub fn headers4<P: Packet + ?Sized>(p: &P) -> Result<Headers4, Skip> {
+    let (l3, ip) = outer4(p)?;
+    let proto = ip.proto;
     if proto != PROTO_UDP && proto != PROTO_TCP {
         return Err(Skip::NotUdpOrTcp);
     }
-    let dst = [
-        ip[ipv4::DST],
-        ip[ipv4::DST + 1],
-        ip[ipv4::DST + 2],
-        ip[ipv4::DST + 3],
-    ];
+    let dst = ip.dst;
     if dst[0] & 0xf0 == 0xe0 || dst == [0xff; 4] {
         return Err(Skip::NotUnicast);
     }
-    let l4 = l3 + ihl;
-    let payload = tot_len - ihl;
+    let l4 = l3 + ip.ihl;
+    let payload = ip.tot_len - ip.ihl;
     // The first 20 bytes cover both a UDP header and a minimal TCP header; a
     // UDP datagram is read as far as its own 8 bytes only.
     let tcp_flags = if proto == PROTO_TCP {
@@ -220,15 +326,63 @@ pub fn headers4<P: Packet + ?Sized>(p: &P) -> Result<Headers4, Skip> {
         l4,
         proto,
         tcp_flags,
-        src: [
-            ip[ipv4::SRC],
-            ip[ipv4::SRC + 1],
-            ip[ipv4::SRC + 2],
-            ip[ipv4::SRC + 3],
-        ],
+        src: ip.src,
         dst,
         sport: [ports[0], ports[1]],
         dport: [ports[2], ports[3]],
+    })
+}
+
+/// Parses an Ethernet frame carrying an ICMP destination unreachable (any code)
+/// or time exceeded message down to the first `QUOTED_L4_LEN` bytes of the UDP
+/// datagram or TCP segment it quotes, which must lie inside the outer datagram.
+#[inline(always)]
+pub fn icmp_error4<P: Packet + ?Sized>(p: &P) -> Result<IcmpError4, IcmpSkip> {
+    let (l3, ip) = outer4(p).map_err(IcmpSkip::Outer)?;
+    if ip.proto != icmp::PROTO {
+        return Err(IcmpSkip::NotIcmpError);
+    }
+    let at = l3 + ip.ihl;
+    let end = l3 + ip.tot_len;
+    let hdr = p
+        .bytes::<ICMP_HLEN>(at)
+        .filter(|_| at + ICMP_HLEN <= end)
+        .ok_or(IcmpSkip::Outer(Skip::Malformed))?;
+    let icmp_type = hdr[icmp::TYPE];
+    if icmp_type != icmp::DEST_UNREACH && icmp_type != icmp::TIME_EXCEEDED {
+        return Err(IcmpSkip::NotIcmpError);
+    }
+    let inner_l3 = at + ICMP_HLEN;
+    // The quoted datagram is cut short: its total length can only be checked
+    // against the transport bytes it must have had.
+    let inner = ipv4_at(p, inner_l3, usize::MAX).map_err(IcmpSkip::Quoted)?;
+    if inner.proto != PROTO_UDP && inner.proto != PROTO_TCP {
+        return Err(IcmpSkip::Quoted(Skip::NotUdpOrTcp));
+    }
+    let inner_l4 = inner_l3 + inner.ihl;
+    let ports = p
+        .bytes::<QUOTED_L4_LEN>(inner_l4)
+        .filter(|_| inner_l4 + QUOTED_L4_LEN <= end && inner.tot_len >= inner.ihl + QUOTED_L4_LEN)
+        .ok_or(IcmpSkip::Quoted(Skip::Malformed))?;
+    Ok(IcmpError4 {
+        l3,
+        icmp: at,
+        icmp_type,
+        code: hdr[icmp::CODE],
+        src: ip.src,
+        dst: ip.dst,
+        ip_check: ip.check,
+        icmp_check: [hdr[icmp::CHECK], hdr[icmp::CHECK + 1]],
+        quoted: Quoted4 {
+            l3: inner_l3,
+            l4: inner_l4,
+            proto: inner.proto,
+            check: inner.check,
+            src: inner.src,
+            dst: inner.dst,
+            sport: [ports[0], ports[1]],
+            dport: [ports[2], ports[3]],
+        },
     })
 }
 
@@ -371,6 +525,208 @@ mod tests {
         assert_eq!(
             (udp.proto, udp.tcp_flags, udp.l4_check()),
             (PROTO_UDP, 0, 34 + 6)
+        );
+    }
+
+    /// Ethernet + IPv4 (no options, from a router to the client) carrying `proto`.
+    fn ip_frame(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&((IPV4_MIN_HLEN + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 2, 0, 0, 64, proto, 0, 0, 10, 100, 13, 1, 192, 0, 2, 100]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// The ICMP message `icmp_type`/`code` quoting `quote`.
+    fn icmp_message(icmp_type: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+        let mut m = std::vec![icmp_type, code, 0xab, 0xcd, 0, 0, 0x05, 0xdc];
+        m.extend_from_slice(quote);
+        m
+    }
+
+    fn icmp_frame(icmp_type: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+        ip_frame(icmp::PROTO, &icmp_message(icmp_type, code, quote))
+    }
+
+    /// The IPv4 packet inside an untagged `frame`.
+    fn datagram(f: &[u8]) -> &[u8] {
+        &f[ETH_HLEN..]
+    }
+
+    #[test]
+    fn icmp_errors_about_udp_and_tcp() {
+        let query = frame(&[], 0, b"query");
+        let port = icmp_frame(icmp::DEST_UNREACH, icmp::PORT_UNREACH, datagram(&query));
+        let e = icmp_error4(port.as_slice()).unwrap();
+        assert_eq!(
+            (e.l3, e.icmp, e.icmp_type, e.code),
+            (14, 34, icmp::DEST_UNREACH, icmp::PORT_UNREACH)
+        );
+        assert_eq!((e.src, e.dst), ([10, 100, 13, 1], [192, 0, 2, 100]));
+        assert_eq!(e.icmp_check, [0xab, 0xcd]);
+        let q = e.quoted;
+        assert_eq!((q.l3, q.l4, q.proto), (42, 62, PROTO_UDP));
+        assert_eq!((q.src, q.dst), ([192, 0, 2, 100], [192, 0, 2, 10]));
+        assert_eq!((be16(q.sport), be16(q.dport)), (40000, 53));
+        assert_eq!(q.check, [query[24], query[25]]);
+        assert_eq!(
+            headers4(port.as_slice()),
+            Err(Skip::NotUdpOrTcp),
+            "headers4 still skips ICMP"
+        );
+
+        for code in 0..16 {
+            let f = icmp_frame(icmp::DEST_UNREACH, code, datagram(&query));
+            assert_eq!(icmp_error4(f.as_slice()).unwrap().code, code);
+        }
+        let ttl = icmp_frame(icmp::TIME_EXCEEDED, 0, datagram(&query));
+        assert_eq!(icmp_error4(ttl.as_slice()).unwrap().quoted, q);
+
+        // RFC 792's minimum: the IPv4 header and 8 bytes, here after 8 option bytes.
+        let opts = frame(&[], 8, b"query");
+        let short = icmp_frame(
+            icmp::DEST_UNREACH,
+            icmp::FRAG_NEEDED,
+            &datagram(&opts)[..36],
+        );
+        let q = icmp_error4(short.as_slice()).unwrap().quoted;
+        assert_eq!((q.l3, q.l4, be16(q.dport)), (42, 42 + 28, 53));
+
+        // A TCP segment quoted with its first 8 bytes only: no flags, no checksum.
+        let syn = tcp_frame([0x50, tcp::SYN]);
+        let f = icmp_frame(icmp::DEST_UNREACH, 1, &datagram(&syn)[..28]);
+        let q = icmp_error4(f.as_slice()).unwrap().quoted;
+        assert_eq!((q.proto, q.l4, be16(q.sport)), (PROTO_TCP, 62, 40000));
+
+        // Tags and outer options move every offset.
+        let mut tagged = port.clone();
+        tagged.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        let mut outer_opts = port.clone();
+        outer_opts[14] = 0x46;
+        outer_opts[17] += 4;
+        outer_opts.splice(34..34, [1, 1, 1, 1]);
+        for (f, l3, ihl) in [(tagged, 18, 20), (outer_opts, 14, 24)] {
+            let e = icmp_error4(f.as_slice()).unwrap();
+            assert_eq!(
+                (e.l3, e.icmp, e.quoted.l3, e.quoted.l4),
+                (l3, l3 + ihl, l3 + ihl + 8, l3 + ihl + 28)
+            );
+        }
+    }
+
+    #[test]
+    fn icmp_error_cut_anywhere_is_malformed() {
+        let quote = frame(&[], 4, b"");
+        let message = icmp_message(icmp::DEST_UNREACH, icmp::PORT_UNREACH, datagram(&quote));
+        let f = ip_frame(icmp::PROTO, &message);
+        assert!(icmp_error4(f.as_slice()).is_ok());
+        for cut in 0..f.len() {
+            assert_eq!(
+                icmp_error4(&f[..cut]),
+                Err(IcmpSkip::Outer(Skip::Malformed)),
+                "frame cut at {cut}"
+            );
+        }
+        // Datagrams whose length says they end early, as a router that quotes
+        // less would send them: the ICMP header, then the quote, cut.
+        for len in 0..ICMP_HLEN {
+            let f = ip_frame(icmp::PROTO, &message[..len]);
+            assert_eq!(
+                icmp_error4(f.as_slice()),
+                Err(IcmpSkip::Outer(Skip::Malformed)),
+                "ICMP header of {len} bytes"
+            );
+        }
+        let whole = ICMP_HLEN + 24 + QUOTED_L4_LEN;
+        for len in ICMP_HLEN..whole {
+            let f = ip_frame(icmp::PROTO, &message[..len]);
+            assert_eq!(
+                icmp_error4(f.as_slice()),
+                Err(IcmpSkip::Quoted(Skip::Malformed)),
+                "ICMP message of {len} bytes"
+            );
+        }
+        assert!(icmp_error4(ip_frame(icmp::PROTO, &message[..whole]).as_slice()).is_ok());
+        // Quoted bytes in the frame's padding, past the datagram, do not count.
+        let mut padded = ip_frame(icmp::PROTO, &message[..whole - 1]);
+        padded.extend_from_slice(&message[whole - 1..]);
+        assert_eq!(
+            icmp_error4(padded.as_slice()),
+            Err(IcmpSkip::Quoted(Skip::Malformed))
+        );
+    }
+
+    #[test]
+    fn icmp_other_messages_and_quotes_are_skipped() {
+        let query = frame(&[], 0, b"query");
+        let quoted = datagram(&query);
+        let error = icmp_frame(icmp::DEST_UNREACH, icmp::PORT_UNREACH, quoted);
+        let with = |at: usize, val: &[u8]| {
+            let mut f = error.clone();
+            f[at..at + val.len()].copy_from_slice(val);
+            icmp_error4(f.as_slice())
+        };
+        assert_eq!(
+            icmp_error4(query.as_slice()),
+            Err(IcmpSkip::NotIcmpError),
+            "UDP"
+        );
+        for other in [icmp::ECHO_REPLY, icmp::REDIRECT, 8, 12] {
+            let f = icmp_frame(other, 0, quoted);
+            assert_eq!(
+                icmp_error4(f.as_slice()),
+                Err(IcmpSkip::NotIcmpError),
+                "type {other}"
+            );
+        }
+        assert_eq!(with(12, &[0x86, 0xdd]), Err(IcmpSkip::Outer(Skip::NotIpv4)));
+        assert_eq!(
+            with(20, &[0x20, 0x00]),
+            Err(IcmpSkip::Outer(Skip::Fragment)),
+            "outer MF"
+        );
+        assert_eq!(
+            with(20, &[0x00, 0x01]),
+            Err(IcmpSkip::Outer(Skip::Fragment)),
+            "outer offset"
+        );
+        // The quoted header starts at 42.
+        assert_eq!(
+            with(42 + 9, &[icmp::PROTO]),
+            Err(IcmpSkip::Quoted(Skip::NotUdpOrTcp)),
+            "an error about an ICMP message"
+        );
+        assert_eq!(
+            with(42, &[0x65]),
+            Err(IcmpSkip::Quoted(Skip::Malformed)),
+            "quoted version 6"
+        );
+        assert_eq!(
+            with(42, &[0x44]),
+            Err(IcmpSkip::Quoted(Skip::Malformed)),
+            "quoted IHL 4"
+        );
+        assert_eq!(
+            with(42 + 2, &[0, 27]),
+            Err(IcmpSkip::Quoted(Skip::Malformed)),
+            "quoted total length below its header and 8 bytes"
+        );
+        assert!(
+            with(42 + 2, &[0xff, 0xff]).is_ok(),
+            "quoted total length past the quote"
+        );
+        assert_eq!(
+            with(42 + 6, &[0x20, 0x00]),
+            Err(IcmpSkip::Quoted(Skip::Fragment)),
+            "quoted MF"
+        );
+        assert_eq!(
+            with(42 + 6, &[0x00, 0x01]),
+            Err(IcmpSkip::Quoted(Skip::Fragment)),
+            "quoted offset"
         );
     }
 }

@@ -127,6 +127,19 @@ pub fn reply(pkt: &Headers4) -> Option<FlowValue> {
     Some(value)
 }
 
+/// The service address the client asked, from the reply record of the flow
+/// between `backend` and `client`; a lookup only, for ICMP errors about it.
+#[inline(always)]
+pub fn asked(
+    backend: ([u8; 4], [u8; 2]),
+    client: ([u8; 4], [u8; 2]),
+    proto: u8,
+) -> Option<FlowValue> {
+    let key = FlowKey::new(backend, client, proto, direction::REPLY);
+    // SAFETY: copied out at once.
+    unsafe { FLOWS.get(key) }.copied()
+}
+
 /// Makes sure the flow's reply record names the address this query asked.
 ///
 /// It may not: a client that reuses its port for another service address

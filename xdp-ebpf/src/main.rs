@@ -5,7 +5,8 @@
 //!   backend (a new flow picks one from the service's ring) and hands it to the
 //!   stack (XDP_PASS), which forwards it.
 //! - `dnsteer_reply` (TC, egress of the same interface): rewrites the source of a
-//!   backend's reply back to the address the client asked, from the flow's record.
+//!   backend's reply back to the address the client asked, from the flow's record,
+//!   and translates ICMP errors about a steered flow the same way.
 //!
 //! Every packet leaves unchanged unless it is fully understood, and bumps exactly
 //! one `REASONS` counter saying why it went the way it went.
@@ -13,6 +14,7 @@
 #![no_main]
 
 mod flow;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;
@@ -27,7 +29,7 @@ use aya_ebpf::{
 };
 use xdp_common::{
     Reason,
-    parse::{self, Packet as _},
+    parse::{self, Packet as _, Skip},
 };
 
 #[xdp]
@@ -68,9 +70,14 @@ fn steer(ctx: &XdpContext) -> Reason {
 
 #[inline(always)]
 fn reply(ctx: &TcContext) -> Option<Reason> {
-    // Anything that is not a well-formed IPv4 UDP or TCP packet is not a reply of
-    // ours and is not counted here: egress carries all of the node's traffic.
-    let pkt = parse::headers4(&packet::Tc(ctx)).ok()?;
+    // Anything that is not a well-formed IPv4 UDP or TCP packet (or an ICMP error
+    // about one) is not a reply of ours and is not counted here: egress carries
+    // all of the node's traffic.
+    let pkt = match parse::headers4(&packet::Tc(ctx)) {
+        Ok(pkt) => pkt,
+        Err(Skip::NotUdpOrTcp) => return icmp::error(ctx),
+        Err(_) => return None,
+    };
     let Some(asked) = flow::reply(&pkt) else {
         return select::backend_source(&pkt).then_some(Reason::ReplyNoFlow);
     };

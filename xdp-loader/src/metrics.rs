@@ -66,10 +66,11 @@ impl Collector for SnapshotCollector {
         family(
             out,
             "dnsteer_reply_translations",
-            "Backend replies on the TC egress path: source rewritten to the service address, or no flow record to rewrite it by",
+            "Backend replies on the TC egress path: source rewritten to the service address, no flow record to rewrite it by, or an ICMP error about a steered query rewritten",
             [
                 ("rewritten", reason(Reason::ReplyRewritten)),
                 ("no_flow", reason(Reason::ReplyNoFlow)),
+                ("icmp_rewritten", reason(Reason::IcmpRewritten)),
             ]
             .into_iter()
             .filter_map(|(result, n)| Some(([("result", result)], ConstCounter::new(n?)))),
