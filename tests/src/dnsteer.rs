@@ -61,6 +61,7 @@ pub struct Dnsteer {
     launch: Launch,
     iface: String,
     pin_root: PathBuf,
+    run_args: Vec<String>,
     dir: TempDir,
 }
 
@@ -91,56 +92,99 @@ impl Dnsteer {
         run_args: &[&str],
     ) -> Result<Self> {
         let dir = TempDir::new("dnsteer")?;
-        let config_path = dir.path().join("dnsteer.toml");
-        fs::write(&config_path, config).context("writing the config")?;
-        let log = fs::File::create(dir.path().join("dnsteer.log")).context("creating the log")?;
+        fs::write(dir.path().join("dnsteer.toml"), config).context("writing the config")?;
         let pin_root = PathBuf::from(format!(
             "/sys/fs/bpf/dnsteer-test-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = command(launch, &ns.path(), bin)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .args(run_args)
-            .env("DNSTEER_PIN_ROOT", &pin_root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting dnsteer run")?;
         let mut me = Self {
-            child: Some(child),
+            child: None,
             bin: bin.to_owned(),
             ns: ns.path(),
             launch,
             iface: iface.to_owned(),
             pin_root,
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    /// Starts `dnsteer run` again after [`Self::stop`] or [`Self::kill`], with the
+    /// same config, arguments and pin root, and waits until it is steering.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("dnsteer run is still running; stop or kill it first");
+        }
+        self.spawn()
+    }
+
+    /// Runs `dnsteer run`, its output appended to the log, and waits until it
+    /// says it is steering and `stats` answers.
+    fn spawn(&mut self) -> Result<()> {
+        let path = self.dir.path().join("dnsteer.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .context("opening the log")?;
+        let from = self.log().len();
+        let child = command(self.launch, &self.ns, &self.bin)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .args(&self.run_args)
+            .env("DNSTEER_PIN_ROOT", &self.pin_root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dnsteer run")?;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = me
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().transpose())
                 .transpose()?
             {
+                self.child = None;
                 bail!(
                     "dnsteer run exited with {status} before it was ready:\n{}",
-                    me.log()
+                    self.log()
                 );
             }
             // `run` logs this line once it is attached and pinned; stats answering
             // alone could come from another instance on the same interface.
-            if me.log().contains(READY_LINE) && me.stats(&["--json"]).is_ok() {
-                return Ok(me);
+            let log = self.log();
+            if log.get(from..).is_some_and(|l| l.contains(READY_LINE))
+                && self.stats(&["--json"]).is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("dnsteer run was not ready after 20 s:\n{}", me.log());
+                bail!("dnsteer run was not ready after 20 s:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Kills `dnsteer run` with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `dnsteer stop --iface IF` in the node namespace; Ok(stdout).
+    pub fn stop_command(&self) -> Result<String> {
+        let mut cmd = command(self.launch, &self.ns, &self.bin);
+        cmd.args(["stop", "--iface", &self.iface])
+            .env("DNSTEER_PIN_ROOT", &self.pin_root);
+        stdout_of(&mut cmd, "stop", &[])
     }
 
     /// The `dnsteer stats` command for this instance, in the node namespace,

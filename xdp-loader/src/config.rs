@@ -52,6 +52,9 @@ pub struct Config {
     pub services: Vec<Service>,
     /// The flow-affinity table: `[flows]`, or its defaults.
     pub flows: FlowSettings,
+    /// Leave the data path running when `dnsteer run` exits, and adopt one
+    /// left running (`--persist`).
+    pub persist: bool,
 }
 
 /// A named group of listen entries sharing one backend set.
@@ -402,6 +405,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         xdp_mode,
         services,
         flows,
+        persist: raw.persist.unwrap_or(false),
     })
 }
 
@@ -479,6 +483,7 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
 struct RawConfig {
     interface: Option<String>,
     xdp_mode: Option<String>,
+    persist: Option<bool>,
     #[serde(default)]
     service: Vec<RawService>,
     flows: Option<RawFlows>,
@@ -1190,6 +1195,7 @@ backends = ["10.0.0.2:53"]
                 health: None,
             }],
             flows: FlowSettings::default(),
+            persist: false,
         };
         assert_eq!(parse_str(EXAMPLE).unwrap(), expected);
     }

@@ -56,6 +56,8 @@ pub enum Op {
     Set {
         backends: Vec<String>,
     },
+    /// Detach, remove the pins (also a persistent instance's) and exit.
+    Stop,
 }
 
 impl Op {
@@ -64,7 +66,7 @@ impl Op {
         let addr =
             |s: &str| config::parse_backend_addr(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"));
         Ok(Some(match self {
-            Op::List => return Ok(None),
+            Op::List | Op::Stop => return Ok(None),
             Op::Add { backend, weight } => Change::Add(addr(backend)?, weight.unwrap_or(1)),
             Op::Remove { backend } => Change::Remove(addr(backend)?),
             Op::Drain { backend } => Change::Drain(addr(backend)?),

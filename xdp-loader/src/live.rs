@@ -30,6 +30,10 @@
 //! new address is written while the slot still says `REMOVED` and only then made
 //! `ACTIVE`, so a torn read can never pair an old flow with the new address.
 //!
+//! A data path left running by `dnsteer run --persist` is adopted by reading
+//! the state back from its maps ([`Live::adopt`]); the next change then goes to
+//! the generation the data path does not read, as always.
+//!
 //! The kernel maps are behind the [`Store`] trait so the ordering above is
 //! unit tested against a recording fake.
 
@@ -65,6 +69,14 @@ pub trait Store {
     fn write_flow_settings(&mut self, settings: &FlowSettings) -> Result<()>;
     /// Returns once no program run that started before the call is still running.
     fn synchronize(&mut self) -> Result<()>;
+
+    // What the maps hold, to adopt a data path that is already running.
+    fn read_conf(&mut self, service: u32) -> Result<ServiceConf>;
+    fn read_active(&mut self, service: u32) -> Result<u32>;
+    fn read_ring(&mut self, key: u32) -> Result<Ring>;
+    fn read_backend(&mut self, slot: u32) -> Result<Backend>;
+    fn read_listens(&mut self) -> Result<Vec<(Endpoint, u32)>>;
+    fn read_flow_settings(&mut self) -> Result<FlowSettings>;
 }
 
 /// A backend as `dnsteer backends list` and the control socket report it.
@@ -178,6 +190,83 @@ impl<S: Store> Live<S> {
             flow_settings: None,
             changes: 0,
         }
+    }
+
+    /// The state a running data path's maps hold, written by an earlier
+    /// `dnsteer run`: services, listen entries, backend slots (removed ones
+    /// too, so their slots are reused last), the generation each service's
+    /// ring is read from, and the flow timeouts. Writes nothing.
+    pub fn adopt(store: S) -> Result<Self> {
+        let mut live = Self::new(store);
+        let mut listen_of: BTreeMap<u32, Vec<crate::config::Listen>> = BTreeMap::new();
+        for (endpoint, id) in live.store.read_listens()? {
+            let listen = crate::config::Listen {
+                addr: (endpoint.addr != [0; 4]).then(|| endpoint.addr.into()),
+                port: u16::from_be_bytes(endpoint.port),
+            };
+            let list = listen_of.entry(id).or_default();
+            if !list.contains(&listen) {
+                list.push(listen);
+            }
+            live.listens.insert(endpoint, id);
+        }
+        for id in 0..MAX_SERVICES {
+            let conf = live.store.read_conf(id)?;
+            if conf.in_use == 0 {
+                continue;
+            }
+            let Some(protocol) = protocol_of(conf.protocols) else {
+                bail!("service {id} in the maps has no protocol; `dnsteer stop` and start afresh");
+            };
+            let generation = live.store.read_active(id)? & 1;
+            let ring = live.store.read_ring(ring_key(id, generation))?;
+            let select = if ring.select == SelectMode::Random as u32 {
+                Select::Random
+            } else {
+                Select::Nth
+            };
+            let mut slots = vec![None; MAX_BACKENDS_PER_SERVICE as usize];
+            let mut down = BTreeSet::new();
+            for (i, slot) in slots.iter_mut().enumerate() {
+                let b = live.store.read_backend(backend_slot(id, i as u32))?;
+                if b.state == backend_state::EMPTY {
+                    continue;
+                }
+                let addr = SocketAddrV4::new(b.addr.into(), u16::from_be_bytes(b.port));
+                if b.state == backend_state::DOWN {
+                    down.insert(addr);
+                }
+                if b.state != backend_state::REMOVED {
+                    for e in source_endpoints(addr, protocol) {
+                        *live.sources.entry(e).or_insert(0) += 1;
+                    }
+                }
+                *slot = Some(Slot {
+                    addr,
+                    weight: b.weight,
+                    state: b.state,
+                    removed_at: 0,
+                });
+            }
+            let mut listen = listen_of.remove(&id).unwrap_or_default();
+            listen.sort_by_key(|l| (l.addr, l.port));
+            let id = id as usize;
+            if live.services.len() <= id {
+                live.services.resize(id + 1, None);
+            }
+            live.services[id] = Some(ServiceState {
+                name: name_of(&conf),
+                protocol,
+                select,
+                listen,
+                slots,
+                generation,
+                down,
+                fail_open: false,
+            });
+        }
+        live.flow_settings = Some(live.store.read_flow_settings()?);
+        Ok(live)
     }
 
     pub fn store(&self) -> &S {
@@ -683,9 +772,14 @@ impl<S: Store> Live<S> {
             self.store.remove_listen(&e)?;
             self.listens.remove(&e);
         }
+        let sorted = |list: &[crate::config::Listen]| {
+            let mut list = list.to_vec();
+            list.sort_by_key(|l| (l.addr, l.port));
+            list
+        };
         for (id, service) in ids {
             let state = self.services[*id as usize].as_mut().expect("live");
-            if state.listen != service.listen {
+            if sorted(&state.listen) != sorted(&service.listen) {
                 if !state.listen.is_empty() {
                     log.push(format!(
                         "service {}: listen {} -> {}",
@@ -793,6 +887,24 @@ fn conf(name: &str, protocol: Protocol) -> ServiceConf {
     conf
 }
 
+fn protocol_of(mask: u8) -> Option<Protocol> {
+    match (mask & PROTO_MASK_UDP != 0, mask & PROTO_MASK_TCP != 0) {
+        (true, true) => Some(Protocol::UdpTcp),
+        (true, false) => Some(Protocol::Udp),
+        (false, true) => Some(Protocol::Tcp),
+        (false, false) => None,
+    }
+}
+
+fn name_of(conf: &ServiceConf) -> String {
+    let end = conf
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(conf.name.len());
+    String::from_utf8_lossy(&conf.name[..end]).into_owned()
+}
+
 fn endpoints(listen: &[crate::config::Listen], protocol: Protocol) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for l in listen {
@@ -849,6 +961,8 @@ mod tests {
         active: HashMap<u32, u32>,
         listens: BTreeMap<Endpoint, u32>,
         sources: BTreeMap<Endpoint, u32>,
+        confs: HashMap<u32, ServiceConf>,
+        flow_settings: FlowSettings,
         /// Ring keys that stopped being active and had no grace period since.
         unsettled: BTreeSet<u32>,
         log: Vec<Write>,
@@ -931,7 +1045,8 @@ mod tests {
             self.check();
             Ok(())
         }
-        fn write_conf(&mut self, _: u32, _: &ServiceConf) -> Result<()> {
+        fn write_conf(&mut self, service: u32, conf: &ServiceConf) -> Result<()> {
+            self.confs.insert(service, *conf);
             self.log.push(Write::Other);
             Ok(())
         }
@@ -956,9 +1071,28 @@ mod tests {
             self.log.push(Write::Other);
             Ok(())
         }
-        fn write_flow_settings(&mut self, _: &FlowSettings) -> Result<()> {
+        fn write_flow_settings(&mut self, settings: &FlowSettings) -> Result<()> {
+            self.flow_settings = *settings;
             self.log.push(Write::Other);
             Ok(())
+        }
+        fn read_conf(&mut self, service: u32) -> Result<ServiceConf> {
+            Ok(self.confs.get(&service).copied().unwrap_or_default())
+        }
+        fn read_active(&mut self, service: u32) -> Result<u32> {
+            Ok(self.active.get(&service).copied().unwrap_or(0))
+        }
+        fn read_ring(&mut self, key: u32) -> Result<Ring> {
+            Ok(self.rings.get(&key).copied().unwrap_or_default())
+        }
+        fn read_backend(&mut self, slot: u32) -> Result<Backend> {
+            Ok(self.backends.get(&slot).copied().unwrap_or_default())
+        }
+        fn read_listens(&mut self) -> Result<Vec<(Endpoint, u32)>> {
+            Ok(self.listens.iter().map(|(e, id)| (*e, *id)).collect())
+        }
+        fn read_flow_settings(&mut self) -> Result<FlowSettings> {
+            Ok(self.flow_settings)
         }
         fn synchronize(&mut self) -> Result<()> {
             self.unsettled.clear();
@@ -1143,6 +1277,91 @@ mod tests {
             None
         );
         assert!(live.set_health("nope", b, false).is_err());
+    }
+
+    /// A second `Live` over the same maps, as a restarted `dnsteer run` makes.
+    fn restarted(live: Live<Fake>) -> Live<Fake> {
+        let fake = live.store;
+        let mark = fake.log.len();
+        let adopted = Live::adopt(fake).unwrap();
+        assert_eq!(
+            adopted.store().log.len(),
+            mark,
+            "adopting wrote to the maps"
+        );
+        adopted
+    }
+
+    #[test]
+    fn adopting_reads_back_the_state_and_writes_nothing() {
+        let text = r#"interface = "lo"
+[[service]]
+name = "dns"
+listen = ["192.0.2.11:53", "192.0.2.10:53"]
+protocol = "udp+tcp"
+backends = [{ addr = "10.0.0.2:53", weight = 3 }, "10.0.0.3:53", "10.0.0.4:53"]
+[[service]]
+name = "other"
+listen = ["*:5300"]
+select = "random"
+backends = ["10.0.1.2:53"]
+[flows]
+udp_idle_timeout = "2s"
+"#;
+        let config = parse(text);
+        let mut live = Live::new(Fake::default());
+        live.apply(&config).unwrap();
+        // Changes made at run time: a drained, a removed, a down backend, a flipped generation.
+        live.change("dns", &Change::Drain(addr("10.0.0.3:53")))
+            .unwrap();
+        live.change("dns", &Change::Remove(addr("10.0.0.4:53")))
+            .unwrap();
+        live.change("dns", &Change::Add(addr("10.0.0.5:53"), 2))
+            .unwrap();
+        live.set_health("dns", addr("10.0.0.5:53"), false).unwrap();
+        let views = (live.list("dns").unwrap(), live.list("other").unwrap());
+        let sources = live.store().sources.clone();
+        let generation = live.store().active[&0];
+
+        let mut adopted = restarted(live);
+        assert_eq!(
+            (adopted.list("dns").unwrap(), adopted.list("other").unwrap()),
+            views
+        );
+        assert_eq!(adopted.sources, sources);
+        assert!(!adopted.fail_open("dns"));
+        // The config as it stands changes only what the run-time changes did.
+        let mark = adopted.store().log.len();
+        let lines = adopted.apply(&config).unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("service dns: backends"), "{lines:?}");
+        // ... through the generation the data path does not read.
+        assert!(
+            adopted
+                .store()
+                .since(mark)
+                .contains(&Write::Flip(0, generation ^ 1))
+        );
+        assert_eq!(
+            adopted
+                .list("dns")
+                .unwrap()
+                .iter()
+                .map(|v| v.state.as_str())
+                .collect::<Vec<_>>(),
+            ["active", "active", "active"]
+        );
+        // Applied again after another restart: nothing to do.
+        let mut again = restarted(adopted);
+        let mark = again.store().log.len();
+        assert!(again.apply(&config).unwrap().is_empty());
+        assert_eq!(again.store().since(mark), []);
+    }
+
+    #[test]
+    fn adopting_empty_maps_finds_nothing() {
+        let live = Live::adopt(Fake::default()).unwrap();
+        assert!(live.names().is_empty());
     }
 
     #[test]

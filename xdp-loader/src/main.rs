@@ -53,6 +53,17 @@ enum Command {
         /// Serve Prometheus metrics on http://ADDR:PORT/metrics, e.g. 127.0.0.1:9153.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_listen: Option<SocketAddr>,
+        /// Leave the data path running on exit (also after a crash), and adopt
+        /// one left running; `dnsteer stop` removes it. Same as `persist = true`.
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Detach dnsteer from an interface and remove its pins: asks a running
+    /// `dnsteer run` to exit, or removes a persistent data path left running.
+    Stop {
+        /// The interface; optional when only one instance runs.
+        #[arg(long)]
+        iface: Option<String>,
     },
     /// Print where every packet went, from a running instance's pinned maps.
     Stats {
@@ -212,6 +223,63 @@ fn stats_command(
     }
 }
 
+fn stop_command(iface: Option<String>) -> Result<()> {
+    // A daemon in this namespace is asked; it detaches and unpins on its way out.
+    let daemon = match &iface {
+        Some(iface) => control::running_interfaces()
+            .contains(iface)
+            .then(|| iface.clone()),
+        None => control::pick_interface(None).ok(),
+    };
+    if let Some(iface) = daemon {
+        let request = Request {
+            service: String::new(),
+            op: Op::Stop,
+        };
+        let response = control::request(&iface, &request)?;
+        if !response.ok {
+            bail!(
+                "dnsteer on {iface}: {}",
+                response.error.as_deref().unwrap_or("stop refused")
+            );
+        }
+        // It answers before it detaches: wait for it to be gone.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while control::running_interfaces().contains(&iface) {
+            if Instant::now() > deadline {
+                bail!("dnsteer on {iface} did not exit within 10 s of `stop`");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        println!("dnsteer on {iface}: stopped and detached");
+        return Ok(());
+    }
+    // No daemon: a persistent data path it left behind, found by its pins.
+    let found = Instance::find(iface.as_deref())?;
+    let pins = dnsteer::pins::Pins::claim(&found.iface)?;
+    let persisted = pins.persisted();
+    if pins.clear("dnsteer stop")? == 0 {
+        bail!(
+            "no dnsteer on {}: none runs in this network namespace and nothing is pinned under {}",
+            found.iface,
+            pins.dir().display()
+        );
+    }
+    drop(pins);
+    if !persisted {
+        println!(
+            "dnsteer on {}: removed the pins an instance left",
+            found.iface
+        );
+        return Ok(());
+    }
+    println!(
+        "dnsteer on {}: the persistent data path is detached and its pins removed",
+        found.iface
+    );
+    Ok(())
+}
+
 /// Asks the running daemon for each service's health; without one (an
 /// instance that exited uncleanly) health stays null.
 fn add_health(snapshot: &mut stats::Snapshot) {
@@ -242,6 +310,7 @@ fn main() -> Result<()> {
             iface,
             xdp_mode,
             metrics_listen,
+            persist,
         } => {
             // Two workers: probes keep their timing while the run loop waits out
             // a change's grace periods.
@@ -255,8 +324,10 @@ fn main() -> Result<()> {
                 iface,
                 xdp_mode,
                 metrics_listen,
+                persist,
             }))
         }
+        Command::Stop { iface } => stop_command(iface),
         Command::Stats {
             iface,
             json,

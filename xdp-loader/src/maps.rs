@@ -1,6 +1,6 @@
 //! The loaded program's maps as a [`Store`]: the only place that writes them.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -19,12 +19,23 @@ const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 
 /// Loads the eBPF object with the flow table sized as configured.
 pub fn load(flow_capacity: u32) -> Result<Ebpf> {
-    EbpfLoader::new()
-        .map_max_entries(names::FLOWS, flow_capacity)
-        .load(EBPF_OBJECT)
-        .context(
-            "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
-        )
+    load_pinned(flow_capacity, None)
+}
+
+/// [`load`]; with `pinned`, each map is the one pinned there under its name (a
+/// persistent instance's, adopted with its contents), or is created and pinned
+/// there.
+pub fn load_pinned(flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(names::FLOWS, flow_capacity);
+    if let Some(dir) = pinned {
+        for name in names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    loader.load(EBPF_OBJECT).context(
+        "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+    )
 }
 
 /// The maps of a loaded object. It owns the `Ebpf`, and with it the program links.
@@ -112,6 +123,42 @@ impl Store for KernelMaps {
     fn write_flow_settings(&mut self, settings: &FlowSettings) -> Result<()> {
         let mut map: Array<_, FlowSettings> = typed(&mut self.ebpf, names::FLOW_SETTINGS)?;
         map.set(0, settings, 0).context("writing the flow timeouts")
+    }
+
+    fn read_conf(&mut self, service: u32) -> Result<ServiceConf> {
+        let map: Array<_, ServiceConf> = typed(&mut self.ebpf, names::SERVICE_CONF)?;
+        map.get(&service, 0)
+            .with_context(|| format!("reading service {service}"))
+    }
+
+    fn read_active(&mut self, service: u32) -> Result<u32> {
+        let map: Array<_, u32> = typed(&mut self.ebpf, names::ACTIVE_RING)?;
+        map.get(&service, 0)
+            .with_context(|| format!("reading the ring generation of service {service}"))
+    }
+
+    fn read_ring(&mut self, key: u32) -> Result<Ring> {
+        let map: Array<_, Ring> = typed(&mut self.ebpf, names::RINGS)?;
+        map.get(&key, 0)
+            .with_context(|| format!("reading ring {key}"))
+    }
+
+    fn read_backend(&mut self, slot: u32) -> Result<Backend> {
+        let map: Array<_, Backend> = typed(&mut self.ebpf, names::BACKENDS)?;
+        map.get(&slot, 0)
+            .with_context(|| format!("reading backend slot {slot}"))
+    }
+
+    fn read_listens(&mut self) -> Result<Vec<(Endpoint, u32)>> {
+        let map: HashMap<_, Endpoint, u32> = typed(&mut self.ebpf, names::SERVICES)?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .context("reading the listen entries")
+    }
+
+    fn read_flow_settings(&mut self) -> Result<FlowSettings> {
+        let map: Array<_, FlowSettings> = typed(&mut self.ebpf, names::FLOW_SETTINGS)?;
+        map.get(&0, 0).context("reading the flow timeouts")
     }
 
     fn synchronize(&mut self) -> Result<()> {

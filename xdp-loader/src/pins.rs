@@ -6,6 +6,11 @@
 //! `flock` on that directory while it runs. The lock dies with the process, so a
 //! crashed instance never blocks the next one, and `dnsteer stats` can tell a live
 //! instance from pins left behind.
+//!
+//! A persistent instance (`dnsteer run --persist`) also pins its XDP and TC
+//! links there ([`LINK_XDP`], [`LINK_TC`]) and leaves everything pinned when it
+//! exits, however it exits: the data path keeps steering, and the next
+//! `dnsteer run --persist` adopts the maps and swaps its programs into the links.
 
 use std::{
     collections::BTreeMap,
@@ -34,6 +39,11 @@ const DEFAULT_ROOT: &str = "/sys/fs/bpf/dnsteer";
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// The pin of a persistent instance's XDP link, beside its maps.
+pub const LINK_XDP: &str = "link_xdp";
+/// The pin of a persistent instance's TC egress link.
+pub const LINK_TC: &str = "link_tc";
+
 /// The directory holding one directory per running interface.
 pub fn root() -> PathBuf {
     std::env::var_os("DNSTEER_PIN_ROOT").map_or_else(|| PathBuf::from(DEFAULT_ROOT), PathBuf::from)
@@ -48,14 +58,15 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// Mounts the BPF filesystem on /sys/fs/bpf when the pin root needs it and nothing is mounted.
-fn ensure_bpffs(root: &Path) -> Result<()> {
+/// Mounts the BPF filesystem on /sys/fs/bpf when the pin root needs it and
+/// nothing is mounted; returns whether it did.
+fn ensure_bpffs(root: &Path) -> Result<bool> {
     let existing = root
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
     if is_bpffs(existing) {
-        return Ok(());
+        return Ok(false);
     }
     if !root.starts_with(BPFFS) {
         bail!(
@@ -79,7 +90,14 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
             .context("mounting the BPF filesystem on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)");
     }
     info!("mounted the BPF filesystem on {BPFFS}");
-    Ok(())
+    Ok(true)
+}
+
+/// Whether this process has a mount namespace of its own (as `ip netns exec`
+/// gives it), not its init's: a BPF filesystem it mounts there dies with it.
+fn private_mounts() -> bool {
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    ns("self") != ns("1")
 }
 
 fn try_lock(dir: &File) -> io::Result<bool> {
@@ -95,18 +113,25 @@ fn try_lock(dir: &File) -> io::Result<bool> {
     }
 }
 
-/// The pins of a running instance: created locked, removed on drop.
+/// The pins of a running instance: created locked; removed on drop unless
+/// the instance persists.
 pub struct Pins {
     dir: PathBuf,
     _lock: File,
+    /// Leave everything pinned on drop (`--persist`).
+    pub persist: bool,
+    /// The BPF filesystem holding the pins was mounted by this process in a
+    /// mount namespace of its own: the pins cannot outlive it.
+    pub ephemeral: bool,
 }
 
 impl Pins {
-    /// Creates and locks `<root>/<iface>`, clearing pins a crashed instance left.
-    /// Refuses when another live instance holds the interface.
+    /// Creates and locks `<root>/<iface>`. Refuses when another live instance
+    /// holds the interface. What an earlier instance left is kept: see
+    /// [`Pins::persisted`] and [`Pins::clear`].
     pub fn claim(iface: &str) -> Result<Self> {
         let root = root();
-        ensure_bpffs(&root)?;
+        let ephemeral = ensure_bpffs(&root)? && private_mounts();
         let dir = root.join(iface);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
@@ -118,15 +143,29 @@ impl Pins {
                 dir.display()
             );
         }
-        let pins = Pins { dir, _lock: lock };
-        for stale in pins.entries()? {
-            warn!(
-                "removing {} left by an instance that did not exit cleanly",
-                stale.display()
-            );
-            fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+        Ok(Pins {
+            dir,
+            _lock: lock,
+            persist: false,
+            ephemeral,
+        })
+    }
+
+    /// Whether a persistent instance left its data path here (its links pinned).
+    pub fn persisted(&self) -> bool {
+        self.dir.join(LINK_XDP).exists() || self.dir.join(LINK_TC).exists()
+    }
+
+    /// Removes every pin: maps an instance that did not exit cleanly left, or a
+    /// persistent data path (its links detach once no process holds them).
+    /// Returns how many there were.
+    pub fn clear(&self, why: &str) -> Result<usize> {
+        let entries = self.entries()?;
+        for stale in &entries {
+            info!("removing {} ({why})", stale.display());
+            fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
         }
-        Ok(pins)
+        Ok(entries.len())
     }
 
     pub fn dir(&self) -> &Path {
@@ -157,6 +196,13 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
+        if self.persist {
+            info!(
+                "the data path stays attached with its maps and links pinned under {}; `dnsteer stop` removes it",
+                self.dir.display()
+            );
+            return;
+        }
         // Unpinning only drops the bpffs names; the maps live on while the
         // programs that use them are attached.
         let cleaned = self.entries().and_then(|entries| {
@@ -246,6 +292,24 @@ impl Instance {
             live,
             source: Source::Pins(dir),
         })
+    }
+
+    /// What the kernel says of one of the instance's maps: type, sizes, id, and
+    /// through its fd, the memory it holds.
+    pub fn map_info(&self, name: &str) -> Result<MapInfo> {
+        match &self.source {
+            Source::Pins(dir) => {
+                let path = dir.join(name);
+                MapInfo::from_pin(&path)
+                    .with_context(|| format!("reading pinned map {}", path.display()))
+            }
+            Source::Attached(ids) => {
+                let id = ids
+                    .get(name)
+                    .with_context(|| format!("the attached program uses no map {name}"))?;
+                MapInfo::from_id(*id).with_context(|| format!("reading map {name} (id {id})"))
+            }
+        }
     }
 
     /// One of the instance's maps, by name.

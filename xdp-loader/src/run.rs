@@ -13,7 +13,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    maps::MapInfo,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
+    },
     util::KernelVersion,
 };
 use log::{error, info, warn};
@@ -27,7 +33,7 @@ use tokio::{
 use crate::{
     TC_PROGRAM, XDP_PROGRAM, caps,
     config::{self, Config, Protocol, XdpModeSetting},
-    control::{self, Request, Response},
+    control::{self, Op, Request, Response},
     health::{Monitor, ProbeResult},
     live::{BackendView, Live},
     maps::{self, KernelMaps},
@@ -47,6 +53,9 @@ pub struct RunOptions {
     pub xdp_mode: Option<XdpModeSetting>,
     /// Where to serve Prometheus metrics on `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep the data path when exiting, and adopt one left running (or
+    /// `persist = true` in the config).
+    pub persist: bool,
 }
 
 impl RunOptions {
@@ -65,9 +74,11 @@ impl RunOptions {
 
 /// A loaded, attached and pinned instance. Dropping it detaches the programs
 /// (the links are owned by the `Ebpf` inside `live`), then removes the pins and
-/// releases the lock.
+/// releases the lock; a persistent instance leaves all three in place.
 pub struct Instance {
     live: Live<KernelMaps>,
+    /// A persistent instance's links, pinned beside the maps.
+    _links: Vec<PinnedLink>,
     pins: Pins,
     pub xdp_mode: XdpModeSetting,
     /// The config the maps hold now (runtime changes aside).
@@ -80,26 +91,102 @@ pub struct Instance {
 impl Instance {
     /// Brings up dnsteer on `config.interface`. Nothing stays attached or pinned
     /// when this fails: everything acquired so far is dropped on the way out.
-    pub fn start(config: &Config, monitor: Monitor) -> Result<Self> {
+    ///
+    /// With `persist`, the maps and links are pinned and stay when it exits; a
+    /// data path an earlier persistent instance left is adopted: its maps (and
+    /// flows) are kept and brought in line with `config`, and the new programs
+    /// are swapped into its links atomically. A failed adoption leaves the old
+    /// data path running untouched.
+    pub fn start(config: &Config, monitor: Monitor, persist: bool) -> Result<Self> {
         let iface = config.interface.as_str();
-        let pins = Pins::claim(iface)?;
-        if pins::attached(iface) {
+        let mut pins = Pins::claim(iface)?;
+        if persist && pins.ephemeral {
             bail!(
-                "dnsteer is already running on {iface} (its programs are attached there); stop that instance first"
+                "--persist: the BPF filesystem for {} had to be mounted in this process's own mount namespace (as `ip netns exec` makes), so the pins would vanish with it; mount one where it outlives dnsteer (mount -t bpf bpf /sys/fs/bpf, or set DNSTEER_PIN_ROOT to a directory on one) and enter the network namespace with nsenter --net instead",
+                pins.dir().display()
             );
         }
-        let ebpf = maps::load(config.flows.size)?;
+        let adopt = pins.persisted();
+        if adopt && !persist {
+            bail!(
+                "a persistent dnsteer data path is attached to {iface} (pinned under {}); adopt it with `dnsteer run --persist`, or remove it with `dnsteer stop --iface {iface}`",
+                pins.dir().display()
+            );
+        }
+        if !adopt {
+            if pins::attached(iface) {
+                bail!(
+                    "dnsteer is already running on {iface} (its programs are attached there); stop that instance first"
+                );
+            }
+            pins.clear("left by an instance that did not exit cleanly")?;
+        }
+        let ebpf = if adopt {
+            // From here on a failure must leave the old data path as it is.
+            pins.persist = true;
+            check_flow_size(pins.dir(), config.flows.size)?;
+            maps::load_pinned(config.flows.size, Some(pins.dir()))?
+        } else {
+            maps::load_pinned(config.flows.size, persist.then(|| pins.dir()))?
+        };
         // Maps are filled before anything is attached: the first packet already
         // sees the whole configuration.
-        let mut live = Live::new(KernelMaps::new(ebpf));
-        live.apply(config)?;
+        let store = KernelMaps::new(ebpf);
+        let mut live = if adopt {
+            Live::adopt(store).context("reading the state of the persistent data path")?
+        } else {
+            Live::new(store)
+        };
+        let lines = live.apply(config)?;
+        if adopt {
+            info!(
+                "adopted the data path pinned under {}: flows kept, {} change(s) to match {}",
+                pins.dir().display(),
+                lines.len(),
+                config.interface
+            );
+            for line in lines {
+                info!("adopt: {line}");
+            }
+        }
         let ebpf = &mut live.store_mut().ebpf;
+        let mut links = Vec::new();
         // Replies are translated from before the first query is steered.
-        attach_tc(ebpf, iface)?;
-        let xdp_mode = attach_xdp(ebpf, iface, config.xdp_mode)?;
-        pins.pin_maps(ebpf)?;
+        let tc_pin = pins.dir().join(pins::LINK_TC);
+        if adopt && tc_pin.exists() {
+            swap_tc(ebpf, &tc_pin)?;
+        } else {
+            let id = attach_tc(ebpf, iface)?;
+            if persist {
+                let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
+                let link = FdLink::try_from(tc.take_link(id)?).context(
+                    "--persist needs TC links that can be pinned (tcx, Linux 6.6 or later)",
+                )?;
+                links.push(pin_link(link, &tc_pin)?);
+            }
+        }
+        let xdp_pin = pins.dir().join(pins::LINK_XDP);
+        let xdp_mode = if adopt && xdp_pin.exists() {
+            swap_xdp(ebpf, &xdp_pin)?;
+            config.xdp_mode
+        } else {
+            let (mode, id) = attach_xdp(ebpf, iface, config.xdp_mode)?;
+            if persist {
+                let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+                let link = FdLink::try_from(xdp.take_link(id)?).context(
+                    "--persist needs XDP links that can be pinned (bpf_link, Linux 5.9 or later)",
+                )?;
+                links.push(pin_link(link, &xdp_pin)?);
+            }
+            mode
+        };
+        if !persist {
+            pins.pin_maps(ebpf)?;
+        }
+        pins.persist = persist;
         let mut instance = Instance {
             live,
+            _links: links,
             pins,
             xdp_mode,
             config: config.clone(),
@@ -138,6 +225,11 @@ impl Instance {
                 "flows.size",
                 self.config.flows.size.to_string(),
                 new.flows.size.to_string(),
+            ),
+            (
+                "persist",
+                (opts.persist || self.config.persist).to_string(),
+                (opts.persist || new.persist).to_string(),
             ),
         ];
         for (field, old, new) in fixed {
@@ -271,6 +363,21 @@ impl Instance {
 
     /// Answers one control request.
     fn handle(&mut self, request: &Request) -> Response {
+        if request.op == Op::Stop {
+            // The run loop exits after this answer; nothing is left behind.
+            self.pins.persist = false;
+            return Response {
+                ok: true,
+                error: None,
+                message: Some(format!(
+                    "dnsteer on {}: detaching and removing its pins",
+                    self.config.interface
+                )),
+                service: String::new(),
+                fail_open: false,
+                backends: Vec::new(),
+            };
+        }
         let service = request.service.as_str();
         let change = match request.op.change() {
             Ok(change) => change,
@@ -301,11 +408,67 @@ impl Instance {
     }
 }
 
-fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .with_context(|| format!("the eBPF object has no program {TC_PROGRAM}"))?
-        .try_into()?;
+/// One of the object's programs, by name and type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
+    Ok(prog.try_into()?)
+}
+
+/// Refuses to adopt a flow table of another size than configured: a pinned
+/// map keeps its size.
+fn check_flow_size(dir: &Path, size: u32) -> Result<()> {
+    let path = dir.join(xdp_common::names::FLOWS);
+    let pinned = MapInfo::from_pin(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .max_entries();
+    if pinned != size {
+        bail!(
+            "the persistent data path's flow table holds {pinned} entries, the config asks for {size}; keep [flows] size = {pinned}, or `dnsteer stop` it first (its flows are lost)"
+        );
+    }
+    Ok(())
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink> {
+    link.pin(path)
+        .with_context(|| format!("pinning a link at {}", path.display()))
+}
+
+/// Loads the reply translator and swaps it into the link pinned at `pin`.
+fn swap_tc(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
+    prog.load()
+        .with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
+    let link = PinnedLink::from_pin(pin)
+        .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    let link = SchedClassifierLink::try_from(FdLink::from(link))
+        .with_context(|| format!("{} is not a TC link", pin.display()))?;
+    prog.attach_to_link(link)
+        .with_context(|| format!("swapping {TC_PROGRAM} into {}", pin.display()))?;
+    Ok(())
+}
+
+/// Loads the steering program and swaps it into the link pinned at `pin`.
+fn swap_xdp(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
+    let prog: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+    prog.load()
+        .with_context(|| format!("loading {XDP_PROGRAM} (the verifier's log follows)"))?;
+    let link = PinnedLink::from_pin(pin)
+        .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    let link = XdpLink::try_from(FdLink::from(link))
+        .with_context(|| format!("{} is not an XDP link", pin.display()))?;
+    prog.attach_to_link(link)
+        .with_context(|| format!("swapping {XDP_PROGRAM} into {}", pin.display()))?;
+    Ok(())
+}
+
+fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<SchedClassifierLinkId> {
+    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
     prog.load()
         .with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
     // Kernels before 6.6 have no tcx links and attach through a clsact qdisc.
@@ -314,15 +477,15 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
         info!("clsact qdisc on {iface}: {err} (already present is fine)");
     }
     prog.attach(iface, TcAttachType::Egress)
-        .with_context(|| format!("attaching {TC_PROGRAM} to the egress of {iface}"))?;
-    Ok(())
+        .with_context(|| format!("attaching {TC_PROGRAM} to the egress of {iface}"))
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting) -> Result<XdpModeSetting> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(XDP_PROGRAM)
-        .with_context(|| format!("the eBPF object has no program {XDP_PROGRAM}"))?
-        .try_into()?;
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpModeSetting,
+) -> Result<(XdpModeSetting, XdpLinkId)> {
+    let prog: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
     prog.load()
         .with_context(|| format!("loading {XDP_PROGRAM} (the verifier's log follows)"))?;
     let busy = || {
@@ -330,27 +493,23 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting) -> Result<XdpM
             "attaching {XDP_PROGRAM} to {iface}; if another XDP program is attached there (`ip link show {iface}`), detach it first"
         )
     };
-    match mode {
-        XdpModeSetting::Driver => {
-            prog.attach(iface, XdpMode::Driver).with_context(|| {
-                format!("{}; with xdp_mode = \"driver\" the interface's driver must support native XDP: try \"auto\" or \"skb\"", busy())
-            })?;
-        }
-        XdpModeSetting::Skb => {
-            prog.attach(iface, XdpMode::Skb).with_context(busy)?;
-        }
-        XdpModeSetting::Auto => {
-            if let Err(err) = prog.attach(iface, XdpMode::Driver) {
+    let id = match mode {
+        XdpModeSetting::Driver => prog.attach(iface, XdpMode::Driver).with_context(|| {
+            format!("{}; with xdp_mode = \"driver\" the interface's driver must support native XDP: try \"auto\" or \"skb\"", busy())
+        })?,
+        XdpModeSetting::Skb => prog.attach(iface, XdpMode::Skb).with_context(busy)?,
+        XdpModeSetting::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => return Ok((XdpModeSetting::Driver, id)),
+            Err(err) => {
                 warn!(
                     "native XDP is not available on {iface} ({err}); falling back to skb (generic) mode"
                 );
-                prog.attach(iface, XdpMode::Skb).with_context(busy)?;
-                return Ok(XdpModeSetting::Skb);
+                let id = prog.attach(iface, XdpMode::Skb).with_context(busy)?;
+                return Ok((XdpModeSetting::Skb, id));
             }
-            return Ok(XdpModeSetting::Driver);
-        }
-    }
-    Ok(mode)
+        },
+    };
+    Ok((mode, id))
 }
 
 /// Logs what an instance does, one line per service.
@@ -490,7 +649,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
 
     let (monitor, mut probe_results) = Monitor::new();
-    let mut instance = Instance::start(&config, monitor)?;
+    let persist = opts.persist || config.persist;
+    let mut instance = Instance::start(&config, monitor, persist)?;
     describe(&config, &instance);
     info!(
         "running; stop with Ctrl-C or SIGTERM, reload with SIGHUP or by editing {}, change backends with `dnsteer backends --iface {}`, watch with `dnsteer stats --iface {}`",
@@ -535,6 +695,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             },
             Some((request, reply)) = requests.recv() => {
                 let _ = reply.send(instance.handle(&request));
+                if request.op == Op::Stop {
+                    break "dnsteer stop";
+                }
             }
             Some(result) = probe_results.recv() => instance.on_probe(result),
             Some(reply) = scrape_requests.recv() => {
@@ -546,8 +709,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     };
-    info!("{why}: detaching from {}", config.interface);
+    if instance.pins.persist {
+        info!(
+            "{why}: exiting; the data path on {} keeps running (persist)",
+            config.interface
+        );
+    } else {
+        info!("{why}: detaching from {}", config.interface);
+    }
     drop(instance);
-    info!("detached; bye");
+    info!("bye");
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! End to end, restarts: `dnsteer run --persist` under a steady query load is
+//! restarted twenty times, alternating SIGTERM and `kill -9`, each time started
+//! again at once. The data path outlives every loader, so no query may go
+//! unanswered, and the maps (flows, counters) carry over. `dnsteer stop`
+//! removes it at the end.
+
+use std::{
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use dnsteer::stats::Snapshot;
+use testbed::{
+    Topology, TopologyConfig, WHOAMI_NAME, dns,
+    dnsteer::{Dnsteer, Launch, binary, service_config},
+    load::{self, Answer, PacedLoad, QueryRecord},
+};
+
+const RATE: u32 = 2000;
+const RUN: Duration = Duration::from_secs(30);
+const RESTARTS: usize = 20;
+/// Load before the first restart, and the pause between one start and the
+/// next stop.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How long no loader runs at each restart.
+const GAP: Duration = Duration::from_millis(200);
+
+fn snapshot(dnsteer: &Dnsteer) -> Snapshot {
+    let json = dnsteer.stats(&["--json"]).expect("dnsteer stats --json");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats JSON ({e}): {json}"))
+}
+
+fn steered(s: &Snapshot) -> u64 {
+    s.reasons["steered"]
+}
+
+#[test]
+fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
+    let topo = Topology::build(TopologyConfig {
+        node_iface: "rs0".to_owned(),
+        client_addr: Ipv4Addr::new(203, 0, 113, 100),
+        service_addrs: vec![
+            Ipv4Addr::new(203, 0, 113, 53),
+            Ipv4Addr::new(203, 0, 113, 54),
+        ],
+        backend_base: Ipv4Addr::new(10, 88, 0, 2),
+        node_backend_addr: Ipv4Addr::new(10, 88, 0, 1),
+        ..Default::default()
+    })
+    .expect("test bed");
+    let iface = topo.config.node_iface.clone();
+    let config = service_config(
+        &iface,
+        "nth",
+        &topo.service_targets(),
+        &topo.backend_targets(),
+    );
+    // Shared mounts: the pins must outlive each loader, so they cannot live in
+    // the private /sys that `ip netns exec` gives every command.
+    let mut dnsteer = Dnsteer::start_with_args(
+        Launch::SharedMounts,
+        &topo.node,
+        &binary().unwrap(),
+        &iface,
+        &config,
+        &["--persist"],
+    )
+    .expect("dnsteer");
+    let before = snapshot(&dnsteer);
+
+    let load = PacedLoad::new(topo.service_targets(), WHOAMI_NAME, RATE, RUN);
+    let start = Instant::now();
+    let mut restarts: Vec<(&str, Duration, Duration)> = Vec::new();
+    let records: Vec<QueryRecord> = thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let progress = |sent: usize, total: usize| {
+                if sent % (RATE as usize * 5) < RATE as usize {
+                    eprintln!("load: {sent} of {total} sent");
+                }
+            };
+            load::run_paced(&topo.client, &load, Some(&progress)).expect("query load")
+        });
+        for k in 0..RESTARTS {
+            thread::sleep(SETTLE);
+            let how = if k % 2 == 0 {
+                dnsteer.stop().expect("SIGTERM");
+                "SIGTERM"
+            } else {
+                dnsteer.kill();
+                "kill -9"
+            };
+            let down = Instant::now();
+            thread::sleep(GAP);
+            dnsteer
+                .restart()
+                .unwrap_or_else(|e| panic!("restart {k} after {how}: {e:#}"));
+            restarts.push((how, down - start, down.elapsed()));
+        }
+        load.join().expect("load thread")
+    });
+    let last = restarts.last().map(|r| r.1 + r.2).unwrap_or_default();
+    assert!(
+        last < RUN,
+        "the restarts took {last:?}, longer than the load ({RUN:?}); the test proves nothing past it"
+    );
+
+    let summary = load::summarize(&records);
+    eprintln!("load: {summary}");
+    eprintln!(
+        "{} restarts between {:.1} s and {:.1} s of the load, each {:.2} s to {:.2} s without a loader",
+        restarts.len(),
+        restarts[0].1.as_secs_f64(),
+        last.as_secs_f64(),
+        restarts
+            .iter()
+            .map(|r| r.2.as_secs_f64())
+            .fold(f64::MAX, f64::min),
+        restarts
+            .iter()
+            .map(|r| r.2.as_secs_f64())
+            .fold(0.0, f64::max),
+    );
+    let failed: Vec<&QueryRecord> = records
+        .iter()
+        .filter(|r| !matches!(r.answer, Answer::Answered(_)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} queries failed across the restarts, e.g. {:?}",
+        failed.len(),
+        records.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        summary.achieved_rate >= RATE as f64 * 0.98,
+        "the load ran at {:.0} q/s, below {RATE}",
+        summary.achieved_rate
+    );
+
+    // The maps carried over: every query is counted once, across all loaders.
+    let after = snapshot(&dnsteer);
+    assert_eq!(
+        steered(&after) - steered(&before),
+        records.len() as u64,
+        "steered counter across the restarts"
+    );
+    let log = dnsteer.log();
+    assert_eq!(
+        log.matches("adopted the data path pinned under").count(),
+        RESTARTS,
+        "{log}"
+    );
+    assert!(!log.contains("removing "), "a restart removed pins: {log}");
+
+    // A crashed loader's data path keeps answering, until `dnsteer stop`.
+    dnsteer.kill();
+    let target = topo.service_targets()[0];
+    let asked = || dns::kdig(&topo.client, target, WHOAMI_NAME);
+    let answer = asked().expect("kdig with no loader running");
+    assert!(!answer.is_empty(), "no answer with no loader running");
+    let out = dnsteer.stop_command().expect("dnsteer stop");
+    assert!(out.contains("detached"), "{out}");
+    let link = topo.node.run(&["ip", "link", "show", &iface]).unwrap();
+    assert!(
+        !link.contains("xdp"),
+        "dnsteer stop left XDP attached: {link}"
+    );
+    assert!(!dnsteer.pin_dir().exists(), "dnsteer stop left its pins");
+    let unsteered = asked();
+    assert!(
+        unsteered.as_ref().map_or(true, Vec::is_empty),
+        "answered after dnsteer stop: {unsteered:?}"
+    );
+
+    // `ip netns exec` gives the loader a /sys, and a BPF filesystem, that die
+    // with it: --persist is refused there rather than silently lost.
+    let err = Dnsteer::start_with_args(
+        Launch::IpNetnsExec,
+        &topo.node,
+        &binary().unwrap(),
+        &iface,
+        &config,
+        &["--persist"],
+    )
+    .err()
+    .expect("--persist under ip netns exec must be refused");
+    assert!(
+        format!("{err:#}").contains("own mount namespace"),
+        "{err:#}"
+    );
+    let link = topo.node.run(&["ip", "link", "show", &iface]).unwrap();
+    assert!(
+        !link.contains("xdp"),
+        "a refused start left XDP attached: {link}"
+    );
+}
