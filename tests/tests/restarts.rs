@@ -159,6 +159,9 @@ fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
     let asked = || dns::kdig(&topo.client, target, WHOAMI_NAME);
     let answer = asked().expect("kdig with no loader running");
     assert!(!answer.is_empty(), "no answer with no loader running");
+    let orphan = snapshot(&dnsteer);
+    assert!(!orphan.running && orphan.persistent, "{orphan:?}");
+    assert_eq!(steered(&orphan), steered(&after) + 1, "the kdig query, steered");
     let out = dnsteer.stop_command().expect("dnsteer stop");
     assert!(out.contains("detached"), "{out}");
     let link = topo.node.run(&["ip", "link", "show", &iface]).unwrap();

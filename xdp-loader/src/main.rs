@@ -189,7 +189,12 @@ fn stats_command(
     // Without --iface, a daemon's control socket in this namespace names it.
     let iface = iface.or_else(|| control::pick_interface(None).ok());
     let instance = Instance::find(iface.as_deref())?;
-    if !instance.live {
+    if !instance.live && instance.persistent {
+        eprintln!(
+            "warning: no `dnsteer run` manages the persistent data path pinned at {}; it steers with the state it was left in, without health probes or changes, until `dnsteer run --persist` adopts it",
+            instance.location
+        );
+    } else if !instance.live {
         eprintln!(
             "warning: no dnsteer process holds {}; these counters were left by an instance that exited uncleanly",
             instance.location

@@ -663,6 +663,7 @@ mod tests {
             version: 1,
             interface: "eth0".to_owned(),
             running: true,
+            persistent: false,
             cpus: 2,
             services: vec![dns, weird],
             reasons,

@@ -238,6 +238,9 @@ pub struct Instance {
     pub location: String,
     /// False when the pins are left over from an instance that is gone.
     pub live: bool,
+    /// Its links are pinned (`--persist`): the data path runs with or without
+    /// a loader.
+    pub persistent: bool,
     source: Source,
 }
 
@@ -281,6 +284,7 @@ impl Instance {
                 iface,
                 location,
                 live: true,
+                persistent: false,
                 source: Source::Attached(maps),
             });
         };
@@ -290,6 +294,7 @@ impl Instance {
             iface,
             location: dir.display().to_string(),
             live,
+            persistent: dir.join(LINK_XDP).exists() || dir.join(LINK_TC).exists(),
             source: Source::Pins(dir),
         })
     }

@@ -30,8 +30,13 @@ pub const JSON_VERSION: u32 = 1;
 pub struct Snapshot {
     pub version: u32,
     pub interface: String,
-    /// False when the pins were left by an instance that is no longer running.
+    /// False when no `dnsteer run` holds the pins: left by an instance that is
+    /// gone, or a persistent data path steering without a loader.
     pub running: bool,
+    /// The data path's links are pinned (`--persist`): it steers whether or
+    /// not a `dnsteer run` is running.
+    #[serde(default)]
+    pub persistent: bool,
     pub cpus: usize,
     pub services: Vec<ServiceStats>,
     /// Packets per reason (see `Reason::name`), summed over CPUs.
@@ -250,6 +255,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         version: JSON_VERSION,
         interface: instance.iface.clone(),
         running: instance.live,
+        persistent: instance.persistent,
         cpus,
         services: out,
         reasons: totals,
@@ -365,10 +371,11 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         }
     };
     let mut s = String::new();
-    let state = if now.running {
-        ""
-    } else {
-        " — NOT RUNNING, counters from pins left behind"
+    let state = match (now.running, now.persistent) {
+        (true, true) => " (persistent)",
+        (true, false) => "",
+        (false, true) => " — NO LOADER: the persistent data path steers on its own",
+        (false, false) => " — NOT RUNNING, counters from pins left behind",
     };
     let _ = writeln!(s, "dnsteer on {} ({} CPUs){state}", now.interface, now.cpus);
     for (i, svc) in now.services.iter().enumerate() {
@@ -557,6 +564,7 @@ mod tests {
             version: JSON_VERSION,
             interface: "eth3".to_owned(),
             running: true,
+            persistent: false,
             cpus: 2,
             services: vec![service],
             reasons: BTreeMap::new(),
