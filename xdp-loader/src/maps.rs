@@ -9,25 +9,50 @@ use aya::{
     util::nr_cpus,
 };
 use log::warn;
-use xdp_common::{Backend, BackendCounter, Endpoint, FlowSettings, Ring, ServiceConf, names};
+use xdp_common::{
+    Backend, BackendCounter, Endpoint, FlowSettings, MAX_BACKENDS_PER_SERVICE, Ring, ServiceConf,
+    names,
+};
 
-use crate::{EBPF_OBJECT, live::Store};
+use crate::{EBPF_OBJECT, config::Limits, live::Store};
 
 /// `membarrier(2)`'s command that waits for an RCU grace period on all CPUs
 /// (include/uapi/linux/membarrier.h, Linux 4.3; `synchronize_rcu()` since 4.16).
 const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 
-/// Loads the eBPF object with the flow table sized as configured.
-pub fn load(flow_capacity: u32) -> Result<Ebpf> {
-    load_pinned(flow_capacity, None)
+/// Each map's capacity in entries for these limits and flow table size; the
+/// maps not listed have a fixed size.
+pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 9] {
+    let services = limits.services;
+    let slots = services * MAX_BACKENDS_PER_SERVICE;
+    [
+        (names::SERVICES, limits.listeners),
+        (names::SERVICE_CONF, services),
+        (names::RINGS, services * 2),
+        (names::ACTIVE_RING, services),
+        (names::NTH_STATE, services),
+        (names::BACKENDS, slots),
+        (names::BACKEND_STATS, slots),
+        // Replies are recognised by (backend address, port, protocol).
+        (names::BACKEND_SOURCES, slots * 2),
+        (names::FLOWS, flow_capacity),
+    ]
 }
 
-/// [`load`]; with `pinned`, each map is the one pinned there under its name (a
+/// Loads the eBPF object with the default limits and the flow table sized as configured.
+pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+    load_pinned(&Limits::default(), flow_capacity, None)
+}
+
+/// Loads the eBPF object with its maps sized for `limits` and `flow_capacity`.
+/// With `pinned`, each map is the one pinned there under its name (a
 /// persistent instance's, adopted with its contents), or is created and pinned
 /// there.
-pub fn load_pinned(flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
+pub fn load_pinned(limits: &Limits, flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(names::FLOWS, flow_capacity);
+    for (name, entries) in capacities(limits, flow_capacity) {
+        loader.map_max_entries(name, entries);
+    }
     if let Some(dir) = pinned {
         for name in names::ALL {
             loader.map_pin_path(name, dir.join(name));

@@ -209,6 +209,26 @@ impl Collector for SnapshotCollector {
             "dnsteer_flow_table_evictions",
             "Records the full flow table dropped to make room",
             ConstCounter::new(flows.evictions),
+        )?;
+
+        family(
+            out,
+            "dnsteer_map_capacity_entries",
+            "Entries the kernel map holds at most ([limits], [flows] size)",
+            snap.maps
+                .iter()
+                .map(|m| ([("map", m.name.as_str())], ConstGauge::new(m.max_entries))),
+        )?;
+        family(
+            out,
+            "dnsteer_map_memory_bytes",
+            "Memory the kernel charges for the map, per-CPU copies included",
+            snap.maps.iter().map(|m| {
+                (
+                    [("map", m.name.as_str())],
+                    ConstGauge::new(m.memory_bytes as i64),
+                )
+            }),
         )
     }
 }
@@ -664,6 +684,16 @@ mod tests {
             interface: "eth0".to_owned(),
             running: true,
             persistent: false,
+            capacity: Default::default(),
+            maps: vec![crate::stats::MapStats {
+                name: "FLOWS".to_owned(),
+                kind: "lru_hash".to_owned(),
+                max_entries: 65536,
+                key_size: 16,
+                value_size: 16,
+                memory_bytes: 5_767_168,
+            }],
+            memory_bytes: 5_767_168,
             cpus: 2,
             services: vec![dns, weird],
             reasons,
@@ -929,6 +959,14 @@ mod tests {
         assert_eq!(m.get("dnsteer_flow_table_entries", &[]), 12.0);
         assert_eq!(m.get("dnsteer_flow_table_capacity", &[]), 65536.0);
         assert_eq!(m.get("dnsteer_flow_table_evictions_total", &[]), 14.0);
+        assert_eq!(
+            m.get("dnsteer_map_capacity_entries", &[("map", "FLOWS")]),
+            65536.0
+        );
+        assert_eq!(
+            m.get("dnsteer_map_memory_bytes", &[("map", "FLOWS")]),
+            5_767_168.0
+        );
         for (event, n) in [
             ("hit", 80.0),
             ("miss", 20.0),
@@ -968,6 +1006,8 @@ mod tests {
             ("dnsteer_flow_table_capacity", "gauge"),
             ("dnsteer_flow_events_total", "counter"),
             ("dnsteer_flow_table_evictions_total", "counter"),
+            ("dnsteer_map_capacity_entries", "gauge"),
+            ("dnsteer_map_memory_bytes", "gauge"),
         ]
         .into();
         let types: BTreeMap<&str, &str> = m

@@ -366,15 +366,19 @@ fn attached_maps(iface: &str) -> Result<BTreeMap<String, u32>> {
         .iter()
         .find(|p| p.name_as_str() == Some(TC_PROGRAM))
         .ok_or_else(|| anyhow!("no {TC_PROGRAM} on the egress of {iface}"))?;
-    let reasons = map_ids(reply)?
-        .remove(names::REASONS)
+    let tc_maps = map_ids(reply)?;
+    let reasons = *tc_maps
+        .get(names::REASONS)
         .ok_or_else(|| anyhow!("{TC_PROGRAM} has no {}", names::REASONS))?;
     for prog in loaded_programs() {
         let prog = prog.context("listing loaded programs")?;
         if prog.name_as_str() == Some(XDP_PROGRAM) {
             let maps = map_ids(&prog)?;
             if maps.get(names::REASONS) == Some(&reasons) {
-                return Ok(maps);
+                // Each program names the maps it uses; together, all of them.
+                let mut all = tc_maps;
+                all.extend(maps);
+                return Ok(all);
             }
         }
     }

@@ -121,21 +121,23 @@ impl Instance {
             }
             pins.clear("left by an instance that did not exit cleanly")?;
         }
+        let (limits, flows) = (&config.limits, config.flows.size);
         let ebpf = if adopt {
             // From here on a failure must leave the old data path as it is.
             pins.persist = true;
-            check_flow_size(pins.dir(), config.flows.size)?;
-            maps::load_pinned(config.flows.size, Some(pins.dir()))?
+            check_sizes(pins.dir(), &maps::capacities(limits, flows))?;
+            maps::load_pinned(limits, flows, Some(pins.dir()))?
         } else {
-            maps::load_pinned(config.flows.size, persist.then(|| pins.dir()))?
+            maps::load_pinned(limits, flows, persist.then(|| pins.dir()))?
         };
         // Maps are filled before anything is attached: the first packet already
         // sees the whole configuration.
         let store = KernelMaps::new(ebpf);
         let mut live = if adopt {
-            Live::adopt(store).context("reading the state of the persistent data path")?
+            Live::adopt(store, limits.services)
+                .context("reading the state of the persistent data path")?
         } else {
-            Live::new(store)
+            Live::new(store).with_max_services(limits.services)
         };
         let lines = live.apply(config)?;
         if adopt {
@@ -230,6 +232,16 @@ impl Instance {
                 "persist",
                 (opts.persist || self.config.persist).to_string(),
                 (opts.persist || new.persist).to_string(),
+            ),
+            (
+                "limits.services",
+                self.config.limits.services.to_string(),
+                new.limits.services.to_string(),
+            ),
+            (
+                "limits.listeners",
+                self.config.limits.listeners.to_string(),
+                new.limits.listeners.to_string(),
             ),
         ];
         for (field, old, new) in fixed {
@@ -419,17 +431,19 @@ where
     Ok(prog.try_into()?)
 }
 
-/// Refuses to adopt a flow table of another size than configured: a pinned
-/// map keeps its size.
-fn check_flow_size(dir: &Path, size: u32) -> Result<()> {
-    let path = dir.join(xdp_common::names::FLOWS);
-    let pinned = MapInfo::from_pin(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .max_entries();
-    if pinned != size {
-        bail!(
-            "the persistent data path's flow table holds {pinned} entries, the config asks for {size}; keep [flows] size = {pinned}, or `dnsteer stop` it first (its flows are lost)"
-        );
+/// Refuses to adopt maps of other sizes than the config asks for ([flows]
+/// size, [limits]): a pinned map keeps its size.
+fn check_sizes(dir: &Path, wanted: &[(&str, u32)]) -> Result<()> {
+    for &(name, size) in wanted {
+        let path = dir.join(name);
+        let pinned = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .max_entries();
+        if pinned != size {
+            bail!(
+                "the persistent data path's map {name} holds {pinned} entries, the config asks for {size}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)"
+            );
+        }
     }
     Ok(())
 }
