@@ -88,11 +88,13 @@ pub fn toolchain() -> Result<()> {
 
 /// The programs the demo and the end-to-end tests drive, from Debian's packages.
 pub fn test_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 4] = [
+    const TOOLS: [(&str, &str); 5] = [
         ("ip", "iproute2"),
         ("sysctl", "procps"),
         ("named", "bind9"),
         ("kdig", "knot-dnsutils"),
+        // Turns on GRO on the backends' veths, which XDP_REDIRECT into a veth needs.
+        ("ethtool", "ethtool"),
     ];
     let missing: Vec<&str> = TOOLS
         .iter()
