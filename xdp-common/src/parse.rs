@@ -24,6 +24,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// Field offsets inside the IPv4 header.
 pub mod ipv4 {
     pub const TOT_LEN: usize = 2;
+    /// TTL, then the protocol: one 16-bit word of the header checksum.
+    pub const TTL: usize = 8;
     pub const FRAG: usize = 6;
     pub const PROTO: usize = 9;
     pub const CHECK: usize = 10;

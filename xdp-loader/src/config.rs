@@ -55,6 +55,8 @@ pub struct Config {
     /// The interface the program attaches to.
     pub interface: String,
     pub xdp_mode: XdpModeSetting,
+    /// How steered packets leave the node (`forward`).
+    pub forward: Forward,
     pub services: Vec<Service>,
     /// The flow-affinity table: `[flows]`, or its defaults.
     pub flows: FlowSettings,
@@ -200,6 +202,18 @@ macro_rules! keyword_enum {
             }
         }
     };
+}
+
+keyword_enum! {
+    /// How steered packets leave the node.
+    Forward {
+        /// Queries go back to the stack (XDP_PASS), which routes them and the replies.
+        Stack = "stack",
+        /// Queries leave through the FIB's next hop from XDP, replies straight
+        /// out the steering interface from TC; the stack only where the FIB has
+        /// no answer yet.
+        Redirect = "redirect",
+    }
 }
 
 keyword_enum! {
@@ -373,6 +387,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     )?;
     at.interface_name(&interface)?;
     let xdp_mode = at.keyword("xdp_mode", raw.xdp_mode, XdpModeSetting::Auto)?;
+    let forward = at.keyword("forward", raw.forward, Forward::Stack)?;
 
     let limits = at.limits(raw.limits.unwrap_or_default())?;
     if raw.service.is_empty() {
@@ -435,6 +450,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     Ok(Config {
         interface,
         xdp_mode,
+        forward,
         services,
         flows,
         persist: raw.persist.unwrap_or(false),
@@ -516,6 +532,7 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
 struct RawConfig {
     interface: Option<String>,
     xdp_mode: Option<String>,
+    forward: Option<String>,
     persist: Option<bool>,
     #[serde(default)]
     service: Vec<RawService>,
@@ -1242,6 +1259,7 @@ backends = ["10.0.0.2:53"]
         let expected = Config {
             interface: "eth3".to_owned(),
             xdp_mode: XdpModeSetting::Auto,
+            forward: Forward::Stack,
             services: vec![Service {
                 name: "dns".to_owned(),
                 listen: vec![

@@ -13,6 +13,7 @@ pub mod maps;
 pub mod metrics;
 pub mod pins;
 pub mod probe;
+pub mod route;
 pub mod run;
 pub mod stats;
 
@@ -23,3 +24,5 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const XDP_PROGRAM: &str = "dnsteer_steer";
 /// The TC egress program's name in `EBPF_OBJECT`.
 pub const TC_PROGRAM: &str = "dnsteer_reply";
+/// The fast path's TC ingress program's name in `EBPF_OBJECT`.
+pub const REPLY_IN_PROGRAM: &str = "dnsteer_reply_in";

@@ -10,8 +10,8 @@ use aya::{
 };
 use log::warn;
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FlowSettings, MAX_BACKENDS_PER_SERVICE, Ring, ServiceConf,
-    names,
+    Backend, BackendCounter, Endpoint, FlowSettings, ForwardConf, MAX_BACKENDS_PER_SERVICE, Ring,
+    ServiceConf, names,
 };
 
 use crate::{EBPF_OBJECT, config::Limits, live::Store};
@@ -19,6 +19,12 @@ use crate::{EBPF_OBJECT, config::Limits, live::Store};
 /// `membarrier(2)`'s command that waits for an RCU grace period on all CPUs
 /// (include/uapi/linux/membarrier.h, Linux 4.3; `synchronize_rcu()` since 4.16).
 const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Sets how steered packets leave the node (`FORWARD[0]`).
+pub fn write_forward(ebpf: &mut Ebpf, conf: &ForwardConf) -> Result<()> {
+    let mut map: Array<_, ForwardConf> = typed(ebpf, names::FORWARD)?;
+    map.set(0, conf, 0).context("writing the forwarding mode")
+}
 
 /// Each map's capacity in entries for these limits and flow table size; the
 /// maps not listed have a fixed size.

@@ -213,6 +213,15 @@ impl Collector for SnapshotCollector {
 
         family(
             out,
+            "dnsteer_forward_events",
+            "What the fast path (forward = \"redirect\") did with steered queries and their replies",
+            snap.forward
+                .events
+                .iter()
+                .map(|(event, &n)| ([("event", event.as_str())], ConstCounter::new(n))),
+        )?;
+        family(
+            out,
             "dnsteer_map_capacity_entries",
             "Entries the kernel map holds at most ([limits], [flows] size)",
             snap.maps
@@ -684,6 +693,7 @@ mod tests {
             interface: "eth0".to_owned(),
             running: true,
             persistent: false,
+            forward: Default::default(),
             capacity: Default::default(),
             maps: vec![crate::stats::MapStats {
                 name: "FLOWS".to_owned(),

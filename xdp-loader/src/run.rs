@@ -29,10 +29,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
+use xdp_common::ForwardConf;
 
 use crate::{
-    TC_PROGRAM, XDP_PROGRAM, caps,
-    config::{self, Config, Protocol, XdpModeSetting},
+    REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, caps,
+    config::{self, Config, Forward, Protocol, XdpModeSetting},
     control::{self, Op, Request, Response},
     health::{Monitor, ProbeResult},
     live::{BackendView, Live},
@@ -40,6 +41,7 @@ use crate::{
     metrics::{self, Scrape},
     pins::{self, Pins},
     probe::Transport,
+    route,
     stats::{self, Snapshot},
 };
 
@@ -86,6 +88,8 @@ pub struct Instance {
     monitor: Monitor,
     /// Services whose every weighted backend is down, as last logged.
     failing_open: BTreeSet<String>,
+    /// Interfaces whose ingress runs the fast path's reply program.
+    reply_ins: BTreeSet<String>,
 }
 
 impl Instance {
@@ -156,7 +160,8 @@ impl Instance {
         // Replies are translated from before the first query is steered.
         let tc_pin = pins.dir().join(pins::LINK_TC);
         if adopt && tc_pin.exists() {
-            swap_tc(ebpf, &tc_pin)?;
+            load_tc(ebpf, TC_PROGRAM)?;
+            swap_tc(ebpf, TC_PROGRAM, &tc_pin)?;
         } else {
             let id = attach_tc(ebpf, iface)?;
             if persist {
@@ -167,6 +172,36 @@ impl Instance {
                 links.push(pin_link(link, &tc_pin)?);
             }
         }
+        // The fast path's reply program: loaded when asked for, or when a
+        // persistent one left links to swap it into.
+        let reply_pins = if adopt {
+            pins.reply_in_links()?
+        } else {
+            Vec::new()
+        };
+        let mut reply_ins = BTreeSet::new();
+        if config.forward == Forward::Redirect || !reply_pins.is_empty() {
+            let prog: &mut SchedClassifier = program(ebpf, REPLY_IN_PROGRAM)?;
+            prog.load().with_context(|| {
+                format!("loading {REPLY_IN_PROGRAM} (the verifier's log follows)")
+            })?;
+        }
+        for (name, pin) in reply_pins {
+            swap_tc(ebpf, REPLY_IN_PROGRAM, &pin)?;
+            reply_ins.insert(name);
+        }
+        let client_ifindex = config::check_interface(Path::new("-"), iface)?;
+        let mode = match config.forward {
+            Forward::Stack => xdp_common::forward::STACK,
+            Forward::Redirect => xdp_common::forward::REDIRECT,
+        };
+        maps::write_forward(
+            ebpf,
+            &ForwardConf {
+                mode,
+                client_ifindex,
+            },
+        )?;
         let xdp_pin = pins.dir().join(pins::LINK_XDP);
         let xdp_mode = if adopt && xdp_pin.exists() {
             swap_xdp(ebpf, &xdp_pin)?;
@@ -194,7 +229,9 @@ impl Instance {
             config: config.clone(),
             monitor,
             failing_open: BTreeSet::new(),
+            reply_ins,
         };
+        instance.sync_fast_path()?;
         instance.sync_health();
         Ok(instance)
     }
@@ -227,6 +264,11 @@ impl Instance {
                 "flows.size",
                 self.config.flows.size.to_string(),
                 new.flows.size.to_string(),
+            ),
+            (
+                "forward",
+                self.config.forward.to_string(),
+                new.forward.to_string(),
             ),
             (
                 "persist",
@@ -262,7 +304,56 @@ impl Instance {
             Err(err) => error!("reload ({why}) failed part way: {err:#}"),
         }
         self.config = new;
+        if let Err(err) = self.sync_fast_path() {
+            error!("reload ({why}): fast path: {err:#}");
+        }
         self.sync_health();
+    }
+
+    /// With `forward = "redirect"`, runs the reply program on the ingress of
+    /// every interface a backend is routed through (adding new ones as
+    /// backends come; never removing any while running).
+    fn sync_fast_path(&mut self) -> Result<()> {
+        if self.config.forward != Forward::Redirect {
+            return Ok(());
+        }
+        let mut wanted = BTreeSet::new();
+        for name in self.live.names() {
+            for backend in self.live.members(&name) {
+                match route::interface_for(*backend.ip())? {
+                    Some(iface) => {
+                        wanted.insert(iface);
+                    }
+                    None => warn!(
+                        "service {name}: no route to backend {backend} in the main table; its replies take the stack"
+                    ),
+                }
+            }
+        }
+        for iface in wanted.difference(&self.reply_ins.clone()) {
+            let ebpf = &mut self.live.store_mut().ebpf;
+            let prog: &mut SchedClassifier = program(ebpf, REPLY_IN_PROGRAM)?;
+            let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+            if !tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
+                info!("clsact qdisc on {iface}: {err} (already present is fine)");
+            }
+            let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| {
+                format!("attaching {REPLY_IN_PROGRAM} to the ingress of {iface}")
+            })?;
+            if self.pins.persist {
+                let link = FdLink::try_from(prog.take_link(id)?).context(
+                    "--persist needs TC links that can be pinned (tcx, Linux 6.6 or later)",
+                )?;
+                let pin = self.pins.dir().join(format!("{}{iface}", pins::LINK_TC_IN));
+                self._links.push(pin_link(link, &pin)?);
+            }
+            info!(
+                "fast path: replies arriving on {iface} are translated there and sent straight out {}",
+                self.config.interface
+            );
+            self.reply_ins.insert(iface.clone());
+        }
+        Ok(())
     }
 
     /// Probes exactly the members of services with `[service.health]`; a
@@ -400,6 +491,9 @@ impl Instance {
             Some(change) => match self.live.change(service, change) {
                 Ok((_, message)) => {
                     info!("{message} (dnsteer backends)");
+                    if let Err(err) = self.sync_fast_path() {
+                        error!("fast path: {err:#}");
+                    }
                     self.sync_health();
                     Some(message)
                 }
@@ -453,17 +547,22 @@ fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink> {
         .with_context(|| format!("pinning a link at {}", path.display()))
 }
 
-/// Loads the reply translator and swaps it into the link pinned at `pin`.
-fn swap_tc(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
-    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
+fn load_tc(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
     prog.load()
-        .with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
+        .with_context(|| format!("loading {name} (the verifier's log follows)"))?;
+    Ok(())
+}
+
+/// Swaps the loaded TC program `name` into the link pinned at `pin`.
+fn swap_tc(ebpf: &mut Ebpf, name: &str, pin: &Path) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
     let link = PinnedLink::from_pin(pin)
         .with_context(|| format!("opening the pinned link {}", pin.display()))?;
     let link = SchedClassifierLink::try_from(FdLink::from(link))
         .with_context(|| format!("{} is not a TC link", pin.display()))?;
     prog.attach_to_link(link)
-        .with_context(|| format!("swapping {TC_PROGRAM} into {}", pin.display()))?;
+        .with_context(|| format!("swapping {name} into {}", pin.display()))?;
     Ok(())
 }
 

@@ -16,9 +16,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapType, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS_PER_SERVICE,
-    PROTO_MASK_TCP, PROTO_MASK_UDP, Reason, Ring, SelectMode, ServiceConf, backend_slot,
-    backend_state, names, ring_key,
+    Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf, ForwardEvent,
+    MAX_BACKENDS_PER_SERVICE, PROTO_MASK_TCP, PROTO_MASK_UDP, Reason, Ring, SelectMode,
+    ServiceConf, backend_slot, backend_state, names, ring_key,
 };
 
 use crate::{live::BackendView, pins::Instance};
@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// The flow affinity table.
     #[serde(default)]
     pub flows: FlowStats,
+    /// How steered packets leave the node, and what the fast path did.
+    #[serde(default)]
+    pub forward: ForwardStats,
     /// What the maps hold at most (`[limits]`, `[flows] size`).
     #[serde(default)]
     pub capacity: Capacity,
@@ -57,6 +60,16 @@ pub struct Snapshot {
     /// The sum of `maps[].memory_bytes`.
     #[serde(default)]
     pub memory_bytes: u64,
+}
+
+/// `forward`: the mode and the fast path's counters, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardStats {
+    /// `stack` or `redirect`.
+    pub mode: String,
+    /// Per `ForwardEvent::name`: `redirected`, `transmitted`, `passed`,
+    /// `ttl_expired`, `reply_redirected`, `reply_passed`.
+    pub events: BTreeMap<String, u64>,
 }
 
 /// The maps' capacities, as loaded.
@@ -289,6 +302,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     }
     let cpus = split.values().next().map_or(0, Vec::len);
     let maps = maps(instance)?;
+    let forward = forward(instance)?;
     let entries = |name: &str| {
         maps.iter()
             .find(|m| m.name == name)
@@ -310,9 +324,32 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         reasons: totals,
         reasons_per_cpu: per_cpu.then_some(split),
         flows: flows(instance)?,
+        forward,
         capacity,
         memory_bytes: maps.iter().map(|m| m.memory_bytes).sum(),
         maps,
+    })
+}
+
+fn forward(instance: &Instance) -> Result<ForwardStats> {
+    let conf: Array<MapData, ForwardConf> = typed(instance, names::FORWARD)?;
+    let events: PerCpuArray<MapData, u64> = typed(instance, names::FORWARD_EVENTS)?;
+    let mode = match conf.get(&0, 0).context("reading FORWARD")?.mode {
+        xdp_common::forward::REDIRECT => "redirect",
+        _ => "stack",
+    };
+    let mut counts = BTreeMap::new();
+    for event in ForwardEvent::ALL {
+        let n = events
+            .get(&(event as u32), 0)
+            .context("reading FORWARD_EVENTS")?
+            .iter()
+            .sum();
+        counts.insert(event.name().to_owned(), n);
+    }
+    Ok(ForwardStats {
+        mode: mode.to_owned(),
+        events: counts,
     })
 }
 
@@ -571,6 +608,15 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         f.inserted,
         f.deleted
     );
+    if now.forward.mode == "redirect" {
+        let events: Vec<String> = now
+            .forward
+            .events
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "forward redirect  {}", events.join("  "));
+    }
     let c = &now.capacity;
     let _ = writeln!(
         s,
@@ -682,6 +728,7 @@ mod tests {
             interface: "eth3".to_owned(),
             running: true,
             persistent: false,
+            forward: ForwardStats::default(),
             capacity: Capacity::default(),
             maps: Vec::new(),
             memory_bytes: 0,
