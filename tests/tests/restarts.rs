@@ -202,3 +202,42 @@ fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
         "a refused start left XDP attached: {link}"
     );
 }
+
+/// Adoption compares pinned maps with `maps::layouts`: it must describe the
+/// object this build loads, map for map.
+#[test]
+fn adoption_layouts_describe_the_loaded_object() {
+    use dnsteer::{config::Limits, maps};
+
+    let limits = Limits {
+        services: 300,
+        listeners: 700,
+    };
+    // Pinned by the loader, as a persistent instance's are, and read back.
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/dnsteer-test-layouts-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a directory on the BPF filesystem");
+    let ebpf = maps::load_pinned(&limits, 4096, Some(&dir));
+    let read = |name: &str| aya::maps::MapInfo::from_pin(dir.join(name));
+    let found: Vec<_> = maps::layouts(&limits, 4096)
+        .into_iter()
+        .map(|(name, key, value, entries)| {
+            let info = read(name).map(|i| {
+                (
+                    i.key_size() as usize,
+                    i.value_size() as usize,
+                    i.max_entries(),
+                )
+            });
+            (name, info.ok(), (key, value, entries))
+        })
+        .collect();
+    drop(ebpf);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.len(), xdp_common::names::ALL.len());
+    for (name, pinned, wanted) in found {
+        assert_eq!(pinned, Some(wanted), "{name}");
+    }
+}

@@ -10,7 +10,8 @@ use aya::{
 };
 use log::warn;
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FlowSettings, ForwardConf, MAX_BACKENDS_PER_SERVICE, Ring,
+    Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FORWARD_EVENT_COUNT, FlowKey,
+    FlowSettings, FlowValue, ForwardConf, MAX_BACKENDS_PER_SERVICE, REASON_COUNT, Ring,
     ServiceConf, names,
 };
 
@@ -43,6 +44,44 @@ pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 
         (names::BACKEND_SOURCES, slots * 2),
         (names::FLOWS, flow_capacity),
     ]
+}
+
+/// Every map's (name, key size, value size, capacity) as this build lays
+/// them out: what pinned maps must match to be adopted.
+pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize, usize, u32)> {
+    use std::mem::size_of;
+    let sized: std::collections::BTreeMap<&str, u32> =
+        capacities(limits, flow_capacity).into_iter().collect();
+    let fixed = |name: &str, n: u32| sized.get(name).copied().unwrap_or(n);
+    let u32s = size_of::<u32>();
+    [
+        (names::SERVICES, size_of::<Endpoint>(), u32s),
+        (names::SERVICE_CONF, u32s, size_of::<ServiceConf>()),
+        (names::RINGS, u32s, size_of::<Ring>()),
+        (names::ACTIVE_RING, u32s, u32s),
+        (names::BACKENDS, u32s, size_of::<Backend>()),
+        (names::BACKEND_STATS, u32s, size_of::<BackendCounter>()),
+        (names::BACKEND_SOURCES, size_of::<Endpoint>(), u32s),
+        (names::NTH_STATE, u32s, u32s),
+        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+        (names::FLOW_SETTINGS, u32s, size_of::<FlowSettings>()),
+        (names::FLOW_EVENTS, u32s, size_of::<u64>()),
+        (names::REASONS, u32s, size_of::<u64>()),
+        (names::FORWARD, u32s, size_of::<ForwardConf>()),
+        (names::FORWARD_EVENTS, u32s, size_of::<u64>()),
+    ]
+    .into_iter()
+    .map(|(name, key, value)| {
+        let entries = match name {
+            names::FLOW_SETTINGS | names::FORWARD => 1,
+            names::FLOW_EVENTS => FLOW_EVENT_COUNT,
+            names::REASONS => REASON_COUNT,
+            names::FORWARD_EVENTS => FORWARD_EVENT_COUNT,
+            _ => fixed(name, 0),
+        };
+        (name, key, value, entries)
+    })
+    .collect()
 }
 
 /// Loads the eBPF object with the default limits and the flow table sized as configured.

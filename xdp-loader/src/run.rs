@@ -100,7 +100,7 @@ impl Instance {
     /// data path an earlier persistent instance left is adopted: its maps (and
     /// flows) are kept and brought in line with `config`, and the new programs
     /// are swapped into its links atomically. A failed adoption leaves the old
-    /// data path running untouched.
+    /// data path attached and its pins in place.
     pub fn start(config: &Config, monitor: Monitor, persist: bool) -> Result<Self> {
         let iface = config.interface.as_str();
         let mut pins = Pins::claim(iface)?;
@@ -129,7 +129,7 @@ impl Instance {
         let ebpf = if adopt {
             // From here on a failure must leave the old data path as it is.
             pins.persist = true;
-            check_sizes(pins.dir(), &maps::capacities(limits, flows))?;
+            check_layouts(pins.dir(), &maps::layouts(limits, flows))?;
             maps::load_pinned(limits, flows, Some(pins.dir()))?
         } else {
             maps::load_pinned(limits, flows, persist.then(|| pins.dir()))?
@@ -525,17 +525,29 @@ where
     Ok(prog.try_into()?)
 }
 
-/// Refuses to adopt maps of other sizes than the config asks for ([flows]
-/// size, [limits]): a pinned map keeps its size.
-fn check_sizes(dir: &Path, wanted: &[(&str, u32)]) -> Result<()> {
-    for &(name, size) in wanted {
+/// Refuses to adopt pinned maps laid out otherwise than this build and the
+/// config want: a pinned map keeps its size ([flows] size, [limits]), and
+/// another dnsteer version may have other key or value layouts. A map not
+/// pinned yet (new in this version) is created.
+fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()> {
+    for &(name, key, value, entries) in wanted {
         let path = dir.join(name);
-        let pinned = MapInfo::from_pin(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .max_entries();
-        if pinned != size {
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        if info.max_entries() != entries {
             bail!(
-                "the persistent data path's map {name} holds {pinned} entries, the config asks for {size}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)"
+                "the persistent data path's map {name} holds {} entries, this config asks for {entries}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)",
+                info.max_entries()
+            );
+        }
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "the persistent data path's map {name} is laid out by another dnsteer version ({}-byte keys, {}-byte values; this one uses {key} and {value}); `dnsteer stop` it and start afresh (its flows are lost)",
+                info.key_size(),
+                info.value_size()
             );
         }
     }
