@@ -1,5 +1,6 @@
 //! dnsteer's userspace: configuration, the live backend state and how it reaches
-//! the maps, the running instance, its control socket and its stats.
+//! the maps, the running instance (persistent or not), its control socket,
+//! health probes, stats and Prometheus metrics.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules; the tests crate
 //! uses them directly to load the same object and fill maps the same way.
