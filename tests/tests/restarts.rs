@@ -68,6 +68,16 @@ fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
     )
     .expect("dnsteer");
     let before = snapshot(&dnsteer);
+    // The pins (maps and links) are root's alone.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&dnsteer.pin_dir()), 0o700);
+    for entry in std::fs::read_dir(dnsteer.pin_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
 
     let load = PacedLoad::new(topo.service_targets(), WHOAMI_NAME, RATE, RUN);
     let start = Instant::now();
