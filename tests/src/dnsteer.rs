@@ -21,6 +21,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// What `dnsteer run` logs when it is steering.
 const READY_LINE: &str = "running; stop with";
+/// How long `dnsteer run` gets to say so, unless the caller says otherwise.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The `dnsteer` binary: `$DNSTEER_BIN` (set by `cargo xtask test`), else
 /// `target/debug/dnsteer` beside the running test executable.
@@ -62,6 +64,7 @@ pub struct Dnsteer {
     iface: String,
     pin_root: PathBuf,
     run_args: Vec<String>,
+    ready_timeout: Duration,
     dir: TempDir,
 }
 
@@ -91,6 +94,20 @@ impl Dnsteer {
         config: &str,
         run_args: &[&str],
     ) -> Result<Self> {
+        Self::start_with_timeout(launch, ns, bin, iface, config, run_args, READY_TIMEOUT)
+    }
+
+    /// [`Self::start_with_args`], waiting up to `ready_timeout` for it to steer
+    /// (a config with thousands of services takes longer than the default 20 s).
+    pub fn start_with_timeout(
+        launch: Launch,
+        ns: &NetNs,
+        bin: &Path,
+        iface: &str,
+        config: &str,
+        run_args: &[&str],
+        ready_timeout: Duration,
+    ) -> Result<Self> {
         let dir = TempDir::new("dnsteer")?;
         fs::write(dir.path().join("dnsteer.toml"), config).context("writing the config")?;
         let pin_root = PathBuf::from(format!(
@@ -106,6 +123,7 @@ impl Dnsteer {
             iface: iface.to_owned(),
             pin_root,
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
+            ready_timeout,
             dir,
         };
         me.spawn()?;
@@ -142,7 +160,7 @@ impl Dnsteer {
             .spawn()
             .context("starting dnsteer run")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + self.ready_timeout;
         loop {
             if let Some(status) = self
                 .child
@@ -165,7 +183,10 @@ impl Dnsteer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("dnsteer run was not ready after 20 s:\n{log}");
+                bail!(
+                    "dnsteer run was not ready after {:?}:\n{log}",
+                    self.ready_timeout
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -52,6 +52,10 @@ enum Task {
         /// `prog-cost`, `bind`; writes under target/bench-partial/.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Measure nothing: write docs/BENCHMARKS.md and the plots again from a
+        /// results file of an earlier run (bench/results/<date>-<host>.json).
+        #[arg(long, value_name = "JSON", conflicts_with_all = ["quick", "only"])]
+        render: Option<std::path::PathBuf>,
     },
 }
 
@@ -119,22 +123,23 @@ fn main() -> Result<()> {
                 .arg("--")
                 .args(args))
         }
-        Task::Bench { quick, only } => {
+        Task::Bench {
+            quick,
+            only,
+            render,
+        } => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .canonicalize()
+                .context("locating the repository root")?;
+            if let Some(json) = render {
+                return bench::render(&json, &root);
+            }
             require_root("the bench")?;
             bootstrap::test_tools()?;
             bootstrap::bench_tools()?;
             let dnsteer = build()?;
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            bench::run(
-                &dnsteer,
-                &bench::Options {
-                    quick,
-                    only,
-                    root: root
-                        .canonicalize()
-                        .context("locating the repository root")?,
-                },
-            )
+            bench::run(&dnsteer, &bench::Options { quick, only, root })
         }
     }
 }

@@ -354,6 +354,9 @@ pub fn dnsteer_config(kind: &Kind, t: &Target) -> Option<String> {
     Some(config)
 }
 
+/// How long `dnsteer run` may take to load its config and attach.
+const DNSTEER_READY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Feeds `input` to `program args` in the node namespace.
 fn run_with_stdin(ns: &NetNs, program: &str, args: &[&str], input: &str) -> Result<()> {
     let mut child = ns
@@ -421,13 +424,16 @@ pub fn apply(
         Kind::Dnsteer { xdp_mode, .. } => {
             let config = dnsteer_config(kind, t).expect("a dnsteer method");
             let mode = format!("--xdp-mode={xdp_mode}");
-            match Dnsteer::start_with_args(
+            // Loading thousands of services takes dnsteer well over the test
+            // bed's default 20 s.
+            match Dnsteer::start_with_timeout(
                 testbed::dnsteer::Launch::IpNetnsExec,
                 node,
                 dnsteer_bin,
                 t.iface,
                 &config,
                 &[&mode],
+                DNSTEER_READY,
             ) {
                 Ok(d) => Ok(Applied::Dnsteer(Box::new(d))),
                 Err(e) => {

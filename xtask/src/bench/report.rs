@@ -505,6 +505,38 @@ impl<'a> Summary<'a> {
         Some(self.cpu_at(m)? - self.cpu_at(self.baseline?)?)
     }
 
+    /// CPU per query, gross and net of the baseline, as table cells: at the
+    /// comparison rate, or else (a method that never carried it) at the
+    /// method's own loss-free rate, saying so.
+    pub fn cpu_cells(&self, m: &MethodResult) -> (String, String) {
+        let at = |rate: u32| -> Option<(f64, Option<f64>)> {
+            let gross = m.step_at(rate)?.cpu_us_per_query?;
+            let base = self
+                .baseline
+                .and_then(|b| b.step_at(rate)?.cpu_us_per_query);
+            Some((gross, base.map(|b| gross - b)))
+        };
+        let (rate, note) = match self.cpu_rate {
+            Some(r) if at(r).is_some() => (Some(r), String::new()),
+            _ => (
+                m.loss_free_rate,
+                m.loss_free_rate
+                    .map_or(String::new(), |r| format!(" (at {r}/s)")),
+            ),
+        };
+        match rate.and_then(at) {
+            Some((gross, net)) => (
+                format!("{gross:.2}{note}"),
+                opt(net, |n| format!("{n:.2}{note}")),
+            ),
+            None => ("–".to_owned(), "–".to_owned()),
+        }
+    }
+
+    pub fn peak_ratio(&self, m: &MethodResult) -> Option<f64> {
+        Some(m.peak_answered_rate? / self.reference?.peak_answered_rate?)
+    }
+
     pub fn rate_ratio(&self, m: &MethodResult) -> Option<f64> {
         Some(f64::from(m.loss_free_rate?) / f64::from(self.reference?.loss_free_rate?))
     }
@@ -590,7 +622,8 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
          - **Load**: kxdpgun (Knot DNS, AF_XDP) sends `whoami.example. A` to 192.0.2.10:53 at each \
          offered rate for {:.0} s, from 198.18.0.0/16, walking source ports before addresses, so \
          every query is a new flow (a new conntrack entry, a new dnsteer flow record). Offered rates \
-         go up by a factor of 2^(1/3) from {} to {} queries/s; a method stops after {} failed steps. \
+         go up by a factor of 2^(1/3) from {} to {} queries/s; a method stops after {} failed steps, \
+         and one that fails the first step goes down by the same factor until a step passes. \
          A step **passes** when fewer than {}% of its queries are unanswered. The **loss-free rate** is \
          the highest offered rate that passed below the first that failed (\"≥\" when every step tried \
          passed). A step also fails when kxdpgun could not send {}% of the offered queries: the \
@@ -636,15 +669,18 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
     let _ = writeln!(md, "## Every method against iptables nth\n");
     let _ = writeln!(
         md,
-        "| method | loss-free rate (q/s) | × iptables nth | peak answered q/s | CPU µs/query at {} | net of baseline | × iptables nth (net) | p50 µs | p99 µs | busy before | |",
+        "| method | loss-free rate (q/s) | × iptables nth | peak answered q/s | × iptables nth | CPU µs/query at {} | net of baseline | × iptables nth (net) | p50 µs | p99 µs | busy before | |",
         opt(s.cpu_rate, |r| format!("{r}/s"))
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for m in &results.methods {
         let lat = m.latency.as_ref();
         let _ = writeln!(
             md,
-            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             m.id,
             m.group,
             if matches!(m.status, Status::Measured) {
@@ -654,8 +690,9 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
             },
             opt(s.rate_ratio(m), |r| format!("{r:.2}")),
             opt(m.peak_answered_rate, |r| format!("{r:.0}")),
-            opt(s.cpu_at(m), |c| format!("{c:.2}")),
-            opt(s.net_cpu_at(m), |c| format!("{c:.2}")),
+            opt(s.peak_ratio(m), |r| format!("{r:.2}")),
+            s.cpu_cells(m).0,
+            s.cpu_cells(m).1,
             opt(s.net_cpu_ratio(m), |r| format!("{r:.2}")),
             opt(lat.and_then(|l| l.p50_us), |v| format!("{v:.0}")),
             opt(lat.and_then(|l| l.p99_us), |v| format!("{v:.0}")),
@@ -684,6 +721,7 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
     );
 
     targets(&mut md, results, &s);
+    limits(&mut md, results);
     conntrack_table(&mut md, results);
     bind_table(&mut md, results);
     if let Some(cost) = &results.prog_cost {
@@ -755,12 +793,14 @@ fn targets(md: &mut String, results: &Results, s: &Summary) {
         });
     let rate = fast_measured.and_then(|m| s.rate_ratio(m));
     let bound = fast_measured.is_some_and(|m| m.loss_free_is_lower_bound);
+    let peak = fast_measured.and_then(|m| s.peak_ratio(m));
     let _ = writeln!(
         md,
         "| fast path ≥ 3× iptables nth's loss-free rate | {} | {}{why_not} |",
         opt(rate, |r| format!(
-            "{r:.2}×{}",
-            if bound { " (at least)" } else { "" }
+            "{r:.2}×{} (peak answered rate: {})",
+            if bound { " (at least)" } else { "" },
+            opt(peak, |p| format!("{p:.2}×"))
         )),
         verdict(rate.map(|r| r >= 3.0).filter(|ok| *ok || !bound))
     );
@@ -781,20 +821,86 @@ fn targets(md: &mut String, results: &Results, s: &Summary) {
     let ratio = one
         .zip(many)
         .and_then(|(a, b)| Some(f64::from(b.loss_free_rate?) / f64::from(a.loss_free_rate?)));
+    let peak = one
+        .zip(many)
+        .and_then(|(a, b)| Some(b.peak_answered_rate? / a.peak_answered_rate?));
     let bounds = one.is_some_and(|m| m.loss_free_is_lower_bound)
         || many.is_some_and(|m| m.loss_free_is_lower_bound);
+    // The ladder's steps are 26% apart, too coarse to tell 5%: the verdict
+    // goes by the peak answered rate, with the loss-free rates shown beside it.
     let _ = writeln!(
         md,
-        "| dnsteer with 10000 services within 5% of 1 service (loss-free rate) | {} | {}{} |",
-        opt(ratio, |r| format!("{:.1}%", (r - 1.0) * 100.0)),
-        verdict(ratio.map(|r| (r - 1.0).abs() <= 0.05)),
-        if bounds {
-            " (a loss-free rate is only a lower bound)"
-        } else {
-            ""
-        }
+        "| dnsteer with 10000 services within 5% of 1 service | peak answered rate {}; loss-free rate {}{} | {} |",
+        opt(peak, |r| format!("{:+.1}%", (r - 1.0) * 100.0)),
+        opt(ratio, |r| format!("{:+.1}%", (r - 1.0) * 100.0)),
+        if bounds { " (a lower bound)" } else { "" },
+        verdict(peak.map(|r| (r - 1.0).abs() <= 0.05)),
     );
     let _ = writeln!(md);
+}
+
+/// What the numbers above do not show, with the counts that say so.
+fn limits(md: &mut String, results: &Results) {
+    let steps = || {
+        results
+            .methods
+            .iter()
+            .flat_map(|m| m.steps.iter().map(move |s| (m, s)))
+    };
+    let lost: Vec<&str> = {
+        let mut ids: Vec<&str> = steps()
+            .filter(|(_, s)| s.loss >= LOSS_LIMIT)
+            .map(|(m, _)| m.id.as_str())
+            .collect();
+        ids.dedup();
+        ids
+    };
+    let held_back = steps().filter(|(_, s)| !s.offered_in_full).count();
+    let _ = writeln!(
+        md,
+        "## What these numbers do not show
+"
+    );
+    let _ = writeln!(
+        md,
+        "- **Loss is rare here, unlike on a NIC.** {held_back} step(s) failed because the load \
+         generator could not send the offered rate, and queries were lost (≥ {}%) in steps of {}. \
+         An AF_XDP send into a veth runs the receiving side's processing in the sender's context, so \
+         when the two CPUs are used up the sending slows down rather than queues overflowing. On a \
+         physical NIC the excess would be dropped: the capacity that shows here as the flattening \
+         of the answered rate is where a real node starts losing queries.",
+        LOSS_LIMIT * 100.0,
+        if lost.is_empty() {
+            "no method".to_owned()
+        } else {
+            lost.iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- **One small machine.** Load generator, node and backends share {} CPUs, so absolute \
+         rates are far below a server's, and every method's CPU figure carries the generator's and \
+         the responders' share (the baseline's figure): gross ratios understate the differences \
+         between methods; the net column is the steering's own cost.",
+        results.cpus
+    );
+    let _ = writeln!(
+        md,
+        "- **conntrack at steady state.** Each step starts with an empty table and lasts {:.0} s; a \
+         node that runs for longer than `nf_conntrack_udp_timeout` holds 30 s of flows, so the table \
+         fills at a lower rate than here (`early_drop` below counts the entries conntrack evicted \
+         to make room).",
+        results.plan.step_s
+    );
+    let _ = writeln!(
+        md,
+        "- **Backends that cost nothing.** The XDP responders answer in a few hundred nanoseconds; \
+         the run against BIND shows the other end of the scale, where the servers, not the \
+         steering, set the rate.\n"
+    );
 }
 
 fn conntrack_table(md: &mut String, results: &Results) {
