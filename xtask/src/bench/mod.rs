@@ -48,7 +48,6 @@ const MIN_RATE: u32 = 1000;
 /// kernel's side, the responders are XDP): user time above this share of a
 /// step's window is other work on the machine, and the step is measured again.
 const FOREIGN_USER: f64 = 0.05;
-const FOREIGN_RETRIES: usize = 2;
 
 /// How much to measure: the full run, or `--quick`'s smoke test.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +67,14 @@ pub struct Plan {
     pub prog_single_packets: u32,
     /// How long to wait, before each method, for the machine to be quiet.
     pub quiet_wait_s: f64,
+    /// How often a step with other programs' CPU time in it is run again.
+    /// (Results written before this was recorded retried twice.)
+    #[serde(default = "two")]
+    pub foreign_retries: usize,
+}
+
+fn two() -> usize {
+    2
 }
 
 impl Plan {
@@ -85,6 +92,7 @@ impl Plan {
                 prog_repeat: 1_000_000,
                 prog_single_packets: 20_000,
                 quiet_wait_s: 0.0,
+                foreign_retries: 0,
             }
         } else {
             Self {
@@ -104,6 +112,7 @@ impl Plan {
                 prog_repeat: 1_000_000,
                 prog_single_packets: 1_000_000,
                 quiet_wait_s: 60.0,
+                foreign_retries: 2,
             }
         }
     }
@@ -236,6 +245,10 @@ pub struct BindMethod {
     /// The highest rate with every query answered, below the first that lost any.
     pub all_answered_rate: Option<u32>,
     pub all_answered_is_lower_bound: bool,
+    /// Flows per backend address: conntrack's entries after the last step
+    /// (iptables), or dnsteer's new flows over all steps.
+    #[serde(default)]
+    pub flows_per_backend: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -566,7 +579,7 @@ fn ladder(
     // work too: it is run again, and the cleanest of the tries kept.
     let step = |rate: u32| -> Result<Step> {
         let mut best = step(rate)?;
-        for _ in 0..FOREIGN_RETRIES {
+        for _ in 0..plan.foreign_retries {
             if best.foreign_user_share() <= FOREIGN_USER {
                 break;
             }
@@ -642,6 +655,7 @@ fn run_bind(
         steps: Vec::new(),
         all_answered_rate: None,
         all_answered_is_lower_bound: false,
+        flows_per_backend: Default::default(),
     };
     let Some(applied) = put_on(bed, dnsteer_bin, method, &mut scratch) else {
         out.status = scratch.status;
@@ -683,6 +697,7 @@ fn run_bind(
             break;
         }
     }
+    out.flows_per_backend = methods::flows_per_backend(&applied, &bed.topo.node);
     methods::remove(applied, &bed.topo.node)?;
     if let Err(e) = outcome {
         if INTERRUPTED.load(Ordering::SeqCst) {
