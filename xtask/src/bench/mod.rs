@@ -414,13 +414,21 @@ fn measure(
     check_interrupt()?;
     if results.wants("prog-cost") {
         say("program cost: BPF_PROG_TEST_RUN");
-        results.prog_cost = Some(prog_cost::measure(
+        match prog_cost::measure(
             dnsteer_bin,
             bed.pass_program()?,
             plan.prog_repeat,
             plan.prog_single_packets,
             &|line| say(&format!("program cost: {line}")),
-        )?);
+        ) {
+            Ok(cost) => results.prog_cost = Some(cost),
+            Err(e) if !INTERRUPTED.load(Ordering::SeqCst) => {
+                let why = format!("the program cost could not be measured: {e:#}");
+                say(&why);
+                results.notes.push(why);
+            }
+            Err(e) => return Err(e),
+        }
     }
 
     check_interrupt()?;

@@ -741,6 +741,9 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
                 .unwrap_or("")
         );
     }
+    for note in &results.notes {
+        let _ = writeln!(md, "- {note}");
+    }
     let _ = writeln!(
         md,
         "\n![answered vs offered]({rate_png})\n\n![CPU per query]({cpu_png})\n"
@@ -755,9 +758,6 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
     }
     curves(&mut md, results);
     setups(&mut md, results);
-    for note in &results.notes {
-        let _ = writeln!(md, "- {note}");
-    }
     md
 }
 
