@@ -1,7 +1,7 @@
 //! dnsteer's kernel side.
 //!
 //! - `dnsteer_steer` (XDP, ingress of the configured interface): rewrites the
-//!   destination of a UDP or TCP packet to a listen address towards its flow's
+//!   destination of an IPv4 or IPv6 UDP or TCP packet to a listen address towards its flow's
 //!   backend (a new flow picks one from the service's ring) and hands it to the
 //!   stack (XDP_PASS), which forwards it.
 //! - `dnsteer_reply` (TC, egress of the same interface): rewrites the source of a
@@ -48,7 +48,7 @@ pub fn dnsteer_reply(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn steer(ctx: &XdpContext) -> Reason {
-    let pkt = match parse::headers4(&packet::Xdp(ctx)) {
+    let pkt = match parse::headers(&packet::Xdp(ctx)) {
         Ok(pkt) => pkt,
         Err(skip) => return skip.reason(),
     };
@@ -61,7 +61,7 @@ fn steer(ctx: &XdpContext) -> Reason {
         Ok(target) => target,
         Err(reason) => return reason,
     };
-    if nat::to_backend(ctx, &pkt, target.addr, target.port).is_none() {
+    if nat::to_backend(ctx, &pkt, &target.addr, target.port).is_none() {
         return Reason::Malformed;
     }
     stats::backend(target.slot, packet::Xdp(ctx).len() as u64, target.new_flow);
@@ -70,10 +70,10 @@ fn steer(ctx: &XdpContext) -> Reason {
 
 #[inline(always)]
 fn reply(ctx: &TcContext) -> Option<Reason> {
-    // Anything that is not a well-formed IPv4 UDP or TCP packet (or an ICMP error
-    // about one) is not a reply of ours and is not counted here: egress carries
-    // all of the node's traffic.
-    let pkt = match parse::headers4(&packet::Tc(ctx)) {
+    // Anything that is not a well-formed IPv4 or IPv6 UDP or TCP packet (or an
+    // ICMP error about an IPv4 one) is not a reply of ours and is not counted
+    // here: egress carries all of the node's traffic.
+    let pkt = match parse::headers(&packet::Tc(ctx)) {
         Ok(pkt) => pkt,
         Err(Skip::NotUdpOrTcp) => return icmp::error(ctx),
         Err(_) => return None,
@@ -81,7 +81,7 @@ fn reply(ctx: &TcContext) -> Option<Reason> {
     let Some(asked) = flow::reply(&pkt) else {
         return select::backend_source(&pkt).then_some(Reason::ReplyNoFlow);
     };
-    Some(match nat::to_service(ctx, &pkt, asked.addr, asked.port) {
+    Some(match nat::to_service(ctx, &pkt, &asked.addr, asked.port) {
         Ok(()) => Reason::ReplyRewritten,
         Err(_) => Reason::Malformed,
     })
