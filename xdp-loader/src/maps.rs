@@ -2,14 +2,18 @@
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapInfo, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use log::warn;
-use xdp_common::{Backend, BackendCounter, Endpoint, FlowSettings, Ring, ServiceConf, names};
+use xdp_common::{
+    BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FlowKey, FlowSettings,
+    FlowValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, RING_ENTRIES, Ring,
+    ServiceConf, names,
+};
 
 use crate::{EBPF_OBJECT, live::Store};
 
@@ -36,6 +40,100 @@ pub fn load_pinned(flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
     loader.load(EBPF_OBJECT).context(
         "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
     )
+}
+
+/// A map's shape: key size, value size (per CPU for per-CPU maps) and entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub key: u32,
+    pub value: u32,
+    /// None: set from the config (`FLOWS`, checked on its own).
+    pub entries: Option<u32>,
+}
+
+const fn layout<K, V>(entries: Option<u32>) -> Layout {
+    Layout {
+        key: size_of::<K>() as u32,
+        value: size_of::<V>() as u32,
+        entries,
+    }
+}
+
+/// Every map this binary's programs use, by name, with the shape they expect.
+pub const LAYOUTS: [(&str, Layout); 12] = [
+    (
+        names::SERVICES,
+        layout::<Endpoint, u32>(Some(MAX_LISTENERS)),
+    ),
+    (
+        names::SERVICE_CONF,
+        layout::<u32, ServiceConf>(Some(MAX_SERVICES)),
+    ),
+    (names::RINGS, layout::<u32, Ring>(Some(RING_ENTRIES))),
+    (names::ACTIVE_RING, layout::<u32, u32>(Some(MAX_SERVICES))),
+    (names::BACKENDS, layout::<u32, Backend>(Some(BACKEND_SLOTS))),
+    (
+        names::BACKEND_STATS,
+        layout::<u32, BackendCounter>(Some(BACKEND_SLOTS)),
+    ),
+    (
+        names::BACKEND_SOURCES,
+        layout::<Endpoint, u32>(Some(MAX_BACKEND_SOURCES)),
+    ),
+    (names::NTH_STATE, layout::<u32, u32>(Some(MAX_SERVICES))),
+    (names::FLOWS, layout::<FlowKey, FlowValue>(None)),
+    (names::FLOW_SETTINGS, layout::<u32, FlowSettings>(Some(1))),
+    (
+        names::FLOW_EVENTS,
+        layout::<u32, u64>(Some(FLOW_EVENT_COUNT)),
+    ),
+    (names::REASONS, layout::<u32, u64>(Some(REASON_COUNT))),
+];
+
+/// Why a pinned map of shape `pinned` cannot serve as map `name` of shape
+/// `want`, or None when it can.
+pub fn layout_mismatch(name: &str, pinned: Layout, want: Layout) -> Option<String> {
+    let entries_differ = want.entries.is_some_and(|n| Some(n) != pinned.entries);
+    if pinned.key == want.key && pinned.value == want.value && !entries_differ {
+        return None;
+    }
+    let shape = |l: Layout| {
+        let entries = l
+            .entries
+            .map_or(String::new(), |n| format!("{n} entries, "));
+        format!("{entries}{}-byte keys, {}-byte values", l.key, l.value)
+    };
+    Some(format!(
+        "{name} has {}, this dnsteer's programs need {}",
+        shape(pinned),
+        shape(Layout {
+            entries: want.entries.or(pinned.entries),
+            ..want
+        })
+    ))
+}
+
+/// Refuses to adopt maps pinned under `dir` by a dnsteer whose map layouts
+/// differ from this one's (an upgrade that widened addresses for IPv6, or
+/// added a reason counter): the programs would read them wrong.
+pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
+    for (name, want) in LAYOUTS {
+        let path = dir.join(name);
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        let pinned = Layout {
+            key: info.key_size(),
+            value: info.value_size(),
+            entries: Some(info.max_entries()),
+        };
+        if let Some(why) = layout_mismatch(name, pinned, want) {
+            bail!(
+                "the persistent data path under {} was made by a dnsteer with other map layouts ({why}), so it cannot be adopted; `dnsteer stop` it first (its flows are lost), then start this one",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The maps of a loaded object. It owns the `Ebpf`, and with it the program links.
@@ -176,5 +274,42 @@ impl Store for KernelMaps {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_shared_types_and_say_what_differs() {
+        let flows = LAYOUTS.iter().find(|(n, _)| *n == names::FLOWS).unwrap().1;
+        assert_eq!((flows.key, flows.value, flows.entries), (40, 32, None));
+        assert_eq!(LAYOUTS.map(|(n, _)| n), names::ALL);
+        let want = layout::<Endpoint, u32>(Some(MAX_LISTENERS));
+        assert_eq!(layout_mismatch("SERVICES", want, want), None);
+        // The IPv4-only layout of SERVICES: 8-byte keys.
+        let old = Layout { key: 8, ..want };
+        assert_eq!(
+            layout_mismatch("SERVICES", old, want).unwrap(),
+            "SERVICES has 1024 entries, 8-byte keys, 4-byte values, this dnsteer's programs need 1024 entries, 20-byte keys, 4-byte values"
+        );
+        // A reason counter more: the array is one entry short.
+        let reasons = layout::<u32, u64>(Some(REASON_COUNT));
+        let short = Layout {
+            entries: Some(REASON_COUNT - 1),
+            ..reasons
+        };
+        assert!(
+            layout_mismatch("REASONS", short, reasons)
+                .unwrap()
+                .contains("9 entries")
+        );
+        // The flow table's size is the config's business, not the layout's.
+        let sized = Layout {
+            entries: Some(4096),
+            ..flows
+        };
+        assert_eq!(layout_mismatch("FLOWS", sized, flows), None);
     }
 }

@@ -124,6 +124,7 @@ impl Instance {
         let ebpf = if adopt {
             // From here on a failure must leave the old data path as it is.
             pins.persist = true;
+            maps::check_pinned_layouts(pins.dir())?;
             check_flow_size(pins.dir(), config.flows.size)?;
             maps::load_pinned(config.flows.size, Some(pins.dir()))?
         } else {
