@@ -313,8 +313,10 @@ fn protocol_name(mask: u8) -> &'static str {
     }
 }
 
+/// Sorted, each once: a udp+tcp service has one `SERVICES` entry per protocol.
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
+    v.dedup();
     v
 }
 
