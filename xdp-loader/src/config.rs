@@ -1458,6 +1458,12 @@ backends = ["[fd00::2]:53"]
             health.expect_rcode.map(|r| r.to_string()).as_deref(),
             Some("NOERROR")
         );
+        // ... and the IPv6 service beside it.
+        let dns6 = &config.services[1];
+        assert_eq!(dns6.name, "dns6");
+        assert_eq!(dns6.listen[0].to_string(), "[2001:db8::10]:53");
+        assert_eq!(dns6.backends.len(), 4);
+        assert!(dns6.backends.iter().all(|b| b.addr.is_ipv6()));
     }
 
     #[test]
