@@ -161,7 +161,11 @@ fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
     assert!(!answer.is_empty(), "no answer with no loader running");
     let orphan = snapshot(&dnsteer);
     assert!(!orphan.running && orphan.persistent, "{orphan:?}");
-    assert_eq!(steered(&orphan), steered(&after) + 1, "the kdig query, steered");
+    assert_eq!(
+        steered(&orphan),
+        steered(&after) + 1,
+        "the kdig query, steered"
+    );
     let out = dnsteer.stop_command().expect("dnsteer stop");
     assert!(out.contains("detached"), "{out}");
     let link = topo.node.run(&["ip", "link", "show", &iface]).unwrap();
