@@ -808,10 +808,12 @@ fn xdp_service_without_backends_passes_with_no_backend() {
     let mut prog = Loaded::new(CONFIG);
     // Live refuses a service without an active backend; the data path must still
     // cope, so write such services straight into the maps: 9 and 10 with an empty
-    // ring (nth, random), 11 with a ring naming a slot that holds no backend.
+    // ring (nth, random), 11 with a ring naming a slot that holds no backend;
+    // 12 (IPv4) and 13 (IPv6) with rings naming an active backend of the other
+    // family, which live refuses too and a packet cannot be rewritten to.
     let ebpf = prog.ebpf_mut();
     let mut confs: Array<_, ServiceConf> = maps::typed(ebpf, names::SERVICE_CONF).unwrap();
-    for id in 9..12 {
+    for id in 9..14 {
         confs
             .set(
                 id,
@@ -830,27 +832,52 @@ fn xdp_service_without_backends_passes_with_no_backend() {
     };
     rings.set(ring_key(9, 1), Ring::default(), 0).unwrap();
     rings.set(ring_key(10, 1), random, 0).unwrap();
-    rings
-        .set(
-            ring_key(11, 1),
-            Ring {
-                len: 1,
-                ..Ring::default()
-            },
-            0,
-        )
+    for id in 11..14 {
+        rings
+            .set(
+                ring_key(id, 1),
+                Ring {
+                    len: 1,
+                    ..Ring::default()
+                },
+                0,
+            )
+            .unwrap();
+    }
+    let mut backends: Array<_, Backend> = maps::typed(ebpf, names::BACKENDS).unwrap();
+    let active_at = |addr: IpAddr| Backend {
+        addr: a(addr),
+        port: 53u16.to_be_bytes(),
+        state: backend_state::ACTIVE,
+        _pad: 0,
+        weight: 1,
+    };
+    let (b4, b6) = (*B[0].ip(), *B6[0].ip());
+    backends
+        .set(backend_slot(12, 0), active_at(b6.into()), 0)
+        .unwrap();
+    backends
+        .set(backend_slot(13, 0), active_at(b4.into()), 0)
         .unwrap();
     let mut active: Array<_, u32> = maps::typed(ebpf, names::ACTIVE_RING).unwrap();
-    for id in 9..12 {
+    for id in 9..14 {
         active.set(id, 1, 0).unwrap();
     }
     let mut services: HashMap<_, Endpoint, u32> = maps::typed(ebpf, names::SERVICES).unwrap();
     let listen =
         |id: u32, proto| Endpoint::new(a([192, 0, 2, 21 + id as u8]), 53u16.to_be_bytes(), proto);
-    for id in 9..12 {
+    for id in 9..13 {
         services.insert(listen(id, PROTO_UDP), id, 0).unwrap();
         services.insert(listen(id, PROTO_TCP), id, 0).unwrap();
     }
+    let v6_listen = sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x33], 53);
+    services
+        .insert(
+            Endpoint::new(a(*v6_listen.ip()), 53u16.to_be_bytes(), PROTO_UDP),
+            13,
+            0,
+        )
+        .unwrap();
     let to = |id: u8| sock(192, 0, 2, 21 + id, 53);
     prog.check(&[
         passed(
@@ -868,6 +895,18 @@ fn xdp_service_without_backends_passes_with_no_backend() {
         passed(
             "ring naming a slot without an active backend",
             query(to(11)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "IPv4 service whose ring names an IPv6 backend",
+            query(to(12)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "IPv6 service whose ring names an IPv4 backend",
+            query(v6_listen).bytes(),
             Reason::NoBackend,
             MISS,
         ),
