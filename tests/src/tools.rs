@@ -57,6 +57,7 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "named" => "bind9",
         "kdig" => "knot-dnsutils",
         "sysctl" => "procps",
+        "ethtool" => "ethtool",
         _ => return None,
     })
 }

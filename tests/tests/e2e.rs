@@ -229,3 +229,84 @@ fn refuses_a_second_instance_and_bad_configs() {
         "a refused config left XDP attached: {link}"
     );
 }
+
+#[test]
+fn limits_size_the_maps_and_stats_report_their_memory() {
+    let topo = Topology::build(TopologyConfig {
+        node_iface: "lm0".into(),
+        dns: false,
+        ..TopologyConfig::default()
+    })
+    .expect("topology");
+    let iface = &topo.config.node_iface;
+    let bin = binary().unwrap();
+    let config = service_config(
+        iface,
+        "nth",
+        &topo.service_targets(),
+        &topo.backend_targets(),
+    );
+    let rings = |s: &Snapshot| {
+        s.maps
+            .iter()
+            .find(|m| m.name == "RINGS")
+            .expect("RINGS in stats")
+            .clone()
+    };
+
+    let mut dnsteer = Dnsteer::start(&topo.node, &bin, iface, &config).expect("dnsteer");
+    let small = snapshot(&dnsteer);
+    dnsteer.stop().unwrap();
+    assert_eq!(
+        (
+            small.capacity.services,
+            small.capacity.listeners,
+            small.capacity.backends_per_service,
+            small.capacity.flow_records
+        ),
+        (256, 1024, 64, 65536)
+    );
+    assert_eq!(
+        small.maps.len(),
+        xdp_common::names::ALL.len(),
+        "{:?}",
+        small.maps
+    );
+    assert!(
+        small.maps.iter().all(|m| m.memory_bytes > 0),
+        "{:?}",
+        small.maps
+    );
+    assert_eq!(
+        small.memory_bytes,
+        small.maps.iter().map(|m| m.memory_bytes).sum::<u64>()
+    );
+    // Two rings of 8 KiB per service, at least.
+    let ring = rings(&small);
+    assert_eq!(ring.max_entries, 512);
+    assert!(
+        ring.memory_bytes >= 512 * u64::from(ring.value_size),
+        "{ring:?}"
+    );
+
+    let raised = format!("{config}\n[limits]\nservices = 2048\nlisteners = 4096\n");
+    let dnsteer = Dnsteer::start(&topo.node, &bin, iface, &raised).expect("dnsteer, raised limits");
+    let big = snapshot(&dnsteer);
+    assert_eq!(
+        (big.capacity.services, big.capacity.listeners),
+        (2048, 4096)
+    );
+    assert_eq!(rings(&big).max_entries, 4096);
+    assert!(
+        big.memory_bytes > small.memory_bytes + 3584 * 8192,
+        "{} vs {}",
+        big.memory_bytes,
+        small.memory_bytes
+    );
+    let text = dnsteer.stats(&[]).unwrap();
+    assert!(
+        text.contains("capacity  services 2048  listeners 4096  backends/service 64"),
+        "{text}"
+    );
+    assert!(text.contains("memory  "), "{text}");
+}

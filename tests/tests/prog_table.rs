@@ -21,14 +21,14 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use dnsteer::{
-    TC_PROGRAM, XDP_PROGRAM, config,
+    REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, config,
     live::{Change, Live},
     maps::{self, KernelMaps},
 };
 use xdp_common::{
-    Addr, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue,
-    MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode, ServiceConf, addr_of,
-    backend_slot, backend_state, csum, direction, names,
+    Addr, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf,
+    ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode,
+    ServiceConf, addr_of, backend_slot, backend_state, csum, direction, forward, names,
     parse::{icmp, ipv6, tcp},
     ring_key,
     select::smooth_ring,
@@ -36,6 +36,7 @@ use xdp_common::{
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
 /// TCP's push flag (`xdp_common::parse::tcp` names only those the kernel reads).
 const PSH: u8 = 0x08;
 
@@ -2373,4 +2374,114 @@ fn ipv4_and_ipv6_flows_share_one_run_and_stick() {
         },
         "the flow's eight packets and new flow 4"
     );
+}
+
+/// Backends whose addresses differ from their service's from the first byte
+/// on, as unique local backends behind a global address do.
+const FAST_PATH_CONFIG: &str = r#"
+interface = "lo"
+
+[[service]]
+name = "dns"
+listen = ["192.0.2.10:53"]
+backends = ["10.66.0.2:53"]
+
+[[service]]
+name = "dns6"
+listen = ["[2001:db8::10]:53"]
+backends = ["[fd00:66::2]:53"]
+"#;
+
+/// `frame` (untagged, IPv4 without options or IPv6) with its TTL or hop limit
+/// one lower, the IPv4 header checksum computed again from scratch.
+fn hop_taken(mut frame: Vec<u8>) -> Vec<u8> {
+    if frame[12..14] == [0x86, 0xdd] {
+        frame[14 + ipv6::HOP_LIMIT] -= 1;
+    } else {
+        frame[14 + 8] -= 1;
+        frame[24..26].fill(0);
+        let c = csum::ipv4_header(&frame[14..34]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+    frame
+}
+
+/// The fast path's reply program (`dnsteer_reply_in`, on the ingress of the
+/// backends' interfaces): a reply translated as on egress, its TTL or hop
+/// limit one lower and nothing else changed (IPv6's source address, which
+/// follows the hop limit, included), then redirected.
+#[test]
+fn tc_reply_in_translates_takes_a_hop_and_redirects() {
+    pin_to_cpu0();
+    let mut prog = Loaded::new(FAST_PATH_CONFIG);
+    let reply_in: &mut SchedClassifier = prog
+        .ebpf_mut()
+        .program_mut(REPLY_IN_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    reply_in
+        .load()
+        .expect("verifier accepts the reply_in program");
+    let vip4 = sock(192, 0, 2, 10, 53);
+    let vip6 = sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10], 53);
+    let backend4 = sock(10, 66, 0, 2, 53);
+    let backend6 = sock6([0xfd00, 0x66, 0, 0, 0, 0, 0, 2], 53);
+    // Steered with the fast path off: the flows' records are what matters.
+    let (q4, q6) = (query(vip4).sport(56000), query(vip6).sport(56001));
+    prog.check(&[
+        steered("IPv4 query", &q4, backend4, NEW_FLOW),
+        steered("IPv6 query", &q6, backend6, NEW_FLOW),
+    ]);
+    maps::write_forward(
+        prog.ebpf_mut(),
+        &ForwardConf {
+            mode: forward::REDIRECT,
+            client_ifindex: 1,
+        },
+    )
+    .expect("FORWARD");
+
+    let forward_events =
+        |prog: &Loaded| prog.counters(names::FORWARD_EVENTS, ForwardEvent::ALL.len());
+    for (answer, asked) in [
+        (q4.clone().to(backend4).answer(), SocketAddr::from(vip4)),
+        (q6.clone().to(backend6).answer(), SocketAddr::from(vip6)),
+    ] {
+        let what = format!("reply from {} to {}", answer.src, answer.dst);
+        let (reasons, events) = (prog.reasons(), forward_events(&prog));
+        let (action, out) = prog.run(REPLY_IN_PROGRAM, &answer.bytes());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: action");
+        assert_eq!(
+            out,
+            hop_taken(answer.clone().from(asked).bytes()),
+            "{what}: translated, one hop taken, nothing else changed"
+        );
+        assert_eq!(
+            moved(&Reason::ALL, &reasons, &prog.reasons()),
+            [(Reason::ReplyRewritten, 1)],
+            "{what}: REASONS"
+        );
+        assert_eq!(
+            moved(&ForwardEvent::ALL, &events, &forward_events(&prog)),
+            [(ForwardEvent::ReplyRedirected, 1)],
+            "{what}: FORWARD_EVENTS"
+        );
+    }
+    let (_, out) = prog.run(REPLY_IN_PROGRAM, &q6.clone().to(backend6).answer().bytes());
+    assert_eq!(&out[22..38], &vip6.ip().octets(), "IPv6 source");
+    assert_eq!(
+        ipv6_l4_checksum(&out),
+        0,
+        "IPv6 reply checksum from scratch"
+    );
+
+    // A reply with one hop left is the stack's (it sends the time exceeded),
+    // untouched here and counted by no one.
+    let mut last_hop = q6.clone().to(backend6).answer().bytes();
+    last_hop[14 + ipv6::HOP_LIMIT] = 1;
+    let reasons = prog.reasons();
+    let (action, out) = prog.run(REPLY_IN_PROGRAM, &last_hop);
+    assert_eq!((action, &out), (TC_ACT_OK, &last_hop), "hop limit 1");
+    assert_eq!(prog.reasons(), reasons, "hop limit 1: REASONS");
 }

@@ -68,6 +68,16 @@ fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
     )
     .expect("dnsteer");
     let before = snapshot(&dnsteer);
+    // The pins (maps and links) are root's alone.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&dnsteer.pin_dir()), 0o700);
+    for entry in std::fs::read_dir(dnsteer.pin_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
 
     let load = PacedLoad::new(topo.service_targets(), WHOAMI_NAME, RATE, RUN);
     let start = Instant::now();
@@ -251,8 +261,8 @@ fn adopting_maps_of_another_layout_is_refused_and_the_data_path_stays() {
         .expect_err("adopting maps of another layout must be refused");
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("SERVICES has 1024 entries, 8-byte keys, 4-byte values, this dnsteer's programs need 1024 entries, 20-byte keys")
-            && msg.contains("`dnsteer stop` it first"),
+        msg.contains("map SERVICES is laid out by another dnsteer version (8-byte keys, 4-byte values; this one uses 20 and 4)")
+            && msg.contains("`dnsteer stop` it"),
         "{msg}"
     );
     let target = topo.service_targets()[0];
@@ -265,4 +275,43 @@ fn adopting_maps_of_another_layout_is_refused_and_the_data_path_stays() {
         !link.contains("xdp"),
         "dnsteer stop left XDP attached: {link}"
     );
+}
+
+/// Adoption compares pinned maps with `maps::layouts`: it must describe the
+/// object this build loads, map for map.
+#[test]
+fn adoption_layouts_describe_the_loaded_object() {
+    use dnsteer::{config::Limits, maps};
+
+    let limits = Limits {
+        services: 300,
+        listeners: 700,
+    };
+    // Pinned by the loader, as a persistent instance's are, and read back.
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/dnsteer-test-layouts-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a directory on the BPF filesystem");
+    let ebpf = maps::load_pinned(&limits, 4096, Some(&dir));
+    let read = |name: &str| aya::maps::MapInfo::from_pin(dir.join(name));
+    let found: Vec<_> = maps::layouts(&limits, 4096)
+        .into_iter()
+        .map(|(name, key, value, entries)| {
+            let info = read(name).map(|i| {
+                (
+                    i.key_size() as usize,
+                    i.value_size() as usize,
+                    i.max_entries(),
+                )
+            });
+            (name, info.ok(), (key, value, entries))
+        })
+        .collect();
+    drop(ebpf);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.len(), xdp_common::names::ALL.len());
+    for (name, pinned, wanted) in found {
+        assert_eq!(pinned, Some(wanted), "{name}");
+    }
 }

@@ -24,9 +24,11 @@ pub mod names {
     pub const FLOW_SETTINGS: &str = "FLOW_SETTINGS";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const REASONS: &str = "REASONS";
+    pub const FORWARD: &str = "FORWARD";
+    pub const FORWARD_EVENTS: &str = "FORWARD_EVENTS";
 
     /// Every map the loader pins, in a fixed order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         SERVICE_CONF,
         RINGS,
@@ -39,6 +41,8 @@ pub mod names {
         FLOW_SETTINGS,
         FLOW_EVENTS,
         REASONS,
+        FORWARD,
+        FORWARD_EVENTS,
     ];
 }
 
@@ -425,6 +429,70 @@ pub enum FlowEvent {
 
 pub const FLOW_EVENT_COUNT: u32 = 6;
 
+/// `FORWARD[0]`: how steered packets leave the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardConf {
+    /// `forward::STACK` or `forward::REDIRECT`.
+    pub mode: u32,
+    /// The steering interface: where the reply fast path sends translated replies.
+    pub client_ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<ForwardConf>() == 8);
+
+/// `ForwardConf::mode` values.
+pub mod forward {
+    /// `XDP_PASS` every steered query; the stack routes it and the replies.
+    pub const STACK: u32 = 0;
+    /// Forward without the stack where the kernel's FIB knows the way: queries
+    /// with `XDP_REDIRECT`/`XDP_TX`, replies with `bpf_redirect_neigh`.
+    pub const REDIRECT: u32 = 1;
+}
+
+/// What the fast path did (`FORWARD_EVENTS`, per CPU), on top of the packet's reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardEvent {
+    /// A steered query sent out another interface with `XDP_REDIRECT`.
+    Redirected = 0,
+    /// A steered query sent back out the interface it came in on with `XDP_TX`.
+    Transmitted = 1,
+    /// A steered query handed to the stack: the FIB had no answer yet (no
+    /// neighbour entry, no route, MTU exceeded) or the frame was VLAN-tagged.
+    Passed = 2,
+    /// A steered query whose TTL would expire, handed to the stack to answer.
+    TtlExpired = 3,
+    /// A translated reply sent straight out the steering interface.
+    ReplyRedirected = 4,
+    /// A translated reply the redirect failed for, left to the stack.
+    ReplyPassed = 5,
+}
+
+pub const FORWARD_EVENT_COUNT: u32 = 6;
+
+impl ForwardEvent {
+    pub const ALL: [ForwardEvent; FORWARD_EVENT_COUNT as usize] = [
+        ForwardEvent::Redirected,
+        ForwardEvent::Transmitted,
+        ForwardEvent::Passed,
+        ForwardEvent::TtlExpired,
+        ForwardEvent::ReplyRedirected,
+        ForwardEvent::ReplyPassed,
+    ];
+
+    /// The stable name used in `dnsteer stats` text and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForwardEvent::Redirected => "redirected",
+            ForwardEvent::Transmitted => "transmitted",
+            ForwardEvent::Passed => "passed",
+            ForwardEvent::TtlExpired => "ttl_expired",
+            ForwardEvent::ReplyRedirected => "reply_redirected",
+            ForwardEvent::ReplyPassed => "reply_passed",
+        }
+    }
+}
+
 impl FlowEvent {
     pub const ALL: [FlowEvent; FLOW_EVENT_COUNT as usize] = [
         FlowEvent::Hit,
@@ -520,6 +588,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Ring {}
     unsafe impl aya::Pod for super::BackendCounter {}
+    unsafe impl aya::Pod for super::ForwardConf {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowSettings {}

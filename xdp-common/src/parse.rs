@@ -29,6 +29,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// Field offsets inside the IPv4 header.
 pub mod ipv4 {
     pub const TOT_LEN: usize = 2;
+    /// TTL, then the protocol: one 16-bit word of the header checksum.
+    pub const TTL: usize = 8;
     pub const FRAG: usize = 6;
     pub const PROTO: usize = 9;
     pub const CHECK: usize = 10;
@@ -42,6 +44,9 @@ pub mod ipv4 {
 /// values are extension headers.
 pub mod ipv6 {
     pub const PAYLOAD_LEN: usize = 4;
+    pub const HOP_LIMIT: usize = 7;
+    /// The fixed header's length, which the payload length does not count.
+    pub const HLEN: usize = 40;
     pub const NEXT: usize = 6;
     pub const SRC: usize = 8;
     pub const DST: usize = 24;

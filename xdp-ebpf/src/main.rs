@@ -7,13 +7,19 @@
 //! - `dnsteer_reply` (TC, egress of the same interface): rewrites the source of a
 //!   backend's reply back to the address the client asked, from the flow's record,
 //!   and translates ICMP errors about a steered flow the same way.
+//! - With `forward = "redirect"`, steered queries leave through the FIB's next
+//!   hop without the stack, and `dnsteer_reply_in` (TC, ingress of the
+//!   interfaces the backends are routed through) translates replies there and
+//!   sends them straight out the steering interface. See `forward.rs`.
 //!
 //! Every packet leaves unchanged unless it is fully understood, and bumps exactly
 //! one `REASONS` counter saying why it went the way it went.
 #![no_std]
 #![no_main]
 
+mod bench;
 mod flow;
+mod forward;
 mod icmp;
 mod maps;
 mod nat;
@@ -34,10 +40,10 @@ use xdp_common::{
 
 #[xdp]
 pub fn dnsteer_steer(ctx: XdpContext) -> u32 {
-    stats::count(steer(&ctx));
-    xdp_action::XDP_PASS
+    let (reason, action) = steer(&ctx);
+    stats::count(reason);
+    action
 }
-
 #[classifier]
 pub fn dnsteer_reply(ctx: TcContext) -> i32 {
     if let Some(reason) = reply(&ctx) {
@@ -46,26 +52,57 @@ pub fn dnsteer_reply(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+#[classifier]
+pub fn dnsteer_reply_in(ctx: TcContext) -> i32 {
+    match reply_in(&ctx) {
+        Some((reason, action)) => {
+            stats::count(reason);
+            action
+        }
+        None => TC_ACT_OK,
+    }
+}
+
+/// The reason to count and the action: `XDP_PASS` unless the fast path sent it.
 #[inline(always)]
-fn steer(ctx: &XdpContext) -> Reason {
+fn steer(ctx: &XdpContext) -> (Reason, u32) {
+    let pass = |reason| (reason, xdp_action::XDP_PASS);
     let pkt = match parse::headers(&packet::Xdp(ctx)) {
         Ok(pkt) => pkt,
-        Err(skip) => return skip.reason(),
+        Err(skip) => return pass(skip.reason()),
     };
     let Some(service) = select::service(&pkt) else {
-        return Reason::NotService;
+        return pass(Reason::NotService);
     };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let target = match flow::query(&pkt, service, now) {
         Ok(target) => target,
-        Err(reason) => return reason,
+        Err(reason) => return pass(reason),
     };
     if nat::to_backend(ctx, &pkt, &target.addr, target.port).is_none() {
-        return Reason::Malformed;
+        return pass(Reason::Malformed);
     }
     stats::backend(target.slot, packet::Xdp(ctx).len() as u64, target.new_flow);
-    Reason::Steered
+    (Reason::Steered, forward::query(ctx, &pkt))
+}
+
+/// The fast path's reply side; `None` leaves the packet to the stack and the
+/// egress program, uncounted here.
+#[inline(always)]
+fn reply_in(ctx: &TcContext) -> Option<(Reason, i32)> {
+    let client_ifindex = forward::enabled()?;
+    let pkt = parse::headers(&packet::Tc(ctx)).ok()?;
+    // Checked before the record is read: a FIN or RST acts on it once.
+    let word = forward::ttl_left(ctx, &pkt)?;
+    let asked = flow::reply(&pkt)?;
+    if nat::to_service(ctx, &pkt, &asked.addr, asked.port).is_err() {
+        return Some((Reason::Malformed, TC_ACT_OK));
+    }
+    Some((
+        Reason::ReplyRewritten,
+        forward::reply(ctx, &pkt, word, client_ifindex),
+    ))
 }
 
 #[inline(always)]

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use xdp_common::{
-    BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT, FlowKey,
-    FlowSettings, FlowValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT,
-    RING_ENTRIES, Ring, ServiceConf,
+    BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT,
+    FORWARD_EVENT_COUNT, FlowKey, FlowSettings, FlowValue, ForwardConf, MAX_BACKEND_SOURCES,
+    MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, RING_ENTRIES, Ring, ServiceConf,
 };
 
 /// Listen address (or `*`, address 0), port and protocol -> service id.
@@ -63,3 +63,11 @@ pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EV
 /// `Reason` -> packets, per CPU.
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// `[0]`: `forward = "stack"` or `"redirect"`, and where replies go.
+#[map]
+pub static FORWARD: Array<ForwardConf> = Array::with_max_entries(1, 0);
+
+/// `ForwardEvent` -> count, per CPU.
+#[map]
+pub static FORWARD_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FORWARD_EVENT_COUNT, 0);

@@ -35,6 +35,12 @@ pub const MAX_FLOW_SIZE: u32 = 1 << 24;
 pub const MIN_FLOW_TIMEOUT: Duration = Duration::from_millis(100);
 /// The longest flow timeout.
 pub const MAX_FLOW_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The most services `[limits] services` may ask for: each costs two rings of
+/// 8 KiB and 64 backend slots in the kernel.
+pub const MAX_LIMIT_SERVICES: u32 = 16384;
+/// The most listen entries `[limits] listeners` may ask for.
+pub const MAX_LIMIT_LISTENERS: u32 = 1 << 20;
+
 /// The shortest and longest `[service.health] interval`.
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -49,12 +55,35 @@ pub struct Config {
     /// The interface the program attaches to.
     pub interface: String,
     pub xdp_mode: XdpModeSetting,
+    /// How steered packets leave the node (`forward`).
+    pub forward: Forward,
     pub services: Vec<Service>,
     /// The flow-affinity table: `[flows]`, or its defaults.
     pub flows: FlowSettings,
     /// Leave the data path running when `dnsteer run` exits, and adopt one
     /// left running (`--persist`).
     pub persist: bool,
+    /// The kernel maps' capacities: `[limits]`, or their defaults.
+    pub limits: Limits,
+}
+
+/// How many services and listen entries the kernel maps hold. Fixed for the
+/// life of the maps: a change needs a restart (and a persistent data path a
+/// `dnsteer stop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub services: u32,
+    /// Listen entries (address, port, protocol) over all services.
+    pub listeners: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            services: MAX_SERVICES,
+            listeners: MAX_LISTENERS,
+        }
+    }
 }
 
 /// A named group of listen entries sharing one backend set.
@@ -215,6 +244,18 @@ macro_rules! keyword_enum {
             }
         }
     };
+}
+
+keyword_enum! {
+    /// How steered packets leave the node.
+    Forward {
+        /// Queries go back to the stack (XDP_PASS), which routes them and the replies.
+        Stack = "stack",
+        /// Queries leave through the FIB's next hop from XDP, replies straight
+        /// out the steering interface from TC; the stack only where the FIB has
+        /// no answer yet.
+        Redirect = "redirect",
+    }
 }
 
 keyword_enum! {
@@ -406,18 +447,23 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     )?;
     at.interface_name(&interface)?;
     let xdp_mode = at.keyword("xdp_mode", raw.xdp_mode, XdpModeSetting::Auto)?;
+    let forward = at.keyword("forward", raw.forward, Forward::Stack)?;
 
+    let limits = at.limits(raw.limits.unwrap_or_default())?;
     if raw.service.is_empty() {
         return Err(at.missing(
             "[[service]]",
             "add at least one [[service]] with name, listen and backends",
         ));
     }
-    if raw.service.len() > MAX_SERVICES as usize {
+    if raw.service.len() > limits.services as usize {
         return Err(at.invalid(
             "[[service]]",
             entries(raw.service.len()),
-            format!("at most {MAX_SERVICES} services are supported"),
+            format!(
+                "at most {} services fit in the maps; raise [limits] services (up to {MAX_LIMIT_SERVICES})",
+                limits.services
+            ),
         ));
     }
 
@@ -446,12 +492,13 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
                     );
                     return Err(at.invalid(field, value, reason));
                 }
-                if listeners.len() > MAX_LISTENERS as usize {
+                if listeners.len() > limits.listeners as usize {
                     return Err(at.invalid(
                         field,
                         value,
                         format!(
-                            "at most {MAX_LISTENERS} listen entries over all services are supported; a udp+tcp service's entries count twice"
+                            "at most {} listen entries over all services fit in the maps (a udp+tcp service's entries count twice); raise [limits] listeners (up to {MAX_LIMIT_LISTENERS})",
+                            limits.listeners
                         ),
                     ));
                 }
@@ -463,9 +510,11 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     Ok(Config {
         interface,
         xdp_mode,
+        forward,
         services,
         flows,
         persist: raw.persist.unwrap_or(false),
+        limits,
     })
 }
 
@@ -543,10 +592,20 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
 struct RawConfig {
     interface: Option<String>,
     xdp_mode: Option<String>,
+    forward: Option<String>,
     persist: Option<bool>,
     #[serde(default)]
     service: Vec<RawService>,
     flows: Option<RawFlows>,
+    limits: Option<RawLimits>,
+}
+
+/// `[limits]`; values are checked by hand to name the field.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    services: Option<toml::Value>,
+    listeners: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -852,7 +911,7 @@ impl Origin<'_> {
         list: Option<Vec<String>>,
     ) -> Result<Vec<(Listen, String)>, ConfigError> {
         let example = r#"["192.0.2.10:53"], ["[2001:db8::10]:53"] or ["*:53"]"#;
-        let list = self.list(at, "listen", list, MAX_LISTENERS, example)?;
+        let list = self.list(at, "listen", list, MAX_LIMIT_LISTENERS, example)?;
         let mut seen = HashMap::new();
         list.iter()
             .enumerate()
@@ -965,6 +1024,29 @@ impl Origin<'_> {
             })?,
         };
         Ok((BackendSpec { addr, weight }, addr_field, value))
+    }
+
+    fn limits(self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let default = Limits::default();
+        let count = |key: &str, value: Option<toml::Value>, default: u32, max: u32| match value {
+            None => Ok(default),
+            Some(v) => toml_integer(&v, 1, max, &format!("use an integer from 1 to {max}"))
+                .map_err(|reason| self.invalid(format_args!("limits.{key}"), written(&v), reason)),
+        };
+        Ok(Limits {
+            services: count(
+                "services",
+                raw.services,
+                default.services,
+                MAX_LIMIT_SERVICES,
+            )?,
+            listeners: count(
+                "listeners",
+                raw.listeners,
+                default.listeners,
+                MAX_LIMIT_LISTENERS,
+            )?,
+        })
     }
 
     fn flows(self, raw: RawFlows) -> Result<FlowSettings, ConfigError> {
@@ -1396,6 +1478,7 @@ backends = ["[fd00::2]:53"]
         let expected = Config {
             interface: "eth3".to_owned(),
             xdp_mode: XdpModeSetting::Auto,
+            forward: Forward::Stack,
             services: vec![Service {
                 name: "dns".to_owned(),
                 listen: vec![
@@ -1415,6 +1498,7 @@ backends = ["[fd00::2]:53"]
             }],
             flows: FlowSettings::default(),
             persist: false,
+            limits: Limits::default(),
         };
         assert_eq!(parse_str(EXAMPLE).unwrap(), expected);
     }
@@ -1595,6 +1679,38 @@ backends = ["[fd00::2]:53"]
         // `[flows]` may come before the services.
         let text = BASE.replacen("[[service]]", "[flows]\nsize = 2048\n[[service]]", 1);
         assert_eq!(parse_str(&text).unwrap().flows.size, 2048);
+    }
+
+    #[test]
+    fn limits_table() {
+        assert_eq!(parse_str(BASE).unwrap().limits, Limits::default());
+        let text = format!("{BASE}[limits]\nservices = 10000\nlisteners = 20000\n");
+        assert_eq!(
+            parse_str(&text).unwrap().limits,
+            Limits {
+                services: 10000,
+                listeners: 20000
+            }
+        );
+        // Raised, more services than the default fit.
+        let many: String = (0..=MAX_SERVICES)
+            .map(|i| format!("[[service]]\nname = \"s{i}\"\nlisten = [\"192.0.2.1:{}\"]\nbackends = [\"10.0.0.2:53\"]\n", i + 1))
+            .collect();
+        let text = format!(
+            "interface = \"eth3\"\n{many}[limits]\nservices = {}\n",
+            MAX_SERVICES + 1
+        );
+        assert_eq!(
+            parse_str(&text).unwrap().services.len(),
+            MAX_SERVICES as usize + 1
+        );
+        let err = parse_str(&format!("interface = \"eth3\"\n{many}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at most 256 services fit in the maps"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1896,7 +2012,7 @@ backends = ["[fd00::2]:53"]
             (protocols("udp", "udp+tcp"), r#"service[1] "b": listen[0] = "192.0.2.10:53""#, r#"service[0] "dns" listens on 192.0.2.10:53 (udp) already"#),
             (protocols("tcp", "tcp"), r#"service[1] "b": listen[0] = "192.0.2.10:53""#, "(tcp) already; an address, port and protocol belong to one service"),
             (and_service("b", &listeners), r#"service[1] "b": listen[1023] = "192.0.2.11:1024""#, "at most 1024 listen entries"),
-            (both, r#"service[0] "dns": listen[512] = "192.0.2.11:513""#, "at most 1024 listen entries over all services are supported; a udp+tcp service's entries count twice"),
+            (both, r#"service[0] "dns": listen[512] = "192.0.2.11:513""#, "at most 1024 listen entries over all services fit in the maps (a udp+tcp service's entries count twice); raise [limits] listeners"),
             (BASE.replace("backends = [\"10.0.0.2:53\"]", ""), r#"service[0] "dns": backends is missing"#, "add backends = "),
             (set("backends", "[]"), r#"service[0] "dns": backends = []"#, "at least one entry"),
             (set("backends", r#""10.0.0.2:53""#), "TOML parse error at line 8", "invalid type: string"),
@@ -1940,6 +2056,13 @@ backends = ["[fd00::2]:53"]
             (set("backends", r#"["10.0.0.2:53=x"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53=x""#, "write a weighted backend as a table, e.g. { addr ="),
             (set("backends", "[53]"), r#"service[0] "dns": backends[0] = 53"#, r#"expected "ADDR:PORT" or { addr = "ADDR:PORT", weight = N }"#),
             (set("backends", r#"[["10.0.0.2:53"]]"#), r#"service[0] "dns": backends[0] = ["10.0.0.2:53"]"#, r#"expected "ADDR:PORT" or"#),
+            // [limits]
+            (format!("{BASE}[limits]\nservices = 0\n"), "limits.services = 0", "below the minimum of 1; use an integer from 1 to 16384"),
+            (format!("{BASE}[limits]\nservices = 16385\n"), "limits.services = 16385", "above the maximum of 16384"),
+            (format!("{BASE}[limits]\nlisteners = \"8\"\n"), r#"limits.listeners = "8""#, "a string; write 8 without quotes"),
+            (format!("{BASE}[limits]\nbackends = 8\n"), "TOML parse error", "unknown field `backends`, expected `services` or `listeners`"),
+            (format!("{}[limits]\nservices = 1\n", and_service("b", r#"["192.0.2.12:53"]"#)), "[[service]] = [2 entries]", "at most 1 services fit in the maps; raise [limits] services"),
+            (format!("{BASE}[limits]\nlisteners = 1\n").replace(r#"listen = ["192.0.2.10:53"]"#, r#"listen = ["192.0.2.10:53", "192.0.2.11:53"]"#), r#"service[0] "dns": listen[1] = "192.0.2.11:53""#, "at most 1 listen entries over all services fit in the maps"),
             // [service.health]
             (health("interval = \"1s\""), r#"service[0] "dns": health.query is missing"#, r#"e.g. query = "health.example. A""#),
             (health("query = \"health.example. BOGUS\""), r#"service[0] "dns": health.query = "health.example. BOGUS""#, "NAME [TYPE]"),

@@ -1,5 +1,6 @@
 //! dnsteer's userspace: configuration, the live backend state and how it reaches
-//! the maps, the running instance, its control socket and its stats.
+//! the maps, the running instance (persistent or not), its control socket,
+//! health probes, stats and Prometheus metrics.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules; the tests crate
 //! uses them directly to load the same object and fill maps the same way.
@@ -13,6 +14,7 @@ pub mod maps;
 pub mod metrics;
 pub mod pins;
 pub mod probe;
+pub mod route;
 pub mod run;
 pub mod stats;
 
@@ -23,3 +25,5 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const XDP_PROGRAM: &str = "dnsteer_steer";
 /// The TC egress program's name in `EBPF_OBJECT`.
 pub const TC_PROGRAM: &str = "dnsteer_reply";
+/// The fast path's TC ingress program's name in `EBPF_OBJECT`.
+pub const REPLY_IN_PROGRAM: &str = "dnsteer_reply_in";

@@ -187,6 +187,8 @@ pub struct Live<S: Store> {
     flow_settings: Option<FlowSettings>,
     /// Counts changes; orders slot removals.
     changes: u64,
+    /// Service ids the maps hold (`[limits] services`).
+    max_services: u32,
 }
 
 impl<S: Store> Live<S> {
@@ -199,15 +201,22 @@ impl<S: Store> Live<S> {
             sources: BTreeMap::new(),
             flow_settings: None,
             changes: 0,
+            max_services: MAX_SERVICES,
         }
+    }
+
+    /// Service ids up to `max_services` (the size the maps were loaded with).
+    pub fn with_max_services(mut self, max_services: u32) -> Self {
+        self.max_services = max_services;
+        self
     }
 
     /// The state a running data path's maps hold, written by an earlier
     /// `dnsteer run`: services, listen entries, backend slots (removed ones
     /// too, so their slots are reused last), the generation each service's
     /// ring is read from, and the flow timeouts. Writes nothing.
-    pub fn adopt(store: S) -> Result<Self> {
-        let mut live = Self::new(store);
+    pub fn adopt(store: S, max_services: u32) -> Result<Self> {
+        let mut live = Self::new(store).with_max_services(max_services);
         let mut listen_of: BTreeMap<u32, Vec<crate::config::Listen>> = BTreeMap::new();
         for (endpoint, id) in live.store.read_listens()? {
             // The wildcards come back as their family's unspecified address.
@@ -221,7 +230,7 @@ impl<S: Store> Live<S> {
             }
             live.listens.insert(endpoint, id);
         }
-        for id in 0..MAX_SERVICES {
+        for id in 0..live.max_services {
             let conf = live.store.read_conf(id)?;
             if conf.in_use == 0 {
                 continue;
@@ -522,11 +531,14 @@ impl<S: Store> Live<S> {
     fn add_service(&mut self, service: &Service) -> Result<u32> {
         let id = match self.services.iter().position(Option::is_none) {
             Some(free) => free,
-            None if self.services.len() < MAX_SERVICES as usize => {
+            None if self.services.len() < self.max_services as usize => {
                 self.services.push(None);
                 self.services.len() - 1
             }
-            None => bail!("at most {MAX_SERVICES} services are supported"),
+            None => bail!(
+                "at most {} services fit in the maps ([limits] services)",
+                self.max_services
+            ),
         } as u32;
         self.services[id as usize] = Some(ServiceState {
             name: service.name.clone(),
@@ -1300,7 +1312,7 @@ mod tests {
     fn restarted(live: Live<Fake>) -> Live<Fake> {
         let fake = live.store;
         let mark = fake.log.len();
-        let adopted = Live::adopt(fake).unwrap();
+        let adopted = Live::adopt(fake, MAX_SERVICES).unwrap();
         assert_eq!(
             adopted.store().log.len(),
             mark,
@@ -1377,7 +1389,7 @@ udp_idle_timeout = "2s"
 
     #[test]
     fn adopting_empty_maps_finds_nothing() {
-        let live = Live::adopt(Fake::default()).unwrap();
+        let live = Live::adopt(Fake::default(), MAX_SERVICES).unwrap();
         assert!(live.names().is_empty());
     }
 

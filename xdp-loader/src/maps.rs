@@ -2,36 +2,102 @@
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use log::warn;
 use xdp_common::{
-    BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FlowKey, FlowSettings,
-    FlowValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, RING_ENTRIES, Ring,
+    Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FORWARD_EVENT_COUNT, FlowKey,
+    FlowSettings, FlowValue, ForwardConf, MAX_BACKENDS_PER_SERVICE, REASON_COUNT, Ring,
     ServiceConf, names,
 };
 
-use crate::{EBPF_OBJECT, live::Store};
+use crate::{EBPF_OBJECT, config::Limits, live::Store};
 
 /// `membarrier(2)`'s command that waits for an RCU grace period on all CPUs
 /// (include/uapi/linux/membarrier.h, Linux 4.3; `synchronize_rcu()` since 4.16).
 const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 
-/// Loads the eBPF object with the flow table sized as configured.
-pub fn load(flow_capacity: u32) -> Result<Ebpf> {
-    load_pinned(flow_capacity, None)
+/// Sets how steered packets leave the node (`FORWARD[0]`).
+pub fn write_forward(ebpf: &mut Ebpf, conf: &ForwardConf) -> Result<()> {
+    let mut map: Array<_, ForwardConf> = typed(ebpf, names::FORWARD)?;
+    map.set(0, conf, 0).context("writing the forwarding mode")
 }
 
-/// [`load`]; with `pinned`, each map is the one pinned there under its name (a
+/// Each map's capacity in entries for these limits and flow table size; the
+/// maps not listed have a fixed size.
+pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 9] {
+    let services = limits.services;
+    let slots = services * MAX_BACKENDS_PER_SERVICE;
+    [
+        (names::SERVICES, limits.listeners),
+        (names::SERVICE_CONF, services),
+        (names::RINGS, services * 2),
+        (names::ACTIVE_RING, services),
+        (names::NTH_STATE, services),
+        (names::BACKENDS, slots),
+        (names::BACKEND_STATS, slots),
+        // Replies are recognised by (backend address, port, protocol).
+        (names::BACKEND_SOURCES, slots * 2),
+        (names::FLOWS, flow_capacity),
+    ]
+}
+
+/// Every map's (name, key size, value size, capacity) as this build lays
+/// them out: what pinned maps must match to be adopted.
+pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize, usize, u32)> {
+    use std::mem::size_of;
+    let sized: std::collections::BTreeMap<&str, u32> =
+        capacities(limits, flow_capacity).into_iter().collect();
+    let fixed = |name: &str, n: u32| sized.get(name).copied().unwrap_or(n);
+    let u32s = size_of::<u32>();
+    [
+        (names::SERVICES, size_of::<Endpoint>(), u32s),
+        (names::SERVICE_CONF, u32s, size_of::<ServiceConf>()),
+        (names::RINGS, u32s, size_of::<Ring>()),
+        (names::ACTIVE_RING, u32s, u32s),
+        (names::BACKENDS, u32s, size_of::<Backend>()),
+        (names::BACKEND_STATS, u32s, size_of::<BackendCounter>()),
+        (names::BACKEND_SOURCES, size_of::<Endpoint>(), u32s),
+        (names::NTH_STATE, u32s, u32s),
+        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+        (names::FLOW_SETTINGS, u32s, size_of::<FlowSettings>()),
+        (names::FLOW_EVENTS, u32s, size_of::<u64>()),
+        (names::REASONS, u32s, size_of::<u64>()),
+        (names::FORWARD, u32s, size_of::<ForwardConf>()),
+        (names::FORWARD_EVENTS, u32s, size_of::<u64>()),
+    ]
+    .into_iter()
+    .map(|(name, key, value)| {
+        let entries = match name {
+            names::FLOW_SETTINGS | names::FORWARD => 1,
+            names::FLOW_EVENTS => FLOW_EVENT_COUNT,
+            names::REASONS => REASON_COUNT,
+            names::FORWARD_EVENTS => FORWARD_EVENT_COUNT,
+            _ => fixed(name, 0),
+        };
+        (name, key, value, entries)
+    })
+    .collect()
+}
+
+/// Loads the eBPF object with the default limits and the flow table sized as configured.
+pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+    load_pinned(&Limits::default(), flow_capacity, None)
+}
+
+/// Loads the eBPF object with its maps sized for `limits` and `flow_capacity`.
+/// With `pinned`, each map is the one pinned there under its name (a
 /// persistent instance's, adopted with its contents), or is created and pinned
 /// there.
-pub fn load_pinned(flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
+pub fn load_pinned(limits: &Limits, flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(names::FLOWS, flow_capacity);
+    for (name, entries) in capacities(limits, flow_capacity) {
+        loader.map_max_entries(name, entries);
+    }
     if let Some(dir) = pinned {
         for name in names::ALL {
             loader.map_pin_path(name, dir.join(name));
@@ -40,100 +106,6 @@ pub fn load_pinned(flow_capacity: u32, pinned: Option<&Path>) -> Result<Ebpf> {
     loader.load(EBPF_OBJECT).context(
         "loading the eBPF object; dnsteer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
     )
-}
-
-/// A map's shape: key size, value size (per CPU for per-CPU maps) and entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Layout {
-    pub key: u32,
-    pub value: u32,
-    /// None: set from the config (`FLOWS`, checked on its own).
-    pub entries: Option<u32>,
-}
-
-const fn layout<K, V>(entries: Option<u32>) -> Layout {
-    Layout {
-        key: size_of::<K>() as u32,
-        value: size_of::<V>() as u32,
-        entries,
-    }
-}
-
-/// Every map this binary's programs use, by name, with the shape they expect.
-pub const LAYOUTS: [(&str, Layout); 12] = [
-    (
-        names::SERVICES,
-        layout::<Endpoint, u32>(Some(MAX_LISTENERS)),
-    ),
-    (
-        names::SERVICE_CONF,
-        layout::<u32, ServiceConf>(Some(MAX_SERVICES)),
-    ),
-    (names::RINGS, layout::<u32, Ring>(Some(RING_ENTRIES))),
-    (names::ACTIVE_RING, layout::<u32, u32>(Some(MAX_SERVICES))),
-    (names::BACKENDS, layout::<u32, Backend>(Some(BACKEND_SLOTS))),
-    (
-        names::BACKEND_STATS,
-        layout::<u32, BackendCounter>(Some(BACKEND_SLOTS)),
-    ),
-    (
-        names::BACKEND_SOURCES,
-        layout::<Endpoint, u32>(Some(MAX_BACKEND_SOURCES)),
-    ),
-    (names::NTH_STATE, layout::<u32, u32>(Some(MAX_SERVICES))),
-    (names::FLOWS, layout::<FlowKey, FlowValue>(None)),
-    (names::FLOW_SETTINGS, layout::<u32, FlowSettings>(Some(1))),
-    (
-        names::FLOW_EVENTS,
-        layout::<u32, u64>(Some(FLOW_EVENT_COUNT)),
-    ),
-    (names::REASONS, layout::<u32, u64>(Some(REASON_COUNT))),
-];
-
-/// Why a pinned map of shape `pinned` cannot serve as map `name` of shape
-/// `want`, or None when it can.
-pub fn layout_mismatch(name: &str, pinned: Layout, want: Layout) -> Option<String> {
-    let entries_differ = want.entries.is_some_and(|n| Some(n) != pinned.entries);
-    if pinned.key == want.key && pinned.value == want.value && !entries_differ {
-        return None;
-    }
-    let shape = |l: Layout| {
-        let entries = l
-            .entries
-            .map_or(String::new(), |n| format!("{n} entries, "));
-        format!("{entries}{}-byte keys, {}-byte values", l.key, l.value)
-    };
-    Some(format!(
-        "{name} has {}, this dnsteer's programs need {}",
-        shape(pinned),
-        shape(Layout {
-            entries: want.entries.or(pinned.entries),
-            ..want
-        })
-    ))
-}
-
-/// Refuses to adopt maps pinned under `dir` by a dnsteer whose map layouts
-/// differ from this one's (an upgrade that widened addresses for IPv6, or
-/// added a reason counter): the programs would read them wrong.
-pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
-    for (name, want) in LAYOUTS {
-        let path = dir.join(name);
-        let info =
-            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
-        let pinned = Layout {
-            key: info.key_size(),
-            value: info.value_size(),
-            entries: Some(info.max_entries()),
-        };
-        if let Some(why) = layout_mismatch(name, pinned, want) {
-            bail!(
-                "the persistent data path under {} was made by a dnsteer with other map layouts ({why}), so it cannot be adopted; `dnsteer stop` it first (its flows are lost), then start this one",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The maps of a loaded object. It owns the `Ebpf`, and with it the program links.
@@ -274,42 +246,5 @@ impl Store for KernelMaps {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts_match_the_shared_types_and_say_what_differs() {
-        let flows = LAYOUTS.iter().find(|(n, _)| *n == names::FLOWS).unwrap().1;
-        assert_eq!((flows.key, flows.value, flows.entries), (40, 32, None));
-        assert_eq!(LAYOUTS.map(|(n, _)| n), names::ALL);
-        let want = layout::<Endpoint, u32>(Some(MAX_LISTENERS));
-        assert_eq!(layout_mismatch("SERVICES", want, want), None);
-        // The IPv4-only layout of SERVICES: 8-byte keys.
-        let old = Layout { key: 8, ..want };
-        assert_eq!(
-            layout_mismatch("SERVICES", old, want).unwrap(),
-            "SERVICES has 1024 entries, 8-byte keys, 4-byte values, this dnsteer's programs need 1024 entries, 20-byte keys, 4-byte values"
-        );
-        // A reason counter more: the array is one entry short.
-        let reasons = layout::<u32, u64>(Some(REASON_COUNT));
-        let short = Layout {
-            entries: Some(REASON_COUNT - 1),
-            ..reasons
-        };
-        assert!(
-            layout_mismatch("REASONS", short, reasons)
-                .unwrap()
-                .contains("9 entries")
-        );
-        // The flow table's size is the config's business, not the layout's.
-        let sized = Layout {
-            entries: Some(4096),
-            ..flows
-        };
-        assert_eq!(layout_mismatch("FLOWS", sized, flows), None);
     }
 }

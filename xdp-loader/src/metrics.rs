@@ -209,6 +209,35 @@ impl Collector for SnapshotCollector {
             "dnsteer_flow_table_evictions",
             "Records the full flow table dropped to make room",
             ConstCounter::new(flows.evictions),
+        )?;
+
+        family(
+            out,
+            "dnsteer_forward_events",
+            "What the fast path (forward = \"redirect\") did with steered queries and their replies",
+            snap.forward
+                .events
+                .iter()
+                .map(|(event, &n)| ([("event", event.as_str())], ConstCounter::new(n))),
+        )?;
+        family(
+            out,
+            "dnsteer_map_capacity_entries",
+            "Entries the kernel map holds at most ([limits], [flows] size)",
+            snap.maps
+                .iter()
+                .map(|m| ([("map", m.name.as_str())], ConstGauge::new(m.max_entries))),
+        )?;
+        family(
+            out,
+            "dnsteer_map_memory_bytes",
+            "Memory the kernel charges for the map, per-CPU copies included",
+            snap.maps.iter().map(|m| {
+                (
+                    [("map", m.name.as_str())],
+                    ConstGauge::new(m.memory_bytes as i64),
+                )
+            }),
         )
     }
 }
@@ -664,6 +693,17 @@ mod tests {
             interface: "eth0".to_owned(),
             running: true,
             persistent: false,
+            forward: Default::default(),
+            capacity: Default::default(),
+            maps: vec![crate::stats::MapStats {
+                name: "FLOWS".to_owned(),
+                kind: "lru_hash".to_owned(),
+                max_entries: 65536,
+                key_size: 16,
+                value_size: 16,
+                memory_bytes: 5_767_168,
+            }],
+            memory_bytes: 5_767_168,
             cpus: 2,
             services: vec![dns, weird],
             reasons,
@@ -929,6 +969,14 @@ mod tests {
         assert_eq!(m.get("dnsteer_flow_table_entries", &[]), 12.0);
         assert_eq!(m.get("dnsteer_flow_table_capacity", &[]), 65536.0);
         assert_eq!(m.get("dnsteer_flow_table_evictions_total", &[]), 14.0);
+        assert_eq!(
+            m.get("dnsteer_map_capacity_entries", &[("map", "FLOWS")]),
+            65536.0
+        );
+        assert_eq!(
+            m.get("dnsteer_map_memory_bytes", &[("map", "FLOWS")]),
+            5_767_168.0
+        );
         for (event, n) in [
             ("hit", 80.0),
             ("miss", 20.0),
@@ -968,6 +1016,8 @@ mod tests {
             ("dnsteer_flow_table_capacity", "gauge"),
             ("dnsteer_flow_events_total", "counter"),
             ("dnsteer_flow_table_evictions_total", "counter"),
+            ("dnsteer_map_capacity_entries", "gauge"),
+            ("dnsteer_map_memory_bytes", "gauge"),
         ]
         .into();
         let types: BTreeMap<&str, &str> = m

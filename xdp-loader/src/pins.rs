@@ -43,6 +43,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const LINK_XDP: &str = "link_xdp";
 /// The pin of a persistent instance's TC egress link.
 pub const LINK_TC: &str = "link_tc";
+/// Prefix of the pins of a persistent fast path's reply links, one per
+/// interface (`link_tc_in_<iface>`).
+pub const LINK_TC_IN: &str = "link_tc_in_";
 
 /// The directory holding one directory per running interface.
 pub fn root() -> PathBuf {
@@ -154,6 +157,19 @@ impl Pins {
     /// Whether a persistent instance left its data path here (its links pinned).
     pub fn persisted(&self) -> bool {
         self.dir.join(LINK_XDP).exists() || self.dir.join(LINK_TC).exists()
+    }
+
+    /// The interfaces a persistent fast path's reply links are pinned for.
+    pub fn reply_in_links(&self) -> Result<Vec<(String, PathBuf)>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                let iface = name.strip_prefix(LINK_TC_IN)?.to_owned();
+                Some((iface, path))
+            })
+            .collect())
     }
 
     /// Removes every pin: maps an instance that did not exit cleanly left, or a
@@ -366,15 +382,19 @@ fn attached_maps(iface: &str) -> Result<BTreeMap<String, u32>> {
         .iter()
         .find(|p| p.name_as_str() == Some(TC_PROGRAM))
         .ok_or_else(|| anyhow!("no {TC_PROGRAM} on the egress of {iface}"))?;
-    let reasons = map_ids(reply)?
-        .remove(names::REASONS)
+    let tc_maps = map_ids(reply)?;
+    let reasons = *tc_maps
+        .get(names::REASONS)
         .ok_or_else(|| anyhow!("{TC_PROGRAM} has no {}", names::REASONS))?;
     for prog in loaded_programs() {
         let prog = prog.context("listing loaded programs")?;
         if prog.name_as_str() == Some(XDP_PROGRAM) {
             let maps = map_ids(&prog)?;
             if maps.get(names::REASONS) == Some(&reasons) {
-                return Ok(maps);
+                // Each program names the maps it uses; together, all of them.
+                let mut all = tc_maps;
+                all.extend(maps);
+                return Ok(all);
             }
         }
     }

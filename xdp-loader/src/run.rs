@@ -29,10 +29,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
+use xdp_common::ForwardConf;
 
 use crate::{
-    TC_PROGRAM, XDP_PROGRAM, caps,
-    config::{self, Config, Protocol, XdpModeSetting},
+    REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, caps,
+    config::{self, Config, Forward, Protocol, XdpModeSetting},
     control::{self, Op, Request, Response},
     health::{Monitor, ProbeResult},
     live::{BackendView, Live},
@@ -40,6 +41,7 @@ use crate::{
     metrics::{self, Scrape},
     pins::{self, Pins},
     probe::Transport,
+    route,
     stats::{self, Snapshot},
 };
 
@@ -86,6 +88,8 @@ pub struct Instance {
     monitor: Monitor,
     /// Services whose every weighted backend is down, as last logged.
     failing_open: BTreeSet<String>,
+    /// Interfaces whose ingress runs the fast path's reply program.
+    reply_ins: BTreeSet<String>,
 }
 
 impl Instance {
@@ -96,7 +100,7 @@ impl Instance {
     /// data path an earlier persistent instance left is adopted: its maps (and
     /// flows) are kept and brought in line with `config`, and the new programs
     /// are swapped into its links atomically. A failed adoption leaves the old
-    /// data path running untouched.
+    /// data path attached and its pins in place.
     pub fn start(config: &Config, monitor: Monitor, persist: bool) -> Result<Self> {
         let iface = config.interface.as_str();
         let mut pins = Pins::claim(iface)?;
@@ -121,22 +125,23 @@ impl Instance {
             }
             pins.clear("left by an instance that did not exit cleanly")?;
         }
+        let (limits, flows) = (&config.limits, config.flows.size);
         let ebpf = if adopt {
             // From here on a failure must leave the old data path as it is.
             pins.persist = true;
-            maps::check_pinned_layouts(pins.dir())?;
-            check_flow_size(pins.dir(), config.flows.size)?;
-            maps::load_pinned(config.flows.size, Some(pins.dir()))?
+            check_layouts(pins.dir(), &maps::layouts(limits, flows))?;
+            maps::load_pinned(limits, flows, Some(pins.dir()))?
         } else {
-            maps::load_pinned(config.flows.size, persist.then(|| pins.dir()))?
+            maps::load_pinned(limits, flows, persist.then(|| pins.dir()))?
         };
         // Maps are filled before anything is attached: the first packet already
         // sees the whole configuration.
         let store = KernelMaps::new(ebpf);
         let mut live = if adopt {
-            Live::adopt(store).context("reading the state of the persistent data path")?
+            Live::adopt(store, limits.services)
+                .context("reading the state of the persistent data path")?
         } else {
-            Live::new(store)
+            Live::new(store).with_max_services(limits.services)
         };
         let lines = live.apply(config)?;
         if adopt {
@@ -155,7 +160,8 @@ impl Instance {
         // Replies are translated from before the first query is steered.
         let tc_pin = pins.dir().join(pins::LINK_TC);
         if adopt && tc_pin.exists() {
-            swap_tc(ebpf, &tc_pin)?;
+            load_tc(ebpf, TC_PROGRAM)?;
+            swap_tc(ebpf, TC_PROGRAM, &tc_pin)?;
         } else {
             let id = attach_tc(ebpf, iface)?;
             if persist {
@@ -166,6 +172,36 @@ impl Instance {
                 links.push(pin_link(link, &tc_pin)?);
             }
         }
+        // The fast path's reply program: loaded when asked for, or when a
+        // persistent one left links to swap it into.
+        let reply_pins = if adopt {
+            pins.reply_in_links()?
+        } else {
+            Vec::new()
+        };
+        let mut reply_ins = BTreeSet::new();
+        if config.forward == Forward::Redirect || !reply_pins.is_empty() {
+            let prog: &mut SchedClassifier = program(ebpf, REPLY_IN_PROGRAM)?;
+            prog.load().with_context(|| {
+                format!("loading {REPLY_IN_PROGRAM} (the verifier's log follows)")
+            })?;
+        }
+        for (name, pin) in reply_pins {
+            swap_tc(ebpf, REPLY_IN_PROGRAM, &pin)?;
+            reply_ins.insert(name);
+        }
+        let client_ifindex = config::check_interface(Path::new("-"), iface)?;
+        let mode = match config.forward {
+            Forward::Stack => xdp_common::forward::STACK,
+            Forward::Redirect => xdp_common::forward::REDIRECT,
+        };
+        maps::write_forward(
+            ebpf,
+            &ForwardConf {
+                mode,
+                client_ifindex,
+            },
+        )?;
         let xdp_pin = pins.dir().join(pins::LINK_XDP);
         let xdp_mode = if adopt && xdp_pin.exists() {
             swap_xdp(ebpf, &xdp_pin)?;
@@ -193,7 +229,9 @@ impl Instance {
             config: config.clone(),
             monitor,
             failing_open: BTreeSet::new(),
+            reply_ins,
         };
+        instance.sync_fast_path()?;
         instance.sync_health();
         Ok(instance)
     }
@@ -228,9 +266,24 @@ impl Instance {
                 new.flows.size.to_string(),
             ),
             (
+                "forward",
+                self.config.forward.to_string(),
+                new.forward.to_string(),
+            ),
+            (
                 "persist",
                 (opts.persist || self.config.persist).to_string(),
                 (opts.persist || new.persist).to_string(),
+            ),
+            (
+                "limits.services",
+                self.config.limits.services.to_string(),
+                new.limits.services.to_string(),
+            ),
+            (
+                "limits.listeners",
+                self.config.limits.listeners.to_string(),
+                new.limits.listeners.to_string(),
             ),
         ];
         for (field, old, new) in fixed {
@@ -251,7 +304,56 @@ impl Instance {
             Err(err) => error!("reload ({why}) failed part way: {err:#}"),
         }
         self.config = new;
+        if let Err(err) = self.sync_fast_path() {
+            error!("reload ({why}): fast path: {err:#}");
+        }
         self.sync_health();
+    }
+
+    /// With `forward = "redirect"`, runs the reply program on the ingress of
+    /// every interface a backend is routed through (adding new ones as
+    /// backends come; never removing any while running).
+    fn sync_fast_path(&mut self) -> Result<()> {
+        if self.config.forward != Forward::Redirect {
+            return Ok(());
+        }
+        let mut wanted = BTreeSet::new();
+        for name in self.live.names() {
+            for backend in self.live.members(&name) {
+                match route::interface_for(backend.ip())? {
+                    Some(iface) => {
+                        wanted.insert(iface);
+                    }
+                    None => warn!(
+                        "service {name}: no route to backend {backend} in the main table; its replies take the stack"
+                    ),
+                }
+            }
+        }
+        for iface in wanted.difference(&self.reply_ins.clone()) {
+            let ebpf = &mut self.live.store_mut().ebpf;
+            let prog: &mut SchedClassifier = program(ebpf, REPLY_IN_PROGRAM)?;
+            let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+            if !tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
+                info!("clsact qdisc on {iface}: {err} (already present is fine)");
+            }
+            let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| {
+                format!("attaching {REPLY_IN_PROGRAM} to the ingress of {iface}")
+            })?;
+            if self.pins.persist {
+                let link = FdLink::try_from(prog.take_link(id)?).context(
+                    "--persist needs TC links that can be pinned (tcx, Linux 6.6 or later)",
+                )?;
+                let pin = self.pins.dir().join(format!("{}{iface}", pins::LINK_TC_IN));
+                self._links.push(pin_link(link, &pin)?);
+            }
+            info!(
+                "fast path: replies arriving on {iface} are translated there and sent straight out {}",
+                self.config.interface
+            );
+            self.reply_ins.insert(iface.clone());
+        }
+        Ok(())
     }
 
     /// Probes exactly the members of services with `[service.health]`; a
@@ -389,6 +491,9 @@ impl Instance {
             Some(change) => match self.live.change(service, change) {
                 Ok((_, message)) => {
                     info!("{message} (dnsteer backends)");
+                    if let Err(err) = self.sync_fast_path() {
+                        error!("fast path: {err:#}");
+                    }
                     self.sync_health();
                     Some(message)
                 }
@@ -420,17 +525,31 @@ where
     Ok(prog.try_into()?)
 }
 
-/// Refuses to adopt a flow table of another size than configured: a pinned
-/// map keeps its size.
-fn check_flow_size(dir: &Path, size: u32) -> Result<()> {
-    let path = dir.join(xdp_common::names::FLOWS);
-    let pinned = MapInfo::from_pin(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .max_entries();
-    if pinned != size {
-        bail!(
-            "the persistent data path's flow table holds {pinned} entries, the config asks for {size}; keep [flows] size = {pinned}, or `dnsteer stop` it first (its flows are lost)"
-        );
+/// Refuses to adopt pinned maps laid out otherwise than this build and the
+/// config want: a pinned map keeps its size ([flows] size, [limits]), and
+/// another dnsteer version may have other key or value layouts. A map not
+/// pinned yet (new in this version) is created.
+fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()> {
+    for &(name, key, value, entries) in wanted {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        if info.max_entries() != entries {
+            bail!(
+                "the persistent data path's map {name} holds {} entries, this config asks for {entries}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)",
+                info.max_entries()
+            );
+        }
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "the persistent data path's map {name} is laid out by another dnsteer version ({}-byte keys, {}-byte values; this one uses {key} and {value}); `dnsteer stop` it and start afresh (its flows are lost)",
+                info.key_size(),
+                info.value_size()
+            );
+        }
     }
     Ok(())
 }
@@ -440,17 +559,22 @@ fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink> {
         .with_context(|| format!("pinning a link at {}", path.display()))
 }
 
-/// Loads the reply translator and swaps it into the link pinned at `pin`.
-fn swap_tc(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
-    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
+fn load_tc(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
     prog.load()
-        .with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
+        .with_context(|| format!("loading {name} (the verifier's log follows)"))?;
+    Ok(())
+}
+
+/// Swaps the loaded TC program `name` into the link pinned at `pin`.
+fn swap_tc(ebpf: &mut Ebpf, name: &str, pin: &Path) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
     let link = PinnedLink::from_pin(pin)
         .with_context(|| format!("opening the pinned link {}", pin.display()))?;
     let link = SchedClassifierLink::try_from(FdLink::from(link))
         .with_context(|| format!("{} is not a TC link", pin.display()))?;
     prog.attach_to_link(link)
-        .with_context(|| format!("swapping {TC_PROGRAM} into {}", pin.display()))?;
+        .with_context(|| format!("swapping {name} into {}", pin.display()))?;
     Ok(())
 }
 

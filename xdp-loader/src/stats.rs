@@ -4,15 +4,21 @@
 //! The JSON form (`--json`) is a stable interface; `Snapshot` is its schema and
 //! README.md documents it. Fields are only ever added.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd as _},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapType, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
     ANY_IPV4, ANY_IPV6, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue,
-    MAX_BACKENDS_PER_SERVICE, PROTO_MASK_TCP, PROTO_MASK_UDP, Reason, Ring, SelectMode,
-    ServiceConf, backend_slot, backend_state, names, ring_key,
+    ForwardConf, ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_MASK_TCP, PROTO_MASK_UDP, Reason,
+    Ring, SelectMode, ServiceConf, backend_slot, backend_state, names, ring_key,
 };
 
 use crate::{live::BackendView, pins::Instance};
@@ -42,6 +48,55 @@ pub struct Snapshot {
     /// The flow affinity table.
     #[serde(default)]
     pub flows: FlowStats,
+    /// How steered packets leave the node, and what the fast path did.
+    #[serde(default)]
+    pub forward: ForwardStats,
+    /// What the maps hold at most (`[limits]`, `[flows] size`).
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// Every kernel map, with the memory the kernel charges for it.
+    #[serde(default)]
+    pub maps: Vec<MapStats>,
+    /// The sum of `maps[].memory_bytes`.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+/// `forward`: the mode and the fast path's counters, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardStats {
+    /// `stack` or `redirect`.
+    pub mode: String,
+    /// Per `ForwardEvent::name`: `redirected`, `transmitted`, `passed`,
+    /// `ttl_expired`, `reply_redirected`, `reply_passed`.
+    pub events: BTreeMap<String, u64>,
+}
+
+/// The maps' capacities, as loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub services: u32,
+    /// Listen entries (address, port, protocol) over all services.
+    pub listeners: u32,
+    /// Fixed: slots per service, removed backends included until reused.
+    pub backends_per_service: u32,
+    /// Flow table records (two per flow).
+    pub flow_records: u32,
+}
+
+/// One kernel map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStats {
+    pub name: String,
+    /// The kernel's map type: `array`, `percpu_array`, `hash`, `lru_hash`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub max_entries: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// What the kernel charges for the map (`memlock` in its fdinfo), per-CPU
+    /// copies included; 0 when the kernel does not say.
+    pub memory_bytes: u64,
 }
 
 /// The flow table: its size and what happened to its records, summed over CPUs.
@@ -247,6 +302,19 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         split.insert(reason.name().to_owned(), cpus);
     }
     let cpus = split.values().next().map_or(0, Vec::len);
+    let maps = maps(instance)?;
+    let forward = forward(instance)?;
+    let entries = |name: &str| {
+        maps.iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.max_entries)
+    };
+    let capacity = Capacity {
+        services: entries(names::SERVICE_CONF),
+        listeners: entries(names::SERVICES),
+        backends_per_service: MAX_BACKENDS_PER_SERVICE,
+        flow_records: entries(names::FLOWS),
+    };
     Ok(Snapshot {
         version: JSON_VERSION,
         interface: instance.iface.clone(),
@@ -257,7 +325,79 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         reasons: totals,
         reasons_per_cpu: per_cpu.then_some(split),
         flows: flows(instance)?,
+        forward,
+        capacity,
+        memory_bytes: maps.iter().map(|m| m.memory_bytes).sum(),
+        maps,
     })
+}
+
+fn forward(instance: &Instance) -> Result<ForwardStats> {
+    let conf: Array<MapData, ForwardConf> = typed(instance, names::FORWARD)?;
+    let events: PerCpuArray<MapData, u64> = typed(instance, names::FORWARD_EVENTS)?;
+    let mode = match conf.get(&0, 0).context("reading FORWARD")?.mode {
+        xdp_common::forward::REDIRECT => "redirect",
+        _ => "stack",
+    };
+    let mut counts = BTreeMap::new();
+    for event in ForwardEvent::ALL {
+        let n = events
+            .get(&(event as u32), 0)
+            .context("reading FORWARD_EVENTS")?
+            .iter()
+            .sum();
+        counts.insert(event.name().to_owned(), n);
+    }
+    Ok(ForwardStats {
+        mode: mode.to_owned(),
+        events: counts,
+    })
+}
+
+/// Every map of `instance`: sizes from the kernel, memory from its fdinfo.
+fn maps(instance: &Instance) -> Result<Vec<MapStats>> {
+    names::ALL
+        .iter()
+        .map(|&name| {
+            let info = instance.map_info(name)?;
+            let kind = match info.map_type() {
+                Ok(MapType::Array) => "array".to_owned(),
+                Ok(MapType::PerCpuArray) => "percpu_array".to_owned(),
+                Ok(MapType::Hash) => "hash".to_owned(),
+                Ok(MapType::LruHash) => "lru_hash".to_owned(),
+                Ok(other) => format!("{other:?}").to_lowercase(),
+                Err(_) => "unknown".to_owned(),
+            };
+            let memory_bytes = info.fd().ok().and_then(|fd| memlock(&fd)).unwrap_or(0);
+            Ok(MapStats {
+                name: name.to_owned(),
+                kind,
+                max_entries: info.max_entries(),
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                memory_bytes,
+            })
+        })
+        .collect()
+}
+
+/// The `memlock:` line of a map fd's fdinfo: the bytes the kernel charges for it.
+fn memlock(fd: &impl AsFd) -> Option<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    let info = std::fs::read_to_string(path).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `12.3 MiB`, `4.0 KiB`, `512 B`.
+pub fn bytes_text(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / (1u64 << 10) as f64),
+        n => format!("{n} B"),
+    }
 }
 
 /// Adds what `dnsteer run` knows of `service`'s health (from the control
@@ -483,6 +623,34 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         f.inserted,
         f.deleted
     );
+    if now.forward.mode == "redirect" {
+        let events: Vec<String> = now
+            .forward
+            .events
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "forward redirect  {}", events.join("  "));
+    }
+    let c = &now.capacity;
+    let _ = writeln!(
+        s,
+        "capacity  services {}  listeners {}  backends/service {}  flow records {}",
+        c.services, c.listeners, c.backends_per_service, c.flow_records
+    );
+    let mut maps: Vec<&MapStats> = now.maps.iter().collect();
+    maps.sort_by_key(|m| std::cmp::Reverse(m.memory_bytes));
+    let each: Vec<String> = maps
+        .iter()
+        .map(|m| format!("{} {}", m.name, bytes_text(m.memory_bytes)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "memory  {} in {} maps: {}",
+        bytes_text(now.memory_bytes),
+        now.maps.len(),
+        each.join(", ")
+    );
     s
 }
 
@@ -575,6 +743,10 @@ mod tests {
             interface: "eth3".to_owned(),
             running: true,
             persistent: false,
+            forward: ForwardStats::default(),
+            capacity: Capacity::default(),
+            maps: Vec::new(),
+            memory_bytes: 0,
             cpus: 2,
             services: vec![service],
             reasons: BTreeMap::new(),
@@ -641,6 +813,10 @@ mod tests {
             reasons: BTreeMap::new(),
             reasons_per_cpu: None,
             flows: FlowStats::default(),
+            forward: ForwardStats::default(),
+            capacity: Capacity::default(),
+            maps: Vec::new(),
+            memory_bytes: 0,
         };
         let text = render(&snapshot, None);
         let column = |needle: &str| {

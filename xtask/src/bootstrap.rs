@@ -18,6 +18,14 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether `program` is in $PATH or an sbin directory (`sudo` and CI often drop those).
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(Into::into))
+        .any(|dir| dir.join(program).is_file())
+}
+
 fn found(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
@@ -88,11 +96,13 @@ pub fn toolchain() -> Result<()> {
 
 /// The programs the demo and the end-to-end tests drive, from Debian's packages.
 pub fn test_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 4] = [
+    const TOOLS: [(&str, &str); 5] = [
         ("ip", "iproute2"),
         ("sysctl", "procps"),
         ("named", "bind9"),
         ("kdig", "knot-dnsutils"),
+        // Turns on GRO on the backends' veths, which XDP_REDIRECT into a veth needs.
+        ("ethtool", "ethtool"),
     ];
     let missing: Vec<&str> = TOOLS
         .iter()
@@ -105,6 +115,49 @@ pub fn test_tools() -> Result<()> {
     if !found("apt-get") {
         bail!(
             "missing {}; install them with your package manager",
+            missing.join(", ")
+        );
+    }
+    eprintln!(
+        "xtask: installing {} from Debian's packages",
+        missing.join(", ")
+    );
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// What `cargo xtask bench` drives besides the test tools: the methods it
+/// compares, the load generators, and the plots' font.
+pub fn bench_tools() -> Result<()> {
+    const TOOLS: [(&str, &str); 6] = [
+        ("iptables", "iptables"),
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+        ("kxdpgun", "knot-dnsutils"),
+        ("dnsperf", "dnsperf"),
+        (
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "fonts-dejavu-core",
+        ),
+    ];
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| match tool.strip_prefix('/') {
+            Some(_) => !std::path::Path::new(tool).exists(),
+            None => !on_path(tool),
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !found("apt-get") {
+        bail!(
+            "the bench needs {}; install them with your package manager",
             missing.join(", ")
         );
     }

@@ -1,8 +1,9 @@
-//! `cargo xtask`: build, run, demo and test dnsteer from a fresh clone.
+//! `cargo xtask`: build, run, demo, test and bench dnsteer from a fresh clone.
 //!
 //! Every command first makes sure the toolchain pieces the kernel side needs are
 //! present (see `bootstrap`), so `git clone` + one command is enough.
 
+mod bench;
 mod bootstrap;
 mod demo;
 
@@ -39,6 +40,18 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Measure every steering method side by side (iptables, kube-proxy, nftables,
+    /// dnsteer) and write bench/results, bench/plots and docs/BENCHMARKS.md (as root).
+    Bench {
+        /// A smoke test in under 3 minutes: few methods and short steps; writes
+        /// under target/bench-quick/ instead of the report.
+        #[arg(long)]
+        quick: bool,
+        /// Only these parts, comma-separated: method ids (see docs/BENCHMARKS.md),
+        /// `prog-cost`, `bind`; writes under target/bench-partial/.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -105,6 +118,23 @@ fn main() -> Result<()> {
                 .env("DNSTEER_BIN", &dnsteer)
                 .arg("--")
                 .args(args))
+        }
+        Task::Bench { quick, only } => {
+            require_root("the bench")?;
+            bootstrap::test_tools()?;
+            bootstrap::bench_tools()?;
+            let dnsteer = build()?;
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            bench::run(
+                &dnsteer,
+                &bench::Options {
+                    quick,
+                    only,
+                    root: root
+                        .canonicalize()
+                        .context("locating the repository root")?,
+                },
+            )
         }
     }
 }

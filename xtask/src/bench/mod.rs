@@ -1,0 +1,623 @@
+//! `cargo xtask bench [--quick]`: every steering method on one topology, the
+//! same offered loads, measured side by side in one run.
+//!
+//! - `setup`: the namespaces, the XDP responders, the load generator's route.
+//! - `methods`: the methods as data, and how each is put on the node.
+//! - `load`: kxdpgun, dnsperf and the paced round-trip load.
+//! - `cpu`: kernel CPU time from /proc/stat, conntrack's counters.
+//! - `prog_cost`: BPF_PROG_TEST_RUN of the XDP program next to a trivial one.
+//! - `report`: the JSON, docs/BENCHMARKS.md and the plots.
+
+mod cpu;
+mod load;
+mod methods;
+mod prog_cost;
+mod report;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use self::{
+    cpu::{ConntrackStats, CpuUse, Ticks},
+    load::{Burst, Latency, Window},
+    methods::{Applied, Kind, Method, Target, Unavailable},
+    setup::Bed,
+};
+
+/// A step passes when fewer than this share of its queries went unanswered...
+pub const LOSS_LIMIT: f64 = 0.001;
+/// ... and the load generator sent at least this share of the offered rate:
+/// it shares the CPUs with the node, so a method that costs more CPU also
+/// holds the sending back (AF_XDP sends on a veth run the receiver's
+/// processing in the sender's context) instead of losing queries.
+pub const SENT_SHARE: f64 = 0.95;
+/// Before each method the machine is watched this long with nothing running,
+/// and a warning is printed when more than `BUSY_WARNING` of it was busy.
+const BACKGROUND: Duration = Duration::from_secs(1);
+const BUSY_WARNING: f64 = 0.10;
+
+/// How much to measure: the full run, or `--quick`'s smoke test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub quick: bool,
+    /// Offered rates, queries/s, in the order tried.
+    pub rates: Vec<u32>,
+    pub step_s: f64,
+    /// A method's ladder ends after this many failed steps.
+    pub failures_to_stop: usize,
+    pub latency_rate: u32,
+    pub latency_s: f64,
+    /// dnsperf's rates against BIND.
+    pub bind_rates: Vec<u32>,
+    pub bind_step_s: f64,
+    pub prog_repeat: u32,
+    pub prog_single_packets: u32,
+    /// How long to wait, before each method, for the machine to be quiet.
+    pub quiet_wait_s: f64,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                rates: vec![10_000, 40_000],
+                step_s: 1.5,
+                failures_to_stop: 2,
+                latency_rate: 2000,
+                latency_s: 0.5,
+                bind_rates: vec![2_000],
+                bind_step_s: 1.0,
+                prog_repeat: 1_000_000,
+                prog_single_packets: 20_000,
+                quiet_wait_s: 0.0,
+            }
+        } else {
+            Self {
+                quick,
+                // 20k to 320k in steps of 2^(1/3) (about 26%).
+                rates: (0..=12)
+                    .map(|k| (20_000.0 * 2f64.powf(f64::from(k) / 3.0)).round() as u32)
+                    .collect(),
+                step_s: 4.0,
+                failures_to_stop: 2,
+                latency_rate: 2000,
+                latency_s: 5.0,
+                bind_rates: (0..=10)
+                    .map(|k| (5_000.0 * 2f64.powf(f64::from(k) / 2.0)).round() as u32)
+                    .collect(),
+                bind_step_s: 5.0,
+                prog_repeat: 1_000_000,
+                prog_single_packets: 1_000_000,
+                quiet_wait_s: 120.0,
+            }
+        }
+    }
+
+    fn step(&self) -> Duration {
+        Duration::from_secs_f64(self.step_s)
+    }
+}
+
+/// One offered rate of one method.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub offered: u32,
+    pub sent: u64,
+    pub answered: u64,
+    pub duration_s: f64,
+    /// Unanswered share, 0..1.
+    pub loss: f64,
+    /// The generator sent at least `SENT_SHARE` of the offered queries.
+    pub offered_in_full: bool,
+    pub pass: bool,
+    /// The steady middle of the step: queries and CPU time between two of
+    /// kxdpgun's running totals.
+    pub window: Option<Window>,
+    /// Busy CPU microseconds (all CPUs) per query answered in the window.
+    pub cpu_us_per_query: Option<f64>,
+    /// The tick-sampled system + irq + softirq share of it, for information.
+    pub kernel_us_per_query: Option<f64>,
+    /// Per-CPU-summed conntrack counters that moved (`entries`: at the end).
+    pub conntrack: ConntrackStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Measured,
+    /// The method needs something this build of dnsteer does not have.
+    NotAvailable,
+    /// It could not run on this machine (or failed); `reason` says why.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodResult {
+    pub id: String,
+    pub label: String,
+    pub group: String,
+    pub status: Status,
+    pub reason: Option<String>,
+    /// What was put on the node (rules, config), abridged for big rule sets.
+    pub setup: Option<String>,
+    pub setup_s: Option<f64>,
+    pub steps: Vec<Step>,
+    /// The highest offered rate that passed, below the first that failed.
+    pub loss_free_rate: Option<u32>,
+    /// Every step tried passed: the capacity is at least `loss_free_rate`.
+    pub loss_free_is_lower_bound: bool,
+    /// The most answered queries per second in any step, lost or not.
+    pub peak_answered_rate: Option<f64>,
+    /// The share of the machine busy in the second before the method, with
+    /// nothing of the bench running (other work on the machine).
+    pub background_busy: Option<f64>,
+    pub latency: Option<Latency>,
+}
+
+impl MethodResult {
+    fn new(m: &Method) -> Self {
+        Self {
+            id: m.id.clone(),
+            label: m.label.clone(),
+            group: m.group.to_owned(),
+            status: Status::Measured,
+            reason: None,
+            setup: None,
+            setup_s: None,
+            steps: Vec::new(),
+            loss_free_rate: None,
+            loss_free_is_lower_bound: false,
+            peak_answered_rate: None,
+            background_busy: None,
+            latency: None,
+        }
+    }
+
+    pub fn step_at(&self, rate: u32) -> Option<&Step> {
+        self.steps.iter().find(|s| s.offered == rate)
+    }
+
+    fn finish(&mut self) {
+        let first_fail = self.steps.iter().position(|s| !s.pass);
+        let passed = self.steps[..first_fail.unwrap_or(self.steps.len())]
+            .iter()
+            .map(|s| s.offered)
+            .max();
+        self.loss_free_rate = passed;
+        self.loss_free_is_lower_bound = first_fail.is_none() && passed.is_some();
+        self.peak_answered_rate = self
+            .steps
+            .iter()
+            .map(|s| s.answered as f64 / s.duration_s.max(1e-9))
+            .max_by(f64::total_cmp);
+    }
+}
+
+/// The run against real BIND with dnsperf.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindMethod {
+    pub id: String,
+    pub label: String,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub steps: Vec<BindStep>,
+    /// The highest rate with every query answered, below the first that lost any.
+    pub all_answered_rate: Option<u32>,
+    pub all_answered_is_lower_bound: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindStep {
+    pub offered: u32,
+    pub burst: Burst,
+    /// dnsperf's answered queries per second.
+    pub answered_rate: f64,
+    pub cpu: CpuUse,
+}
+
+/// Everything one run measured, as written to bench/results/<date>-<host>.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub date: String,
+    pub started_utc: String,
+    pub host: String,
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub versions: Vec<(String, String)>,
+    pub plan: Plan,
+    pub loss_limit: f64,
+    pub notes: Vec<String>,
+    pub methods: Vec<MethodResult>,
+    pub bind: Vec<BindMethod>,
+    pub prog_cost: Option<prog_cost::ProgCost>,
+    pub elapsed_s: f64,
+    /// `--only`: the parts this run was limited to (none: all).
+    pub only: Vec<String>,
+}
+
+impl Results {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == part)
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Stops between steps after Ctrl-C or SIGTERM, so every namespace, rule and
+/// process goes away with the drops on the way out.
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; the namespaces were torn down");
+    }
+    Ok(())
+}
+
+fn say(line: &str) {
+    println!("bench: {line}");
+}
+
+pub struct Options {
+    pub quick: bool,
+    /// Only these methods (ids) and parts (`prog-cost`, `bind`); all when empty.
+    pub only: Vec<String>,
+    /// The repository root: where bench/ and docs/ are.
+    pub root: PathBuf,
+}
+
+pub fn run(dnsteer_bin: &Path, opts: &Options) -> Result<()> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let started = Instant::now();
+    let plan = Plan::new(opts.quick);
+    let object = setup::ebpf_object()?;
+    let mut results = report::new_results(plan.clone())?;
+    results.only = opts.only.clone();
+    let known: Vec<String> = methods::all()
+        .into_iter()
+        .map(|m| m.id)
+        .chain(["prog-cost".to_owned(), "bind".to_owned()])
+        .collect();
+    if let Some(unknown) = opts.only.iter().find(|o| !known.contains(o)) {
+        bail!(
+            "--only {unknown}: not a part of the bench; use one of {}",
+            known.join(", ")
+        );
+    }
+    say(&format!(
+        "{} run on {} ({} CPUs, kernel {}); object {}",
+        if plan.quick {
+            "quick (smoke test)"
+        } else {
+            "full"
+        },
+        results.host,
+        results.cpus,
+        results.kernel,
+        object.display()
+    ));
+    let scratch = std::env::temp_dir().join(format!("dnsteer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let outcome = measure(dnsteer_bin, &object, &plan, &scratch, &mut results);
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome?;
+    results.elapsed_s = started.elapsed().as_secs_f64();
+    let written = report::write(&results, &opts.root)?;
+    for path in written {
+        say(&format!("wrote {}", path.display()));
+    }
+    say(&format!("done in {:.0} s", results.elapsed_s));
+    Ok(())
+}
+
+fn measure(
+    dnsteer_bin: &Path,
+    object: &Path,
+    plan: &Plan,
+    scratch: &Path,
+    results: &mut Results,
+) -> Result<()> {
+    say("building namespaces: client, node (eth3), 4 backends with BIND and XDP responders");
+    let mut bed = Bed::build(object)?;
+    check_interrupt()?;
+    let queries = load::write_query_file(scratch)?;
+    let methods: Vec<Method> = methods::all()
+        .into_iter()
+        .filter(|m| !plan.quick || m.quick)
+        .filter(|m| results.wants(&m.id))
+        .collect();
+    let total = methods.len();
+    for (i, method) in methods.iter().enumerate() {
+        check_interrupt()?;
+        say(&format!(
+            "[{}/{total}] {}: {}",
+            i + 1,
+            method.id,
+            method.label
+        ));
+        let result = run_method(&bed, dnsteer_bin, &queries, plan, method)?;
+        if let Some(reason) = &result.reason {
+            say(&format!(
+                "[{}/{total}] {}: {:?}: {reason}",
+                i + 1,
+                method.id,
+                result.status
+            ));
+        }
+        results.methods.push(result);
+    }
+
+    check_interrupt()?;
+    if results.wants("prog-cost") {
+        say("program cost: BPF_PROG_TEST_RUN");
+        results.prog_cost = Some(prog_cost::measure(
+            dnsteer_bin,
+            bed.pass_program()?,
+            plan.prog_repeat,
+            plan.prog_single_packets,
+            &|line| say(&format!("program cost: {line}")),
+        )?);
+    }
+
+    check_interrupt()?;
+    if !results.wants("bind") {
+        return Ok(());
+    }
+    say("real BIND 9 backends (responders off), dnsperf");
+    bed.detach_responders()?;
+    for method in methods::all()
+        .into_iter()
+        .filter(|m| m.id == methods::REFERENCE || m.id == "dnsteer-nth")
+    {
+        check_interrupt()?;
+        results
+            .bind
+            .push(run_bind(&bed, dnsteer_bin, &queries, plan, &method)?);
+    }
+    Ok(())
+}
+
+fn target<'a>(
+    bed: &'a Bed,
+    aliases: &'a [std::net::SocketAddr],
+    backends: &'a [std::net::Ipv4Addr],
+) -> Target<'a> {
+    Target {
+        iface: &bed.topo.config.node_iface,
+        service: bed.service(),
+        aliases,
+        backends,
+    }
+}
+
+/// Puts a method on the node, or says why it cannot run.
+fn put_on(
+    bed: &Bed,
+    dnsteer_bin: &Path,
+    method: &Method,
+    result: &mut MethodResult,
+) -> Option<Applied> {
+    let aliases = bed.topo.service_targets()[1..].to_vec();
+    let backends = bed.backend_addrs();
+    let t = target(bed, &aliases, &backends);
+    result.setup = Some(report::abridged_setup(&method.kind, &t));
+    let start = Instant::now();
+    match methods::apply(&method.kind, &bed.topo.node, dnsteer_bin, &t) {
+        Ok(applied) => {
+            result.setup_s = Some(start.elapsed().as_secs_f64());
+            Some(applied)
+        }
+        Err(Unavailable::NotInBuild(why)) => {
+            result.status = Status::NotAvailable;
+            result.reason = Some(why);
+            None
+        }
+        Err(Unavailable::Failed(e)) => {
+            result.status = Status::Skipped;
+            result.reason = Some(format!("could not be set up: {e:#}"));
+            None
+        }
+    }
+}
+
+fn run_method(
+    bed: &Bed,
+    dnsteer_bin: &Path,
+    queries: &Path,
+    plan: &Plan,
+    method: &Method,
+) -> Result<MethodResult> {
+    let mut result = MethodResult::new(method);
+    // Other work on the machine would count as this method's CPU time: wait
+    // for a quiet second, for a while.
+    let waiting = Instant::now();
+    let quiet = loop {
+        let quiet = cpu::background(BACKGROUND)?;
+        if quiet.busy_share() <= BUSY_WARNING
+            || waiting.elapsed().as_secs_f64() >= plan.quiet_wait_s
+        {
+            break quiet;
+        }
+        check_interrupt()?;
+    };
+    result.background_busy = Some(quiet.busy_share());
+    if quiet.busy_share() > BUSY_WARNING {
+        say(&format!(
+            "  warning: {:.0}% of the machine was busy with other work just before {}; its CPU figures include that",
+            quiet.busy_share() * 100.0,
+            method.id
+        ));
+    }
+    let Some(applied) = put_on(bed, dnsteer_bin, method, &mut result) else {
+        return Ok(result);
+    };
+    let outcome = ladder(bed, queries, plan, method, &mut result);
+    methods::remove(applied, &bed.topo.node)?;
+    bed.clear_client_xdp()?;
+    if let Err(e) = outcome {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(e);
+        }
+        result.status = Status::Skipped;
+        result.reason = Some(format!("the load could not run: {e:#}"));
+    }
+    result.finish();
+    Ok(result)
+}
+
+fn ladder(
+    bed: &Bed,
+    queries: &Path,
+    plan: &Plan,
+    method: &Method,
+    result: &mut MethodResult,
+) -> Result<()> {
+    let node = &bed.topo.node;
+    let to = if method.kind == Kind::Baseline {
+        std::net::SocketAddr::from((bed.backend_addrs()[0], testbed::DNS_PORT))
+    } else {
+        bed.service()
+    };
+    let mut failures = 0;
+    for &rate in &plan.rates {
+        check_interrupt()?;
+        methods::flush_conntrack(node);
+        let ct0 = cpu::conntrack_stats(node);
+        let (burst, window) = load::kxdpgun(
+            &bed.topo.client,
+            queries,
+            to,
+            &bed.node_mac,
+            rate,
+            plan.step(),
+        )?;
+        let ct = cpu::conntrack_delta(&ct0, &cpu::conntrack_stats(node));
+        let offered_in_full = burst.sent as f64 >= SENT_SHARE * f64::from(rate) * burst.duration_s;
+        let step = Step {
+            offered: rate,
+            sent: burst.sent,
+            answered: burst.answered,
+            duration_s: burst.duration_s,
+            loss: burst.loss(),
+            offered_in_full,
+            pass: burst.loss() < LOSS_LIMIT && offered_in_full,
+            cpu_us_per_query: window.as_ref().and_then(|w| w.cpu.us_per(w.answered)),
+            kernel_us_per_query: window
+                .as_ref()
+                .filter(|w| w.answered > 0)
+                .map(|w| w.cpu.kernel_s() * 1e6 / w.answered as f64),
+            window,
+            conntrack: ct,
+        };
+        say(&report::step_line(&method.id, &step));
+        let pass = step.pass;
+        result.steps.push(step);
+        if !pass {
+            failures += 1;
+            if failures >= plan.failures_to_stop {
+                break;
+            }
+        }
+    }
+    bed.clear_client_xdp()?;
+    check_interrupt()?;
+    methods::flush_conntrack(node);
+    let latency = load::latency(
+        &bed.topo.client,
+        to,
+        plan.latency_rate,
+        Duration::from_secs_f64(plan.latency_s),
+    )?;
+    say(&report::latency_line(&method.id, &latency));
+    result.latency = Some(latency);
+    Ok(())
+}
+
+fn run_bind(
+    bed: &Bed,
+    dnsteer_bin: &Path,
+    queries: &Path,
+    plan: &Plan,
+    method: &Method,
+) -> Result<BindMethod> {
+    let mut scratch = MethodResult::new(method);
+    let mut out = BindMethod {
+        id: method.id.clone(),
+        label: method.label.clone(),
+        status: Status::Measured,
+        reason: None,
+        steps: Vec::new(),
+        all_answered_rate: None,
+        all_answered_is_lower_bound: false,
+    };
+    let Some(applied) = put_on(bed, dnsteer_bin, method, &mut scratch) else {
+        out.status = scratch.status;
+        out.reason = scratch.reason;
+        return Ok(out);
+    };
+    let mut outcome = Ok(());
+    for &rate in &plan.bind_rates {
+        if let Err(e) = check_interrupt() {
+            outcome = Err(e);
+            break;
+        }
+        methods::flush_conntrack(&bed.topo.node);
+        let t0 = Ticks::now()?;
+        let burst = match load::dnsperf(
+            &bed.topo.client,
+            queries,
+            bed.service(),
+            rate,
+            Duration::from_secs_f64(plan.bind_step_s),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let used = CpuUse::between(t0, Ticks::now()?);
+        let step = BindStep {
+            offered: rate,
+            answered_rate: burst.answered as f64 / burst.duration_s.max(1e-9),
+            burst,
+            cpu: used,
+        };
+        say(&report::bind_line(&method.id, &step));
+        let lost = step.burst.unanswered() > 0;
+        out.steps.push(step);
+        if lost {
+            break;
+        }
+    }
+    methods::remove(applied, &bed.topo.node)?;
+    if let Err(e) = outcome {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(e);
+        }
+        out.status = Status::Skipped;
+        out.reason = Some(format!("dnsperf could not run: {e:#}"));
+    }
+    let first_loss = out.steps.iter().position(|s| s.burst.unanswered() > 0);
+    out.all_answered_rate = out.steps[..first_loss.unwrap_or(out.steps.len())]
+        .iter()
+        .map(|s| s.offered)
+        .max();
+    out.all_answered_is_lower_bound = first_loss.is_none() && out.all_answered_rate.is_some();
+    Ok(out)
+}

@@ -1,0 +1,1006 @@
+//! The results as JSON, docs/BENCHMARKS.md and two PNG plots, and the
+//! progress lines printed while the bench runs.
+//!
+//! A full run writes bench/results/<date>-<host>.json, bench/plots/<date>-<host>-*.png
+//! and docs/BENCHMARKS.md. `--quick` is a smoke test whose numbers are not the
+//! report: it writes the same three kinds of file under target/bench-quick/.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use plotters::{
+    prelude::*,
+    style::{FontStyle, register_font},
+};
+
+use super::{
+    BUSY_WARNING, BindMethod, BindStep, LOSS_LIMIT, MethodResult, Plan, Results, SENT_SHARE,
+    Status, Step,
+    load::Latency,
+    methods::{self, BASELINE, Kind, REFERENCE, Rules, Target},
+    prog_cost::ProgCost,
+};
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            text
+        })
+        .unwrap_or_default()
+}
+
+fn first_line_with(text: &str, needle: &str) -> String {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+/// Year-month-day and hh:mm:ss of a Unix time, UTC (Howard Hinnant's civil_from_days).
+fn utc(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60),
+    )
+}
+
+pub fn new_results(plan: Plan) -> Result<Results> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let (date, time) = utc(now);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = first_line_with(&cpuinfo, "model name")
+        .split(':')
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        ""
+    } else {
+        " (with uncommitted changes)"
+    };
+    let versions = vec![
+        (
+            "dnsteer".to_owned(),
+            format!("{}{dirty}", git(&["rev-parse", "--short", "HEAD"])),
+        ),
+        (
+            "iptables".to_owned(),
+            first_line_with(&command_line("iptables", &["--version"]), "iptables"),
+        ),
+        (
+            "nft".to_owned(),
+            first_line_with(&command_line("nft", &["--version"]), "nftables"),
+        ),
+        (
+            "kxdpgun".to_owned(),
+            first_line_with(&command_line("kxdpgun", &["--version"]), "version"),
+        ),
+        (
+            "dnsperf".to_owned(),
+            first_line_with(&command_line("dnsperf", &["-h"]), "Version"),
+        ),
+        (
+            "named".to_owned(),
+            first_line_with(&command_line("named", &["-v"]), "BIND"),
+        ),
+        (
+            "conntrack".to_owned(),
+            first_line_with(&command_line("conntrack", &["--version"]), "conntrack"),
+        ),
+        (
+            "nf_conntrack_max".to_owned(),
+            std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+                .unwrap_or_else(|_| "(conntrack not loaded)".to_owned())
+                .trim()
+                .to_owned(),
+        ),
+    ];
+    Ok(Results {
+        date,
+        started_utc: time,
+        host,
+        kernel,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model,
+        versions,
+        plan,
+        loss_limit: LOSS_LIMIT,
+        notes: Vec::new(),
+        methods: Vec::new(),
+        bind: Vec::new(),
+        prog_cost: None,
+        elapsed_s: 0.0,
+        only: Vec::new(),
+    })
+}
+
+/// What a method puts on the node, for the report; a rule set of thousands of
+/// services is shown as its size and the chains of the service under load.
+pub fn abridged_setup(kind: &Kind, t: &Target) -> String {
+    match kind {
+        Kind::Baseline => "nothing: the load goes to 10.100.13.2 directly".to_owned(),
+        Kind::Iptables(Rules::KubeProxy(n)) => {
+            let rules = methods::kube_proxy_rules(*n, t);
+            let total = rules.lines().filter(|l| l.starts_with("-A ")).count();
+            let ours = t.service.ip().to_string();
+            let mut chains: Vec<String> = rules
+                .lines()
+                .filter(|l| l.contains(&format!("-d {ours}/32")))
+                .filter_map(|l| l.rsplit(' ').next().map(str::to_owned))
+                .filter(|c| c.starts_with("KUBE-SVC-"))
+                .collect();
+            chains.dedup();
+            let shown: String = rules
+                .lines()
+                .filter(|l| {
+                    !l.starts_with("-A KUBE-SERVICES") || l.contains(&format!("-d {ours}/32"))
+                })
+                .filter(|l| {
+                    !(l.starts_with("-A KUBE-SVC-") || l.starts_with("-A KUBE-SEP-"))
+                        || chains.iter().any(|c| l.contains(c.as_str()))
+                        || l.contains("10.100.13.")
+                })
+                .filter(|l| !l.starts_with(':'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            format!("{total} rules in all; those of the service under load:\n{shown}")
+        }
+        Kind::Iptables(rules) => methods::operator_rules(*rules, t),
+        Kind::Nft => methods::nft_rules(t),
+        Kind::Dnsteer {
+            xdp_mode, services, ..
+        } => {
+            let config = methods::dnsteer_config(kind, t).unwrap_or_default();
+            let head: String = config
+                .split("\n[[service]]\nname = \"svc1\"")
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let more = if *services > 1 {
+                format!(
+                    "\n... and {} more [[service]] entries, [limits]\n",
+                    services - 1
+                )
+            } else {
+                String::new()
+            };
+            format!("dnsteer run --xdp-mode={xdp_mode} with\n{head}{more}")
+        }
+    }
+}
+
+pub fn step_line(id: &str, s: &Step) -> String {
+    let cpu = s
+        .cpu_us_per_query
+        .map_or("-".to_owned(), |c| format!("{c:.2} us"));
+    let ct = ["insert_failed", "drop", "early_drop"]
+        .iter()
+        .filter_map(|k| {
+            s.conntrack
+                .get(*k)
+                .filter(|v| **v > 0)
+                .map(|v| format!(" {k}={v}"))
+        })
+        .collect::<String>();
+    format!(
+        "  {id}: offered {:>6}/s: sent {:>7} ({:.0}/s), answered {:>7} ({:.3}% unanswered) {}; CPU/query {cpu}{ct}",
+        s.offered,
+        s.sent,
+        s.sent as f64 / s.duration_s.max(1e-9),
+        s.answered,
+        s.loss * 100.0,
+        match (s.pass, s.offered_in_full) {
+            (true, _) => "pass",
+            (false, true) => "FAIL (lost)",
+            (false, false) => "FAIL (not sent in full)",
+        },
+    )
+}
+
+pub fn latency_line(id: &str, l: &Latency) -> String {
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} us"));
+    format!(
+        "  {id}: round trips at {}/s: {} of {} answered, p50 {}, p99 {}",
+        l.rate,
+        l.answered,
+        l.sent,
+        us(l.p50_us),
+        us(l.p99_us)
+    )
+}
+
+pub fn bind_line(id: &str, s: &BindStep) -> String {
+    format!(
+        "  {id} (BIND, dnsperf): offered {:>6}/s: sent {}, answered {} ({:.0}/s), unanswered {}",
+        s.offered,
+        s.burst.sent,
+        s.burst.answered,
+        s.answered_rate,
+        s.burst.unanswered()
+    )
+}
+
+/// Writes the JSON, the plots and the markdown; returns the paths written.
+pub fn write(results: &Results, root: &Path) -> Result<Vec<PathBuf>> {
+    let stem = format!("{}-{}", results.date, results.host);
+    let partial = if results.plan.quick {
+        Some("target/bench-quick")
+    } else if !results.only.is_empty() {
+        Some("target/bench-partial")
+    } else {
+        None
+    };
+    let (json, plots, md) = if let Some(dir) = partial {
+        let dir = root.join(dir);
+        (dir.clone(), dir.clone(), dir.join("BENCHMARKS.md"))
+    } else {
+        (
+            root.join("bench/results"),
+            root.join("bench/plots"),
+            root.join("docs/BENCHMARKS.md"),
+        )
+    };
+    for dir in [&json, &plots] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let Some(parent) = md.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let json_path = json.join(format!("{stem}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    register_font("sans-serif", FontStyle::Normal, load_font()?)
+        .map_err(|_| anyhow::anyhow!("{FONT} is not a font plotters can read"))?;
+    let rate_png = plots.join(format!("{stem}-rate.png"));
+    let cpu_png = plots.join(format!("{stem}-cpu.png"));
+    plot_rates(results, &rate_png)?;
+    plot_cpu(results, &cpu_png)?;
+    let rel = |p: &Path| -> String {
+        let base = md.parent().unwrap_or(root);
+        relative(base, p)
+    };
+    let text = markdown(results, &rel(&json_path), &rel(&rate_png), &rel(&cpu_png));
+    std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
+    Ok(vec![json_path, rate_png, cpu_png, md])
+}
+
+fn load_font() -> Result<&'static [u8]> {
+    let bytes = std::fs::read(FONT).with_context(|| {
+        format!("reading {FONT} for the plots' text (Debian: apt-get install fonts-dejavu-core)")
+    })?;
+    Ok(Box::leak(bytes.into_boxed_slice()))
+}
+
+/// `to` relative to the directory `from` (both under the repository root).
+fn relative(from: &Path, to: &Path) -> String {
+    let from: Vec<_> = from.components().collect();
+    let to_c: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..from.len() {
+        out.push("..");
+    }
+    for c in &to_c[common..] {
+        out.push(c);
+    }
+    out.display().to_string()
+}
+
+fn measured(results: &Results) -> impl Iterator<Item = &MethodResult> {
+    results
+        .methods
+        .iter()
+        .filter(|m| matches!(m.status, Status::Measured) && !m.steps.is_empty())
+}
+
+fn color(i: usize) -> RGBColor {
+    const COLORS: [RGBColor; 14] = [
+        RGBColor(0, 0, 0),
+        RGBColor(214, 39, 40),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+        RGBColor(188, 189, 34),
+        RGBColor(227, 119, 194),
+        RGBColor(148, 103, 189),
+        RGBColor(31, 119, 180),
+        RGBColor(23, 190, 207),
+        RGBColor(44, 160, 44),
+        RGBColor(127, 127, 127),
+        RGBColor(0, 90, 50),
+        RGBColor(0, 40, 120),
+        RGBColor(90, 0, 90),
+    ];
+    COLORS[i % COLORS.len()]
+}
+
+fn rate_bounds(results: &Results) -> (f64, f64) {
+    let rates = &results.plan.rates;
+    let lo = rates.iter().copied().min().unwrap_or(1000) as f64;
+    let hi = rates.iter().copied().max().unwrap_or(1000) as f64;
+    (lo / 1.2, hi * 1.2)
+}
+
+fn plot_rates(results: &Results, path: &Path) -> Result<()> {
+    let root = BitMapBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = rate_bounds(results);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Answered vs offered DNS queries/s ({}, {})",
+                results.host, results.date
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("offered queries/s (kxdpgun, a new flow each)")
+        .y_desc("answered queries/s")
+        .label_style(("sans-serif", 14))
+        .x_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.2)))?
+        .label("answered = offered")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.2)));
+    for (i, m) in measured(results).enumerate() {
+        let c = color(i);
+        let points: Vec<(f64, f64)> = m
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    f64::from(s.offered),
+                    (s.answered as f64 / s.duration_s.max(1e-9)).max(lo),
+                )
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+            .label(m.id.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_cpu(results: &Results, path: &Path) -> Result<()> {
+    let root = BitMapBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = rate_bounds(results);
+    let top = measured(results)
+        .flat_map(|m| m.steps.iter())
+        .filter(|s| s.pass)
+        .filter_map(|s| s.cpu_us_per_query)
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "CPU per answered query, passing steps ({}, {})",
+                results.host, results.date
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((lo..hi).log_scale(), 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered queries/s")
+        .y_desc("busy CPU microseconds per query (all CPUs, incl. load generator)")
+        .label_style(("sans-serif", 14))
+        .x_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .draw()?;
+    for (i, m) in measured(results).enumerate() {
+        let c = color(i);
+        let points: Vec<(f64, f64)> = m
+            .steps
+            .iter()
+            .filter(|s| s.pass)
+            .filter_map(|s| Some((f64::from(s.offered), s.cpu_us_per_query?)))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+            .label(m.id.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The figures the tables compare.
+pub struct Summary<'a> {
+    pub reference: Option<&'a MethodResult>,
+    pub baseline: Option<&'a MethodResult>,
+    /// The rate CPU per query is compared at: the reference's loss-free rate.
+    pub cpu_rate: Option<u32>,
+}
+
+impl<'a> Summary<'a> {
+    pub fn of(results: &'a Results) -> Self {
+        let find = |id: &str| results.methods.iter().find(|m| m.id == id);
+        let reference = find(REFERENCE);
+        Self {
+            reference,
+            baseline: find(BASELINE),
+            cpu_rate: reference.and_then(|r| r.loss_free_rate),
+        }
+    }
+
+    pub fn cpu_at(&self, m: &MethodResult) -> Option<f64> {
+        m.step_at(self.cpu_rate?)?.cpu_us_per_query
+    }
+
+    /// CPU per query less the baseline's at the same rate.
+    pub fn net_cpu_at(&self, m: &MethodResult) -> Option<f64> {
+        Some(self.cpu_at(m)? - self.cpu_at(self.baseline?)?)
+    }
+
+    pub fn rate_ratio(&self, m: &MethodResult) -> Option<f64> {
+        Some(f64::from(m.loss_free_rate?) / f64::from(self.reference?.loss_free_rate?))
+    }
+
+    pub fn cpu_ratio(&self, m: &MethodResult) -> Option<f64> {
+        Some(self.cpu_at(m)? / self.cpu_at(self.reference?)?)
+    }
+
+    pub fn net_cpu_ratio(&self, m: &MethodResult) -> Option<f64> {
+        Some(self.net_cpu_at(m)? / self.net_cpu_at(self.reference?)?)
+    }
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or("–".to_owned(), f)
+}
+
+fn rate_text(m: &MethodResult) -> String {
+    match m.loss_free_rate {
+        Some(r) if m.loss_free_is_lower_bound => format!("≥ {r}"),
+        Some(r) => r.to_string(),
+        None => "< lowest step".to_owned(),
+    }
+}
+
+fn status_text(m: &MethodResult) -> String {
+    match m.status {
+        Status::Measured => String::new(),
+        Status::NotAvailable => "not available in this build".to_owned(),
+        Status::Skipped => "skipped".to_owned(),
+    }
+}
+
+fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> String {
+    let s = Summary::of(results);
+    let plan = &results.plan;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    if plan.quick {
+        let _ = writeln!(
+            md,
+            "**A `--quick` smoke run: few, short steps. Its numbers are not the report; see docs/BENCHMARKS.md in the repository for a full run.**\n"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "Every steering method measured side by side in one run of `cargo xtask bench{}` on {} ({} UTC), \
+         host `{}`: {} CPUs ({}), kernel {}, {:.0} minutes. Raw numbers: [{json}]({json}).\n",
+        if plan.quick { " --quick" } else { "" },
+        results.date,
+        results.started_utc,
+        results.host,
+        results.cpus,
+        results.cpu_model,
+        results.kernel,
+        results.elapsed_s / 60.0
+    );
+    let _ = writeln!(
+        md,
+        "Versions: {}.\n",
+        results
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} `{v}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let _ = writeln!(md, "## How it was measured\n");
+    let _ = writeln!(
+        md,
+        "- **Topology**: the test bed's network namespaces on this one machine: a load generator \
+         (`client`), the node (`eth3` with 192.0.2.10 and the alias 192.0.2.11), four backends \
+         10.100.13.2-5, each behind a veth of its own. Every method runs on the same namespaces, \
+         one after the other; rules go into the node's namespace only and are removed (`nft flush \
+         ruleset`) before the next method.\n\
+         - **Backends**: for the capacity runs each backend answers with a small XDP program \
+         (`bench_responder` in `xdp-ebpf/src/bench.rs`): it turns the query into its answer \
+         (`A` = the backend's address) in place and sends it back with XDP_TX, so the runs measure \
+         the steering, not a DNS server. The node's backend veths run a trivial XDP program so \
+         they accept those XDP_TX frames; that is the same for every method. BIND 9 runs only in \
+         the [run against real BIND](#real-bind-9-backends).\n\
+         - **Load**: kxdpgun (Knot DNS, AF_XDP) sends `whoami.example. A` to 192.0.2.10:53 at each \
+         offered rate for {:.0} s, from 198.18.0.0/16, walking source ports before addresses, so \
+         every query is a new flow (a new conntrack entry, a new dnsteer flow record). Offered rates \
+         go up by a factor of 2^(1/3) from {} to {} queries/s; a method stops after {} failed steps. \
+         A step **passes** when fewer than {}% of its queries are unanswered. The **loss-free rate** is \
+         the highest offered rate that passed below the first that failed (\"≥\" when every step tried \
+         passed). A step also fails when kxdpgun could not send {}% of the offered queries: the \
+         generator shares the two CPUs with the node, and an AF_XDP send into a veth runs the \
+         receiving side's processing in the sender's context, so a method that costs more CPU \
+         slows the sending instead of losing queries. The **peak** column is the most answered \
+         queries/s of any step: where the loss-free rate is limited by the ladder's steps it is the \
+         finer measure of capacity.\n\
+         - **CPU per query**: busy CPU time (wall time × CPUs − idle, from /proc/stat, over the \
+         steady middle of each step between two of kxdpgun's running totals) divided by the queries \
+         answered in it. Idle time is measured at every idle entry and exit (NO_HZ); the kernel's \
+         user/system/softirq split is only sampled at each tick, and kxdpgun's timer-paced load \
+         aliases with the tick, so the split is kept in the JSON for information only. The \
+         namespaces share the machine's CPUs, so the figure includes the load generator and the \
+         responders, not only the node: the **net** column subtracts the same figure for \
+         `baseline` (the load sent straight to one backend through the node's plain forwarding, no \
+         steering) at the same rate. Tables compare CPU at the rate iptables nth carries loss-free \
+         ({}). Before each method the bench waits (up to {:.0} s) for a second in which the machine \
+         is at most {:.0}% busy; the **busy before** column says how busy it was.\n\
+         - **conntrack**: the node's table is flushed (`conntrack -F`) before every step, so each \
+         step starts empty and holds at most one step's flows. At a steady rate it would hold \
+         `nf_conntrack_udp_timeout` (30 s) worth: with nf_conntrack_max = {}, more than about {} new \
+         flows/s overflow it. Short steps therefore flatter the iptables methods.\n\
+         - **Latency**: the test bed's paced generator (a fresh kernel UDP socket per query) at {} \
+         queries/s for {:.0} s; p50 and p99 of the round trips of the answered queries.\n",
+        plan.step_s,
+        plan.rates.first().copied().unwrap_or(0),
+        plan.rates.last().copied().unwrap_or(0),
+        plan.failures_to_stop,
+        LOSS_LIMIT * 100.0,
+        SENT_SHARE * 100.0,
+        opt(s.cpu_rate, |r| format!("{r} queries/s")),
+        plan.quiet_wait_s,
+        BUSY_WARNING * 100.0,
+        conntrack_max(results),
+        conntrack_max(results)
+            .parse::<u64>()
+            .map_or("?".to_owned(), |m| (m / 30).to_string()),
+        plan.latency_rate,
+        plan.latency_s,
+    );
+
+    let _ = writeln!(md, "## Every method against iptables nth\n");
+    let _ = writeln!(
+        md,
+        "| method | loss-free rate (q/s) | × iptables nth | peak answered q/s | CPU µs/query at {} | net of baseline | × iptables nth (net) | p50 µs | p99 µs | busy before | |",
+        opt(s.cpu_rate, |r| format!("{r}/s"))
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for m in &results.methods {
+        let lat = m.latency.as_ref();
+        let _ = writeln!(
+            md,
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            m.id,
+            m.group,
+            if matches!(m.status, Status::Measured) {
+                rate_text(m)
+            } else {
+                "–".to_owned()
+            },
+            opt(s.rate_ratio(m), |r| format!("{r:.2}")),
+            opt(m.peak_answered_rate, |r| format!("{r:.0}")),
+            opt(s.cpu_at(m), |c| format!("{c:.2}")),
+            opt(s.net_cpu_at(m), |c| format!("{c:.2}")),
+            opt(s.net_cpu_ratio(m), |r| format!("{r:.2}")),
+            opt(lat.and_then(|l| l.p50_us), |v| format!("{v:.0}")),
+            opt(lat.and_then(|l| l.p99_us), |v| format!("{v:.0}")),
+            opt(m.background_busy, |b| format!("{:.0}%", b * 100.0)),
+            status_text(m),
+        );
+    }
+    let _ = writeln!(md);
+    for m in results.methods.iter().filter(|m| m.reason.is_some()) {
+        let _ = writeln!(
+            md,
+            "- `{}`: {}: {}",
+            m.id,
+            status_text(m),
+            m.reason
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n![answered vs offered]({rate_png})\n\n![CPU per query]({cpu_png})\n"
+    );
+
+    targets(&mut md, results, &s);
+    conntrack_table(&mut md, results);
+    bind_table(&mut md, results);
+    if let Some(cost) = &results.prog_cost {
+        prog_cost_table(&mut md, cost);
+    }
+    curves(&mut md, results);
+    setups(&mut md, results);
+    for note in &results.notes {
+        let _ = writeln!(md, "- {note}");
+    }
+    md
+}
+
+fn conntrack_max(results: &Results) -> String {
+    results
+        .versions
+        .iter()
+        .find(|(k, _)| k == "nf_conntrack_max")
+        .map_or("?".to_owned(), |(_, v)| v.clone())
+}
+
+fn verdict(pass: Option<bool>) -> &'static str {
+    match pass {
+        Some(true) => "**met**",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+fn targets(md: &mut String, results: &Results, s: &Summary) {
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
+    let find = |id: &str| results.methods.iter().find(|m| m.id == id);
+    if let Some(cost) = &results.prog_cost {
+        for (case, floor) in [
+            ("flow hit", "repeat"),
+            ("matching query, new flow", "single"),
+            ("matching query, flow hit", "single"),
+        ] {
+            let c = cost
+                .cases
+                .iter()
+                .find(|c| c.name == case && c.mode == floor);
+            let f = cost
+                .cases
+                .iter()
+                .find(|c| c.name == "floor" && c.mode == floor);
+            let ratio = c
+                .zip(f)
+                .map(|(c, f)| c.ns_per_packet / f.ns_per_packet.max(1e-9));
+            let _ = writeln!(
+                md,
+                "| XDP program ≤ 5× XDP_PASS ({case}, {floor} mode) | {} | {} |",
+                opt(c.zip(f).zip(ratio), |((c, f), r)| format!(
+                    "{:.1} ns vs {:.1} ns: {r:.1}×",
+                    c.ns_per_packet, f.ns_per_packet
+                )),
+                verdict(ratio.map(|r| r <= 5.0))
+            );
+        }
+    }
+    let fast = find("dnsteer-redirect");
+    let fast_measured = fast.filter(|m| matches!(m.status, Status::Measured));
+    let why_not = fast
+        .filter(|m| !matches!(m.status, Status::Measured))
+        .and_then(|m| m.reason.clone())
+        .map_or(String::new(), |r| {
+            format!(" ({})", r.lines().next().unwrap_or(""))
+        });
+    let rate = fast_measured.and_then(|m| s.rate_ratio(m));
+    let bound = fast_measured.is_some_and(|m| m.loss_free_is_lower_bound);
+    let _ = writeln!(
+        md,
+        "| fast path ≥ 3× iptables nth's loss-free rate | {} | {}{why_not} |",
+        opt(rate, |r| format!(
+            "{r:.2}×{}",
+            if bound { " (at least)" } else { "" }
+        )),
+        verdict(rate.map(|r| r >= 3.0).filter(|ok| *ok || !bound))
+    );
+    let cpu = fast_measured.and_then(|m| s.net_cpu_ratio(m));
+    let _ = writeln!(
+        md,
+        "| fast path ≤ 1/3 of iptables nth's CPU per query (net of baseline) | {} | {}{why_not} |",
+        opt(cpu, |r| format!(
+            "{r:.2}× (gross, generator and responders included: {})",
+            opt(fast_measured.and_then(|m| s.cpu_ratio(m)), |g| format!(
+                "{g:.2}×"
+            ))
+        )),
+        verdict(cpu.map(|r| r <= 1.0 / 3.0))
+    );
+    let one = find("dnsteer-services-1");
+    let many = find("dnsteer-services-10000");
+    let ratio = one
+        .zip(many)
+        .and_then(|(a, b)| Some(f64::from(b.loss_free_rate?) / f64::from(a.loss_free_rate?)));
+    let bounds = one.is_some_and(|m| m.loss_free_is_lower_bound)
+        || many.is_some_and(|m| m.loss_free_is_lower_bound);
+    let _ = writeln!(
+        md,
+        "| dnsteer with 10000 services within 5% of 1 service (loss-free rate) | {} | {}{} |",
+        opt(ratio, |r| format!("{:.1}%", (r - 1.0) * 100.0)),
+        verdict(ratio.map(|r| (r - 1.0).abs() <= 0.05)),
+        if bounds {
+            " (a loss-free rate is only a lower bound)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md);
+}
+
+fn conntrack_table(md: &mut String, results: &Results) {
+    let _ = writeln!(md, "## conntrack (iptables and nftables methods)\n");
+    let _ = writeln!(
+        md,
+        "Summed over the steps of each ladder (the table flushed before each): new entries, \
+         `insert_failed`, `drop`, `early_drop` from /proc/net/stat/nf_conntrack, and the most \
+         entries held at the end of a step.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| method | new | insert_failed | drop | early_drop | most entries |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for m in results.methods.iter().filter(|m| !m.steps.is_empty()) {
+        let sum = |k: &str| {
+            m.steps
+                .iter()
+                .map(|s| s.conntrack.get(k).copied().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let most = m
+            .steps
+            .iter()
+            .map(|s| s.conntrack.get("entries").copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            m.id,
+            sum("new"),
+            sum("insert_failed"),
+            sum("drop"),
+            sum("early_drop"),
+            most
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn bind_table(md: &mut String, results: &Results) {
+    let _ = writeln!(md, "## Real BIND 9 backends\n");
+    let _ = writeln!(
+        md,
+        "The XDP responders off, BIND 9 (`named -n 1`, one worker each) answering on the four \
+         backends, dnsperf from the client (64 sockets, so 64 source ports: each keeps its first \
+         backend under both iptables' conntrack and dnsteer's flow table), {:.0} s per step, rates {:?}. \
+         The rate is the highest with every query answered.\n",
+        results.plan.bind_step_s, results.plan.bind_rates
+    );
+    let _ = writeln!(
+        md,
+        "| method | 100% answered up to (q/s) | answered q/s at that step | |\n|---|---:|---:|---|"
+    );
+    let reference = results
+        .bind
+        .iter()
+        .find(|b| b.id == REFERENCE)
+        .and_then(|b| b.all_answered_rate);
+    for b in &results.bind {
+        let at = b
+            .all_answered_rate
+            .and_then(|r| b.steps.iter().find(|s| s.offered == r))
+            .map(|s| s.answered_rate);
+        let ratio = b
+            .all_answered_rate
+            .zip(reference)
+            .map(|(a, r)| f64::from(a) / f64::from(r));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {}{} |",
+            b.id,
+            bind_rate_text(b),
+            opt(at, |r| format!("{r:.0}")),
+            opt(ratio, |r| format!("{r:.2}× iptables nth")),
+            b.reason.as_ref().map_or(String::new(), |r| format!(" {r}"))
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn bind_rate_text(b: &BindMethod) -> String {
+    match b.all_answered_rate {
+        Some(r) if b.all_answered_is_lower_bound => format!("≥ {r}"),
+        Some(r) => r.to_string(),
+        None => "< lowest step".to_owned(),
+    }
+}
+
+fn prog_cost_table(md: &mut String, cost: &ProgCost) {
+    let _ = writeln!(md, "## XDP program cost (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        md,
+        "`dnsteer_steer` as `dnsteer run` loaded and filled it, next to `bench_pass` (returns \
+         XDP_PASS, touches nothing) in the same run. `repeat` mode: one call with repeat = {}, \
+         the kernel's mean (whole ns) and the call's wall time / repeat. The buffer is not \
+         restored between repeats, so the flow-table hit uses a service whose one backend is its \
+         own address (the rewrite writes the same bytes back). `single` mode: {} calls of one \
+         packet each, the mean and median of the kernel's per-call figure (which includes the \
+         kernel timer's own overhead, as the floor's does); the only way to make every packet a \
+         new flow (its own source address and port; past 32,768 flows every insert evicts from \
+         the 65,536-record LRU table). Each case checked dnsteer's counters.\n",
+        cost.repeat, cost.single_packets
+    );
+    let _ = writeln!(
+        md,
+        "| case | program | mode | ns/packet | median | wall ns/packet | × floor | checked |\n|---|---|---|---:|---:|---:|---:|---|"
+    );
+    for c in &cost.cases {
+        let floor = cost
+            .cases
+            .iter()
+            .find(|f| f.name == "floor" && f.mode == c.mode);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {} |",
+            c.name,
+            c.program,
+            c.mode,
+            c.ns_per_packet,
+            opt(c.median_ns, |v| format!("{v:.0}")),
+            opt(c.wall_ns_per_packet, |v| format!("{v:.2}")),
+            opt(
+                floor.map(|f| c.ns_per_packet / f.ns_per_packet.max(1e-9)),
+                |r| format!("{r:.1}")
+            ),
+            c.checked
+        );
+    }
+    for (case, why) in &cost.skipped {
+        let _ = writeln!(md, "\n- `{case}` skipped: {why}");
+    }
+    let _ = writeln!(md);
+}
+
+fn curves(md: &mut String, results: &Results) {
+    let _ = writeln!(md, "## Every step\n");
+    let _ = writeln!(
+        md,
+        "Offered → sent/s, answered/s (unanswered %), busy CPU µs per query; ✗ a failed step.\n"
+    );
+    for m in results.methods.iter().filter(|m| !m.steps.is_empty()) {
+        let steps: Vec<String> = m
+            .steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} → {:.0}, {:.0} ({:.2}%{}, {})",
+                    s.offered,
+                    s.sent as f64 / s.duration_s.max(1e-9),
+                    s.answered as f64 / s.duration_s.max(1e-9),
+                    s.loss * 100.0,
+                    if s.pass { "" } else { " ✗" },
+                    opt(s.cpu_us_per_query, |c| format!("{c:.2} µs"))
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "- `{}`: {}", m.id, steps.join("; "));
+    }
+    let _ = writeln!(md);
+}
+
+fn setups(md: &mut String, results: &Results) {
+    let _ = writeln!(md, "## What each method put on the node\n");
+    for m in &results.methods {
+        let _ = writeln!(
+            md,
+            "<details><summary><code>{}</code>: {}</summary>\n",
+            m.id, m.label
+        );
+        let _ = writeln!(
+            md,
+            "```\n{}```\n",
+            m.setup.as_deref().unwrap_or("(nothing)\n")
+        );
+        if let Some(t) = m.setup_s {
+            let _ = writeln!(md, "Set up in {t:.1} s.\n");
+        }
+        let _ = writeln!(md, "</details>\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_from_unix_time() {
+        assert_eq!(utc(0), ("1970-01-01".to_owned(), "00:00:00".to_owned()));
+        assert_eq!(utc(951_782_400).0, "2000-02-29");
+        assert_eq!(
+            utc(1_798_761_599),
+            ("2026-12-31".to_owned(), "23:59:59".to_owned())
+        );
+    }
+
+    #[test]
+    fn paths_relative_to_the_report() {
+        assert_eq!(
+            relative(Path::new("/r/docs"), Path::new("/r/bench/plots/x.png")),
+            "../bench/plots/x.png"
+        );
+        assert_eq!(
+            relative(Path::new("/r/t"), Path::new("/r/t/x.json")),
+            "x.json"
+        );
+    }
+}
