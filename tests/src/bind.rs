@@ -3,7 +3,7 @@
 use std::{
     fmt::Write as _,
     fs::OpenOptions,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -17,7 +17,8 @@ use crate::{dns, netns::NetNs, tempdir::TempDir, tools::command_line};
 pub const DNS_PORT: u16 = 53;
 /// The zone each backend serves.
 pub const ZONE: &str = "example.";
-/// `A` = the answering backend's own address, so an answer names the backend.
+/// `A` and `AAAA` = the answering backend's own addresses, so an answer names the
+/// backend (the `A` one also when asked over IPv6).
 pub const WHOAMI_NAME: &str = "whoami.example.";
 /// `A 127.0.0.1` on every backend: a fixed answer for health probes.
 pub const HEALTH_NAME: &str = "health.example.";
@@ -36,28 +37,35 @@ const LOG_FILE: &str = "named.stderr";
 pub(crate) struct BindServer {
     child: Option<Child>,
     addr: Ipv4Addr,
+    addr6: Ipv6Addr,
     dir: TempDir,
 }
 
 impl BindServer {
-    /// Writes the config and zone for a server answering on `addr`; does not start it.
-    pub(crate) fn prepare(addr: Ipv4Addr, label: &str) -> Result<Self> {
+    /// Writes the config and zone for a server answering on `addr` and `addr6`; does
+    /// not start it.
+    pub(crate) fn prepare(addr: Ipv4Addr, addr6: Ipv6Addr, label: &str) -> Result<Self> {
         let dir = TempDir::new(&format!("named-{label}"))?;
         let zone_path = dir.path().join("example.zone");
-        std::fs::write(&zone_path, zone_file(addr, label))
+        std::fs::write(&zone_path, zone_file(addr, addr6, label))
             .with_context(|| format!("writing {}", zone_path.display()))?;
         let conf_path = dir.path().join("named.conf");
-        std::fs::write(&conf_path, named_conf(dir.path(), addr, DNS_PORT))
+        std::fs::write(&conf_path, named_conf(dir.path(), addr, addr6, DNS_PORT))
             .with_context(|| format!("writing {}", conf_path.display()))?;
         Ok(Self {
             child: None,
             addr,
+            addr6,
             dir,
         })
     }
 
     pub(crate) fn target(&self) -> SocketAddr {
         SocketAddr::from((self.addr, DNS_PORT))
+    }
+
+    pub(crate) fn target6(&self) -> SocketAddr {
+        SocketAddr::from((self.addr6, DNS_PORT))
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -133,24 +141,35 @@ impl BindServer {
         Ok(())
     }
 
-    /// Polls [`HEALTH_NAME`] from `from` until named answers or `timeout` passes.
+    /// Polls [`HEALTH_NAME`] from `from`, over IPv4 and then IPv6, until named answers
+    /// both or `timeout` passes.
     pub(crate) fn wait_ready(&mut self, from: &NetNs, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer");
+        let mut targets = vec![self.target(), self.target6()];
         while Instant::now() < deadline {
             self.check_running()?;
-            match dns::query_once(from, self.target(), HEALTH_NAME, Duration::from_millis(300)) {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => last = "no answer".to_owned(),
+            let Some(&target) = targets.first() else {
+                return Ok(());
+            };
+            match dns::query_once(from, target, HEALTH_NAME, Duration::from_millis(300)) {
+                Ok(Some(_)) => {
+                    targets.remove(0);
+                }
+                Ok(None) => last = format!("no answer from {target}"),
                 Err(e) => {
                     last = format!("{e:#}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
+        if targets.is_empty() {
+            return Ok(());
+        }
         bail!(
-            "named for {} did not answer {HEALTH_NAME} from {} within {timeout:?} (last: {last}); its stderr:\n{}",
+            "named for {} and {} did not answer {HEALTH_NAME} from {} within {timeout:?} (last: {last}); its stderr:\n{}",
             self.addr,
+            self.addr6,
             from.name(),
             self.log()
         )
@@ -174,7 +193,7 @@ impl Drop for BindServer {
 
 /// Everything named would otherwise write under /var/cache/bind or /run/named goes to
 /// `dir`, so servers run side by side and leave nothing behind.
-fn named_conf(dir: &Path, addr: Ipv4Addr, port: u16) -> String {
+fn named_conf(dir: &Path, addr: Ipv4Addr, addr6: Ipv6Addr, port: u16) -> String {
     let dir = dir.display();
     format!(
         r#"options {{
@@ -183,7 +202,7 @@ fn named_conf(dir: &Path, addr: Ipv4Addr, port: u16) -> String {
     session-keyfile "{dir}/session.key";
     managed-keys-directory "{dir}";
     listen-on port {port} {{ {addr}; }};
-    listen-on-v6 {{ none; }};
+    listen-on-v6 port {port} {{ {addr6}; }};
     recursion no;
     dnssec-validation no;
     notify no;
@@ -200,14 +219,16 @@ zone "{ZONE}" {{
     )
 }
 
-fn zone_file(addr: Ipv4Addr, label: &str) -> String {
+fn zone_file(addr: Ipv4Addr, addr6: Ipv6Addr, label: &str) -> String {
     let mut zone = format!(
         "$ORIGIN {ZONE}\n\
          $TTL 60\n\
          @       IN SOA ns hostmaster 1 3600 600 86400 60\n\
          @       IN NS  ns\n\
          ns      IN A   {addr}\n\
+         ns      IN AAAA {addr6}\n\
          whoami  IN A   {addr}\n\
+         whoami  IN AAAA {addr6}\n\
          whoami  IN TXT \"{label}\"\n\
          health  IN A   127.0.0.1\n"
     );
@@ -225,7 +246,13 @@ mod tests {
 
     #[test]
     fn big_txt_exceeds_the_udp_limit() {
-        let zone = zone_file(Ipv4Addr::new(10, 0, 0, 2), "backend-0");
+        let zone = zone_file(
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2),
+            "backend-0",
+        );
+        assert!(zone.contains("whoami  IN AAAA 2001:db8::2\n"), "{zone}");
+        assert!(zone.contains("whoami  IN A   10.0.0.2\n"), "{zone}");
         let bytes: usize = zone
             .lines()
             .filter(|l| l.starts_with("big "))
@@ -238,7 +265,8 @@ mod tests {
     fn a_named_that_dies_is_reported_with_its_stderr() {
         crate::require_root_tools(&["ip", "named"]).unwrap_or_else(|e| panic!("{e:#}"));
         let ns = NetNs::new("unit").unwrap();
-        let mut server = BindServer::prepare(Ipv4Addr::new(127, 0, 0, 1), "broken").unwrap();
+        let mut server =
+            BindServer::prepare(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST, "broken").unwrap();
         let dir = server.dir.path().to_owned();
         std::fs::write(
             dir.join("named.conf"),
@@ -261,8 +289,14 @@ mod tests {
 
     #[test]
     fn config_keeps_state_in_the_private_dir() {
-        let conf = named_conf(Path::new("/tmp/x"), Ipv4Addr::new(10, 0, 0, 2), 53);
+        let conf = named_conf(
+            Path::new("/tmp/x"),
+            Ipv4Addr::new(10, 0, 0, 2),
+            "2001:db8::2".parse().unwrap(),
+            53,
+        );
         assert!(conf.contains("listen-on port 53 { 10.0.0.2; };"));
+        assert!(conf.contains("listen-on-v6 port 53 { 2001:db8::2; };"));
         assert!(conf.contains("pid-file \"/tmp/x/named.pid\""));
         assert!(conf.contains("recursion no;"));
     }

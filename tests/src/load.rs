@@ -791,6 +791,48 @@ mod tests {
         assert!(ticks.load(Ordering::Relaxed) <= 1);
     }
 
+    /// IPv6 targets work as IPv4 ones do, mixed in one load.
+    #[test]
+    fn paced_load_over_ipv6() {
+        crate::require_root_tools(&["ip"]).unwrap_or_else(|e| panic!("{e:#}"));
+        let ns = NetNs::new("unit").unwrap();
+        let good6: SocketAddr = "[::1]:5320".parse().unwrap();
+        let good4: SocketAddr = "127.0.0.1:5321".parse().unwrap();
+        let silent6: SocketAddr = "[::1]:5322".parse().unwrap();
+        let answer = Ipv4Addr::new(10, 9, 8, 6);
+        let load = PacedLoad {
+            timeout: Duration::from_millis(200),
+            ..PacedLoad::new(
+                vec![good6, good4, silent6],
+                "whoami.example",
+                1000,
+                Duration::from_millis(300),
+            )
+        };
+        let ready = Barrier::new(3);
+        let stop = AtomicBool::new(false);
+        let records = std::thread::scope(|scope| {
+            let (ns, ready, stop) = (&ns, &ready, &stop);
+            let six = scope.spawn(move || fake_server(ns, "[::1]:5320", None, answer, ready, stop));
+            let four =
+                scope.spawn(move || fake_server(ns, "127.0.0.1:5321", None, answer, ready, stop));
+            ready.wait();
+            let records = run_paced(ns, &load, None);
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(six.join().unwrap().len(), 100);
+            assert_eq!(four.join().unwrap().len(), 100);
+            records.unwrap()
+        });
+        assert_eq!(records.len(), 300);
+        for (i, record) in records.iter().enumerate() {
+            let expected = match i % 3 {
+                2 => Answer::Unanswered,
+                _ => Answer::Answered(answer),
+            };
+            assert_eq!(record.answer, expected, "query {i} to {}", record.target);
+        }
+    }
+
     #[test]
     fn bad_loads_are_rejected() {
         let load = PacedLoad::new(vec![], "whoami.example", 10, Duration::from_secs(1));

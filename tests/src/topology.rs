@@ -1,10 +1,12 @@
 //! The test network: client ns --veth-- node ns --(one veth per backend)-- backend ns x N.
 //!
 //! The node is where dnsteer attaches (on `node_iface`); clients talk to the service
-//! addresses on it, backends answer DNS with real BIND.
+//! addresses on it, backends answer DNS with real BIND. Every host has an IPv4 and an
+//! IPv6 address, each family routed the same way; IPv6 duplicate address detection
+//! is off in every namespace, so addresses are usable at once.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -42,6 +44,17 @@ pub struct TopologyConfig {
     pub backend_base: Ipv4Addr,
     /// The node's /32 on every backend veth, the backends' gateway.
     pub node_backend_addr: Ipv4Addr,
+    /// The client's IPv6 address.
+    pub client_addr6: Ipv6Addr,
+    /// IPv6 service addresses on `node_iface` (IPv6 addresses have no labels). The
+    /// client routes IPv6 via the first.
+    pub service_addrs6: Vec<Ipv6Addr>,
+    /// Prefix of the client/service IPv6 subnet.
+    pub prefix_len6: u8,
+    /// Backend `i` gets `backend_base6 + i`.
+    pub backend_base6: Ipv6Addr,
+    /// The node's /128 on every backend veth, the backends' IPv6 gateway.
+    pub node_backend_addr6: Ipv6Addr,
     /// Start BIND on every backend.
     pub dns: bool,
 }
@@ -56,6 +69,14 @@ impl Default for TopologyConfig {
             prefix_len: 24,
             backend_base: Ipv4Addr::new(10, 100, 13, 2),
             node_backend_addr: Ipv4Addr::new(10, 100, 13, 1),
+            client_addr6: "2001:db8::100".parse().expect("an IPv6 address"),
+            service_addrs6: vec![
+                "2001:db8::10".parse().expect("an IPv6 address"),
+                "2001:db8::11".parse().expect("an IPv6 address"),
+            ],
+            prefix_len6: 64,
+            backend_base6: "2001:db8:13::2".parse().expect("an IPv6 address"),
+            node_backend_addr6: "2001:db8:13::1".parse().expect("an IPv6 address"),
             dns: true,
         }
     }
@@ -68,6 +89,14 @@ impl TopologyConfig {
         u32::from(self.backend_base)
             .checked_add(i)
             .map(Ipv4Addr::from)
+    }
+
+    /// IPv6 address of backend `i`, or None if it would leave the IPv6 space.
+    pub fn backend_addr6(&self, i: usize) -> Option<Ipv6Addr> {
+        let i = u128::try_from(i).ok()?;
+        u128::from(self.backend_base6)
+            .checked_add(i)
+            .map(Ipv6Addr::from)
     }
 
     /// The node-side veth of backend `i`.
@@ -118,7 +147,41 @@ impl TopologyConfig {
                 "TopologyConfig.service_addrs[{k}] {addr} duplicates another address"
             );
         }
+        ensure!(
+            !self.service_addrs6.is_empty(),
+            "TopologyConfig.service_addrs6 is empty; give at least the client's IPv6 gateway"
+        );
+        ensure!(
+            (1..=126).contains(&self.prefix_len6),
+            "TopologyConfig.prefix_len6 {} must be 1-126 so client and node share a subnet",
+            self.prefix_len6
+        );
+        let mask6 = u128::MAX << (128 - u32::from(self.prefix_len6));
+        let subnet6 = |a: Ipv6Addr| u128::from(a) & mask6;
+        for (k, addr) in self.service_addrs6.iter().enumerate() {
+            ensure!(
+                subnet6(*addr) == subnet6(self.client_addr6),
+                "TopologyConfig.service_addrs6[{k}] {addr} is not in client_addr6 {}/{}",
+                self.client_addr6,
+                self.prefix_len6
+            );
+            ensure!(
+                *addr != self.client_addr6 && !self.service_addrs6[..k].contains(addr),
+                "TopologyConfig.service_addrs6[{k}] {addr} duplicates another address"
+            );
+        }
         for i in 0..self.backends {
+            let Some(addr6) = self.backend_addr6(i) else {
+                bail!(
+                    "TopologyConfig: {} backends from backend_base6 {} run past the IPv6 space",
+                    self.backends,
+                    self.backend_base6
+                );
+            };
+            ensure!(
+                addr6 != self.node_backend_addr6,
+                "TopologyConfig: backend {i} IPv6 address {addr6} equals node_backend_addr6"
+            );
             let Some(addr) = self.backend_addr(i) else {
                 bail!(
                     "TopologyConfig: {} backends from backend_base {} run past 255.255.255.255",
@@ -139,13 +202,14 @@ impl TopologyConfig {
     }
 }
 
-/// One backend host: its namespace, address and (if configured) named.
+/// One backend host: its namespace, addresses and (if configured) named.
 pub struct BackendHost {
     // Declared before `ns`: fields drop in order, and named must be gone before its
     // namespace is deleted, or the namespace outlives the test.
     dns: Option<BindServer>,
     pub ns: NetNs,
     pub addr: Ipv4Addr,
+    pub addr6: Ipv6Addr,
     /// The node-side end of this backend's veth (e.g. `be0`).
     pub node_iface: String,
 }
@@ -154,6 +218,11 @@ impl BackendHost {
     /// Where this backend's named listens.
     pub fn dns_target(&self) -> SocketAddr {
         SocketAddr::from((self.addr, DNS_PORT))
+    }
+
+    /// Where this backend's named listens over IPv6.
+    pub fn dns_target6(&self) -> SocketAddr {
+        SocketAddr::from((self.addr6, DNS_PORT))
     }
 
     /// The pid of the named this test bed started and has not stopped, if any.
@@ -187,6 +256,7 @@ impl Topology {
 
         let client = NetNs::new("client")?;
         let node = NetNs::new("node")?;
+        no_dad(&client).context("configuring the client's sysctls")?;
         setup_node_sysctls(&node).context("configuring the node's sysctls")?;
         setup_client_link(&config, &client, &node).context("wiring client and node")?;
 
@@ -205,7 +275,8 @@ impl Topology {
         if topology.config.dns {
             // Start all first and wait after, so the servers boot in parallel.
             for (i, backend) in topology.backends.iter_mut().enumerate() {
-                let mut server = BindServer::prepare(backend.addr, &format!("backend-{i}"))?;
+                let mut server =
+                    BindServer::prepare(backend.addr, backend.addr6, &format!("backend-{i}"))?;
                 server.start(&backend.ns)?;
                 backend.dns = Some(server);
             }
@@ -221,15 +292,40 @@ impl Topology {
         self.backends.iter().map(|b| b.addr).collect()
     }
 
+    pub fn backend_addrs6(&self) -> Vec<Ipv6Addr> {
+        self.backends.iter().map(|b| b.addr6).collect()
+    }
+
     /// `backend_addrs` with the DNS port.
     pub fn backend_targets(&self) -> Vec<SocketAddr> {
         self.backends.iter().map(BackendHost::dns_target).collect()
+    }
+
+    /// `backend_addrs6` with the DNS port.
+    pub fn backend_targets6(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(BackendHost::dns_target6).collect()
+    }
+
+    /// The backend whose IPv4 or IPv6 address is `addr`.
+    pub fn backend_index(&self, addr: IpAddr) -> Option<usize> {
+        self.backends
+            .iter()
+            .position(|b| IpAddr::V4(b.addr) == addr || IpAddr::V6(b.addr6) == addr)
     }
 
     /// The service addresses with the DNS port: what a client of dnsteer queries.
     pub fn service_targets(&self) -> Vec<SocketAddr> {
         self.config
             .service_addrs
+            .iter()
+            .map(|a| SocketAddr::from((*a, DNS_PORT)))
+            .collect()
+    }
+
+    /// The IPv6 service addresses with the DNS port.
+    pub fn service_targets6(&self) -> Vec<SocketAddr> {
+        self.config
+            .service_addrs6
             .iter()
             .map(|a| SocketAddr::from((*a, DNS_PORT)))
             .collect()
@@ -341,8 +437,18 @@ impl Drop for Topology {
     }
 }
 
+/// IPv6 addresses are usable at once: without this (and `nodad` on each address) an
+/// address stays "tentative" for a second or more while DAD runs, and a named started
+/// on it cannot bind. `default` first, so interfaces created later inherit it.
+fn no_dad(ns: &NetNs) -> Result<()> {
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")
+}
+
 fn setup_node_sysctls(node: &NetNs) -> Result<()> {
+    no_dad(node)?;
     node.sysctl("net.ipv4.ip_forward", "1")?;
+    node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     // Replies from backends and clients arrive on interfaces that are not the route back
     // to their source once dnsteer rewrites addresses; strict rp_filter would drop them.
     // `default` first, so interfaces created later start with 0.
@@ -382,19 +488,41 @@ fn setup_client_link(config: &TopologyConfig, client: &NetNs, node: &NetNs) -> R
             node.run(&["ip", "addr", "add", &cidr, "dev", iface, "label", &label])?;
         }
     }
+    let prefix6 = config.prefix_len6;
+    for addr in &config.service_addrs6 {
+        let cidr = format!("{addr}/{prefix6}");
+        node.run(&["ip", "-6", "addr", "add", &cidr, "dev", iface, "nodad"])?;
+    }
     node.run(&["ip", "link", "set", iface, "up"])?;
 
     let cidr = format!("{}/{prefix}", config.client_addr);
     client.run(&["ip", "addr", "add", &cidr, "dev", CLIENT_IFACE])?;
+    let cidr6 = format!("{}/{prefix6}", config.client_addr6);
+    client.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &cidr6,
+        "dev",
+        CLIENT_IFACE,
+        "nodad",
+    ])?;
     client.run(&["ip", "link", "set", CLIENT_IFACE, "up"])?;
     let gateway = config.service_addrs[0].to_string();
     client.run(&["ip", "route", "add", "default", "via", &gateway])?;
+    let gateway6 = config.service_addrs6[0].to_string();
+    client.run(&["ip", "-6", "route", "add", "default", "via", &gateway6])?;
     Ok(())
 }
 
 fn setup_backend(config: &TopologyConfig, node: &NetNs, i: usize) -> Result<BackendHost> {
     let addr = config.backend_addr(i).context("backend address overflow")?;
+    let addr6 = config
+        .backend_addr6(i)
+        .context("backend IPv6 address overflow")?;
     let ns = NetNs::new(&format!("be{i}"))?;
+    no_dad(&ns)?;
     let node_iface = config.backend_node_iface(i);
     node.run(&[
         "ip",
@@ -459,10 +587,65 @@ fn setup_backend(config: &TopologyConfig, node: &NetNs, i: usize) -> Result<Back
         "dev",
         BACKEND_IFACE,
     ])?;
+
+    // The same for IPv6: /128s on both ends, a device route each way.
+    let gateway6 = config.node_backend_addr6.to_string();
+    let backend6 = addr6.to_string();
+    let host6 = |a: &str| format!("{a}/128");
+    node.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &host6(&gateway6),
+        "dev",
+        &node_iface,
+        "nodad",
+    ])?;
+    node.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &host6(&backend6),
+        "dev",
+        &node_iface,
+    ])?;
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &host6(&backend6),
+        "dev",
+        BACKEND_IFACE,
+        "nodad",
+    ])?;
+    ns.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &host6(&gateway6),
+        "dev",
+        BACKEND_IFACE,
+    ])?;
+    ns.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway6,
+        "dev",
+        BACKEND_IFACE,
+    ])?;
     Ok(BackendHost {
         dns: None,
         ns,
         addr,
+        addr6,
         node_iface,
     })
 }
@@ -478,6 +661,10 @@ mod tests {
         assert_eq!(config.backend_addr(0), Some(Ipv4Addr::new(10, 100, 13, 2)));
         assert_eq!(config.backend_addr(3), Some(Ipv4Addr::new(10, 100, 13, 5)));
         assert_eq!(config.alias_label(1), "eth3:1");
+        assert_eq!(
+            config.backend_addr6(3),
+            Some("2001:db8:13::5".parse().unwrap())
+        );
     }
 
     #[test]
@@ -501,6 +688,26 @@ mod tests {
             },
             TopologyConfig {
                 node_backend_addr: Ipv4Addr::new(10, 100, 13, 3),
+                ..Default::default()
+            },
+            TopologyConfig {
+                service_addrs6: vec![],
+                ..Default::default()
+            },
+            TopologyConfig {
+                client_addr6: "2001:db8:1::100".parse().unwrap(),
+                ..Default::default()
+            },
+            TopologyConfig {
+                prefix_len6: 128,
+                ..Default::default()
+            },
+            TopologyConfig {
+                node_backend_addr6: "2001:db8:13::4".parse().unwrap(),
+                ..Default::default()
+            },
+            TopologyConfig {
+                backend_base6: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap(),
                 ..Default::default()
             },
         ];

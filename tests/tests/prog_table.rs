@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
     thread,
     time::Duration,
@@ -21,21 +21,22 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use dnsteer::{
-    TC_PROGRAM, XDP_PROGRAM, config,
+    REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, config,
     live::{Change, Live},
     maps::{self, KernelMaps},
 };
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS_PER_SERVICE,
-    PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode, ServiceConf, backend_slot, backend_state, csum,
-    direction, names,
-    parse::{icmp, tcp},
+    Addr, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf,
+    ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode,
+    ServiceConf, addr_of, backend_slot, backend_state, csum, direction, forward, names,
+    parse::{icmp, ipv6, tcp},
     ring_key,
     select::smooth_ring,
 };
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
 /// TCP's push flag (`xdp_common::parse::tcp` names only those the kernel reads).
 const PSH: u8 = 0x08;
 
@@ -82,12 +83,25 @@ name = "weighted-random"
 listen = ["192.0.2.51:53"]
 select = "random"
 backends = [{ addr = "10.100.19.2:53", weight = 3 }, "10.100.19.3:53"]
+
+[[service]]
+name = "dns6"
+protocol = "udp+tcp"
+listen = ["[2001:db8::10]:53", "[2001:db8::11]:53"]
+select = "nth"
+backends = ["[2001:db8:13::2]:53", "[2001:db8:13::3]:53", "[2001:db8:13::4]:53", "[2001:db8:13::5]:53"]
+
+[[service]]
+name = "anycast6"
+listen = ["[::]:5301"]
+backends = ["[2001:db8:14::9]:5353"]
 "#;
 
 /// Service ids: the loader numbers services in config order.
 const DNS_ID: u32 = 0;
 const RAND_ID: u32 = 2;
 const WEIGHTED_ID: u32 = 5;
+const DNS6_ID: u32 = 7;
 
 const fn sock(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
@@ -114,20 +128,49 @@ const W: [SocketAddrV4; 2] = [sock(10, 100, 18, 2, 53), sock(10, 100, 18, 3, 53)
 const WEIGHTED_RANDOM_VIP: SocketAddrV4 = sock(192, 0, 2, 51, 53);
 const WR: [SocketAddrV4; 2] = [sock(10, 100, 19, 2, 53), sock(10, 100, 19, 3, 53)];
 
+const fn sock6(segments: [u16; 8], port: u16) -> SocketAddrV6 {
+    let [a, b, c, d, e, f, g, h] = segments;
+    SocketAddrV6::new(Ipv6Addr::new(a, b, c, d, e, f, g, h), port, 0, 0)
+}
+
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const VIP6: SocketAddrV6 = sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10], 53);
+const ALIAS6: SocketAddrV6 = sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11], 53);
+/// Any IPv6 address to port 5301 (`[::]:5301`); IPv4's `*` is on 5300 only.
+const WILD6: SocketAddrV6 = sock6([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 7], 5301);
+const WILD6_BACKEND: SocketAddrV6 = sock6([0x2001, 0xdb8, 0x14, 0, 0, 0, 0, 9], 5353);
+const B6: [SocketAddrV6; 4] = [
+    sock6([0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 2], 53),
+    sock6([0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 3], 53),
+    sock6([0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 4], 53),
+    sock6([0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 5], 53),
+];
+
+/// An address as the maps hold it.
+fn a(ip: impl Into<IpAddr>) -> Addr {
+    addr_of(ip.into())
+}
+
 /// A DNS query for whoami.example. A; the programs never read it.
 const DNS_QUERY: &[u8] =
     b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06whoami\x07example\x00\x00\x01\x00\x01";
 
-/// A frame under construction: Ethernet, VLAN tags, IPv4 (+options), UDP or TCP.
+/// A frame under construction: Ethernet, VLAN tags, IPv4 (+options) or IPv6
+/// (+ one extension header), UDP or TCP. The family is the addresses'.
 #[derive(Clone)]
 struct Pkt {
     tags: Vec<u16>,
-    ethertype: u16,
+    /// The ethertype, when not the family's own.
+    ethertype: Option<u16>,
+    /// IPv4 only.
     options: usize,
     proto: u8,
+    /// IPv4 only.
     frag: u16,
-    src: [u8; 4],
-    dst: [u8; 4],
+    /// IPv6 only: an 8-byte extension header of this type before the transport header.
+    ext: Option<u8>,
+    src: IpAddr,
+    dst: IpAddr,
     sport: u16,
     dport: u16,
     zero_udp_csum: bool,
@@ -138,16 +181,22 @@ struct Pkt {
     payload: Vec<u8>,
 }
 
-/// A UDP query from the client's port 40000 to `dst`.
-fn query(dst: SocketAddrV4) -> Pkt {
+/// A UDP query from the client's port 40000 (its IPv4 or IPv6 address, as `dst`) to `dst`.
+fn query(dst: impl Into<SocketAddr>) -> Pkt {
+    let dst = dst.into();
+    let src = match dst {
+        SocketAddr::V4(_) => IpAddr::V4(CLIENT),
+        SocketAddr::V6(_) => IpAddr::V6(CLIENT6),
+    };
     Pkt {
         tags: vec![],
-        ethertype: 0x0800,
+        ethertype: None,
         options: 0,
         proto: PROTO_UDP,
         frag: 0x4000, // DF
-        src: CLIENT.octets(),
-        dst: dst.ip().octets(),
+        ext: None,
+        src,
+        dst: dst.ip(),
         sport: 40000,
         dport: dst.port(),
         zero_udp_csum: false,
@@ -159,7 +208,7 @@ fn query(dst: SocketAddrV4) -> Pkt {
 }
 
 /// A TCP segment without payload from the client's port 40000 to `dst`.
-fn segment(dst: SocketAddrV4, flags: u8) -> Pkt {
+fn segment(dst: impl Into<SocketAddr>, flags: u8) -> Pkt {
     Pkt {
         proto: PROTO_TCP,
         flags,
@@ -174,16 +223,24 @@ fn segment(dst: SocketAddrV4, flags: u8) -> Pkt {
     }
 }
 
-/// The TCP checksum of `segment` (header and payload) from scratch, with the
-/// pseudo header of `src` and `dst` (RFC 9293 3.1); 0 for a valid segment.
-/// `xdp_common::csum` has the IPv4 and UDP references only.
-fn tcp_checksum(src: [u8; 4], dst: [u8; 4], segment: &[u8]) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src);
-    pseudo[4..8].copy_from_slice(&dst);
-    pseudo[9] = PROTO_TCP;
-    pseudo[10..].copy_from_slice(&(segment.len() as u16).to_be_bytes());
-    !csum::fold(csum::sum_bytes(csum::sum_bytes(0, &pseudo), segment))
+/// The UDP or TCP checksum of `data` (header and payload) from scratch, with the
+/// pseudo header of `src` and `dst` (RFC 768, RFC 9293 3.1, RFC 8200 8.1); 0 for
+/// a valid datagram or segment.
+fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, data: &[u8]) -> u16 {
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut pseudo = [0u8; 12];
+            pseudo[..4].copy_from_slice(&src.octets());
+            pseudo[4..8].copy_from_slice(&dst.octets());
+            pseudo[9] = proto;
+            pseudo[10..].copy_from_slice(&(data.len() as u16).to_be_bytes());
+            !csum::fold(csum::sum_bytes(csum::sum_bytes(0, &pseudo), data))
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            csum::ipv6_l4(src.octets(), dst.octets(), proto, data)
+        }
+        _ => panic!("{src} and {dst} are not one family"),
+    }
 }
 
 impl Pkt {
@@ -194,22 +251,39 @@ impl Pkt {
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&[0, 100]);
         }
-        f.extend_from_slice(&self.ethertype.to_be_bytes());
-        let l3 = f.len();
-        let ihl = 20 + self.options;
         let l4_hlen = if self.proto == PROTO_TCP { 20 } else { 8 };
         let l4_len = l4_hlen + self.payload.len();
-        f.push(0x40 | (ihl / 4) as u8);
-        f.push(0);
-        f.extend_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
-        f.extend_from_slice(&[0x12, 0x34]);
-        f.extend_from_slice(&self.frag.to_be_bytes());
-        f.extend_from_slice(&[64, self.proto, 0, 0]);
-        f.extend_from_slice(&self.src);
-        f.extend_from_slice(&self.dst);
-        f.extend(std::iter::repeat_n(1u8, self.options));
-        let ip_csum = csum::ipv4_header(&f[l3..l3 + ihl]);
-        f[l3 + 10..l3 + 12].copy_from_slice(&ip_csum.to_be_bytes());
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                f.extend_from_slice(&self.ethertype.unwrap_or(0x0800).to_be_bytes());
+                let l3 = f.len();
+                let ihl = 20 + self.options;
+                f.push(0x40 | (ihl / 4) as u8);
+                f.push(0);
+                f.extend_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
+                f.extend_from_slice(&[0x12, 0x34]);
+                f.extend_from_slice(&self.frag.to_be_bytes());
+                f.extend_from_slice(&[64, self.proto, 0, 0]);
+                f.extend_from_slice(&src.octets());
+                f.extend_from_slice(&dst.octets());
+                f.extend(std::iter::repeat_n(1u8, self.options));
+                let ip_csum = csum::ipv4_header(&f[l3..l3 + ihl]);
+                f[l3 + 10..l3 + 12].copy_from_slice(&ip_csum.to_be_bytes());
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                f.extend_from_slice(&self.ethertype.unwrap_or(0x86dd).to_be_bytes());
+                let ext_len = if self.ext.is_some() { 8 } else { 0 };
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&((ext_len + l4_len) as u16).to_be_bytes());
+                f.extend_from_slice(&[self.ext.unwrap_or(self.proto), 64]);
+                f.extend_from_slice(&src.octets());
+                f.extend_from_slice(&dst.octets());
+                if self.ext.is_some() {
+                    f.extend_from_slice(&[self.proto, 0, 0, 0, 0, 0, 0, 0]);
+                }
+            }
+            (src, dst) => panic!("{src} and {dst} are not one family"),
+        }
         let l4 = f.len();
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
@@ -220,14 +294,14 @@ impl Pkt {
             f.extend_from_slice(&65535u16.to_be_bytes());
             f.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
             f.extend_from_slice(&self.payload);
-            let c = tcp_checksum(self.src, self.dst, &f[l4..]);
+            let c = l4_checksum(self.src, self.dst, PROTO_TCP, &f[l4..]);
             f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
         } else {
             f.extend_from_slice(&(l4_len as u16).to_be_bytes());
             f.extend_from_slice(&[0, 0]);
             f.extend_from_slice(&self.payload);
             if self.proto == PROTO_UDP && !self.zero_udp_csum {
-                let c = match csum::udp(self.src, self.dst, &f[l4..]) {
+                let c = match l4_checksum(self.src, self.dst, PROTO_UDP, &f[l4..]) {
                     0 => 0xffff,
                     c => c,
                 };
@@ -237,13 +311,26 @@ impl Pkt {
         f
     }
 
-    fn to(mut self, dst: SocketAddrV4) -> Self {
-        (self.dst, self.dport) = (dst.ip().octets(), dst.port());
+    fn to(mut self, dst: impl Into<SocketAddr>) -> Self {
+        let dst = dst.into();
+        (self.dst, self.dport) = (dst.ip(), dst.port());
         self
     }
 
-    fn from(mut self, src: SocketAddrV4) -> Self {
-        (self.src, self.sport) = (src.ip().octets(), src.port());
+    fn from(mut self, src: impl Into<SocketAddr>) -> Self {
+        let src = src.into();
+        (self.src, self.sport) = (src.ip(), src.port());
+        self
+    }
+
+    /// IPv6: an extension header of type `next` before the transport header.
+    fn ext(mut self, next: u8) -> Self {
+        self.ext = Some(next);
+        self
+    }
+
+    fn tagged(mut self, tags: &[u16]) -> Self {
+        self.tags = tags.to_vec();
         self
     }
 
@@ -277,12 +364,21 @@ impl Pkt {
     }
 }
 
-/// Where a steered untagged frame without IPv4 options now goes.
-fn destination(frame: &[u8]) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
-        u16::from_be_bytes([frame[36], frame[37]]),
-    )
+/// Where a steered untagged frame without IPv4 options or IPv6 extension
+/// headers now goes.
+fn destination(frame: &[u8]) -> SocketAddr {
+    if frame[12..14] == [0x86, 0xdd] {
+        let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+        SocketAddr::new(
+            IpAddr::from(dst),
+            u16::from_be_bytes([frame[56], frame[57]]),
+        )
+    } else {
+        SocketAddr::new(
+            IpAddr::from([frame[30], frame[31], frame[32], frame[33]]),
+            u16::from_be_bytes([frame[36], frame[37]]),
+        )
+    }
 }
 
 /// A flow event and by how much it moves.
@@ -358,7 +454,12 @@ fn tc(
 }
 
 /// XDP: `p` steered to `backend`.
-fn steered(what: impl Into<String>, p: &Pkt, backend: SocketAddrV4, events: Events) -> Case {
+fn steered(
+    what: impl Into<String>,
+    p: &Pkt,
+    backend: impl Into<SocketAddr>,
+    events: Events,
+) -> Case {
     let out = Out::Packet(p.clone().to(backend).bytes());
     case(what, p.bytes(), out, Some(Reason::Steered), events)
 }
@@ -369,7 +470,7 @@ fn passed(what: impl Into<String>, input: Vec<u8>, reason: Reason, events: Event
 }
 
 /// TC: the reply `p` given the source `asked`.
-fn replied(what: impl Into<String>, p: &Pkt, asked: SocketAddrV4, events: Events) -> Case {
+fn replied(what: impl Into<String>, p: &Pkt, asked: impl Into<SocketAddr>, events: Events) -> Case {
     let out = Out::Packet(p.clone().from(asked).bytes());
     tc(what, p.bytes(), out, Some(Reason::ReplyRewritten), events)
 }
@@ -439,7 +540,8 @@ impl Loaded {
 
     /// The counters of `backend`, found by its address among service `service`'s
     /// slots (a removed one keeps its address until its slot is reused).
-    fn backend_stats(&self, service: u32, backend: SocketAddrV4) -> BackendCounter {
+    fn backend_stats(&self, service: u32, backend: impl Into<SocketAddr>) -> BackendCounter {
+        let backend = backend.into();
         let backends: Array<_, Backend> =
             Array::try_from(self.ebpf().map(names::BACKENDS).unwrap()).unwrap();
         let slots: Vec<u32> = (0..MAX_BACKENDS_PER_SERVICE)
@@ -447,7 +549,7 @@ impl Loaded {
             .filter(|slot| {
                 let b = backends.get(slot, 0).unwrap();
                 b.state != backend_state::EMPTY
-                    && (b.addr, b.port) == (backend.ip().octets(), backend.port().to_be_bytes())
+                    && (b.addr, b.port) == (a(backend.ip()), backend.port().to_be_bytes())
             })
             .collect();
         let [slot] = slots[..] else {
@@ -501,7 +603,7 @@ impl Loaded {
     }
 
     /// Steers `p` (a new flow or not) and returns where it went.
-    fn steer(&self, p: &Pkt) -> SocketAddrV4 {
+    fn steer(&self, p: &Pkt) -> SocketAddr {
         let (action, out) = self.run(XDP_PROGRAM, &p.bytes());
         assert_eq!(action, XDP_PASS);
         destination(&out)
@@ -509,6 +611,8 @@ impl Loaded {
 
     fn check(&self, cases: &[Case]) {
         for c in cases {
+            // Shown only when a test fails: which case a failed test run was.
+            println!("case: {}", c.what);
             let (reasons, events) = (self.reasons(), self.events());
             let (action, out) = self.run(c.program, &c.input);
             assert_eq!(action, c.action, "{}: action", c.what);
@@ -550,7 +654,7 @@ fn pin_to_cpu0() {
 }
 
 /// How many new flows went to each backend.
-fn tally(picks: impl IntoIterator<Item = SocketAddrV4>) -> BTreeMap<SocketAddrV4, u32> {
+fn tally<T: Ord>(picks: impl IntoIterator<Item = T>) -> BTreeMap<T, u32> {
     let mut hits = BTreeMap::new();
     for p in picks {
         *hits.entry(p).or_insert(0) += 1;
@@ -574,8 +678,8 @@ fn xdp_table_steers_new_flows_and_leaves_the_rest_alone() {
     let mut nosum = q(40006);
     nosum.zero_udp_csum = true;
     let wild = query(WILD).sport(40007);
-    let mut ipv6 = q(40001);
-    ipv6.ethertype = 0x86dd;
+    let mut v4_in_v6 = q(40001);
+    v4_in_v6.ethertype = Some(0x86dd);
     let mut icmp = q(40001);
     icmp.proto = 1;
     let mut mf = q(40001);
@@ -610,9 +714,9 @@ fn xdp_table_steers_new_flows_and_leaves_the_rest_alone() {
             NO_EVENTS,
         ),
         passed(
-            "IPv6 ethertype",
-            ipv6.bytes(),
-            Reason::NotService,
+            "an IPv4 packet in the IPv6 ethertype",
+            v4_in_v6.bytes(),
+            Reason::Malformed,
             NO_EVENTS,
         ),
         passed("ICMP", icmp.bytes(), Reason::NotService, NO_EVENTS),
@@ -705,10 +809,12 @@ fn xdp_service_without_backends_passes_with_no_backend() {
     let mut prog = Loaded::new(CONFIG);
     // Live refuses a service without an active backend; the data path must still
     // cope, so write such services straight into the maps: 9 and 10 with an empty
-    // ring (nth, random), 11 with a ring naming a slot that holds no backend.
+    // ring (nth, random), 11 with a ring naming a slot that holds no backend;
+    // 12 (IPv4) and 13 (IPv6) with rings naming an active backend of the other
+    // family, which live refuses too and a packet cannot be rewritten to.
     let ebpf = prog.ebpf_mut();
     let mut confs: Array<_, ServiceConf> = maps::typed(ebpf, names::SERVICE_CONF).unwrap();
-    for id in 9..12 {
+    for id in 9..14 {
         confs
             .set(
                 id,
@@ -727,27 +833,52 @@ fn xdp_service_without_backends_passes_with_no_backend() {
     };
     rings.set(ring_key(9, 1), Ring::default(), 0).unwrap();
     rings.set(ring_key(10, 1), random, 0).unwrap();
-    rings
-        .set(
-            ring_key(11, 1),
-            Ring {
-                len: 1,
-                ..Ring::default()
-            },
-            0,
-        )
+    for id in 11..14 {
+        rings
+            .set(
+                ring_key(id, 1),
+                Ring {
+                    len: 1,
+                    ..Ring::default()
+                },
+                0,
+            )
+            .unwrap();
+    }
+    let mut backends: Array<_, Backend> = maps::typed(ebpf, names::BACKENDS).unwrap();
+    let active_at = |addr: IpAddr| Backend {
+        addr: a(addr),
+        port: 53u16.to_be_bytes(),
+        state: backend_state::ACTIVE,
+        _pad: 0,
+        weight: 1,
+    };
+    let (b4, b6) = (*B[0].ip(), *B6[0].ip());
+    backends
+        .set(backend_slot(12, 0), active_at(b6.into()), 0)
+        .unwrap();
+    backends
+        .set(backend_slot(13, 0), active_at(b4.into()), 0)
         .unwrap();
     let mut active: Array<_, u32> = maps::typed(ebpf, names::ACTIVE_RING).unwrap();
-    for id in 9..12 {
+    for id in 9..14 {
         active.set(id, 1, 0).unwrap();
     }
     let mut services: HashMap<_, Endpoint, u32> = maps::typed(ebpf, names::SERVICES).unwrap();
     let listen =
-        |id: u32, proto| Endpoint::new([192, 0, 2, 21 + id as u8], 53u16.to_be_bytes(), proto);
-    for id in 9..12 {
+        |id: u32, proto| Endpoint::new(a([192, 0, 2, 21 + id as u8]), 53u16.to_be_bytes(), proto);
+    for id in 9..13 {
         services.insert(listen(id, PROTO_UDP), id, 0).unwrap();
         services.insert(listen(id, PROTO_TCP), id, 0).unwrap();
     }
+    let v6_listen = sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x33], 53);
+    services
+        .insert(
+            Endpoint::new(a(*v6_listen.ip()), 53u16.to_be_bytes(), PROTO_UDP),
+            13,
+            0,
+        )
+        .unwrap();
     let to = |id: u8| sock(192, 0, 2, 21 + id, 53);
     prog.check(&[
         passed(
@@ -765,6 +896,18 @@ fn xdp_service_without_backends_passes_with_no_backend() {
         passed(
             "ring naming a slot without an active backend",
             query(to(11)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "IPv4 service whose ring names an IPv6 backend",
+            query(to(12)).bytes(),
+            Reason::NoBackend,
+            MISS,
+        ),
+        passed(
+            "IPv6 service whose ring names an IPv4 backend",
+            query(v6_listen).bytes(),
             Reason::NoBackend,
             MISS,
         ),
@@ -787,10 +930,10 @@ fn xdp_service_without_backends_passes_with_no_backend() {
 fn nth_walks_backends_in_order_and_random_is_uniform() {
     pin_to_cpu0();
     let prog = Loaded::new(CONFIG);
-    let nth: Vec<SocketAddrV4> = (0..8)
+    let nth: Vec<SocketAddr> = (0..8)
         .map(|i| prog.steer(&query(VIP).sport(41000 + i)))
         .collect();
-    let want: Vec<SocketAddrV4> = B.iter().chain(B.iter()).copied().collect();
+    let want: Vec<SocketAddr> = B.iter().chain(B.iter()).map(|&b| b.into()).collect();
     assert_eq!(nth, want, "nth walks the backends in order");
 
     let draws = 4000;
@@ -845,12 +988,16 @@ fn random_weights_split_new_flows_in_proportion() {
     let prog = Loaded::new(CONFIG);
     let n = 8000u16;
     let hits = tally((0..n).map(|i| prog.steer(&query(WEIGHTED_RANDOM_VIP).sport(20000 + i))));
-    assert_eq!(hits.keys().copied().collect::<Vec<_>>(), WR, "{hits:?}");
+    assert_eq!(
+        hits.keys().copied().collect::<Vec<_>>(),
+        WR.map(SocketAddr::V4),
+        "{hits:?}"
+    );
     // Binomial: the heavy backend's count is within 6 sigma of n * 3/4 but by
     // chance once in 5e8 runs; 6 sigma is 232 flows, 2.9 % of n.
     let (n, p) = (n as f64, 0.75);
     let sigma = (n * p * (1.0 - p)).sqrt();
-    let heavy = hits[&WR[0]] as f64;
+    let heavy = hits[&WR[0].into()] as f64;
     assert!(
         (heavy - n * p).abs() <= 6.0 * sigma,
         "weights 3:1 split {hits:?}: {heavy} is more than 6 sigma ({sigma:.1}) off {}",
@@ -907,8 +1054,8 @@ fn packets_of_a_flow_stick_to_its_backend() {
 
     // The two records: the query's names the backend, the reply's the address asked.
     let query_key = FlowKey {
-        src_addr: CLIENT.octets(),
-        dst_addr: VIP.ip().octets(),
+        src_addr: a(CLIENT),
+        dst_addr: a(*VIP.ip()),
         src_port: 42000u16.to_be_bytes(),
         dst_port: 53u16.to_be_bytes(),
         proto: PROTO_UDP,
@@ -919,15 +1066,15 @@ fn packets_of_a_flow_stick_to_its_backend() {
     assert_eq!(
         (record.addr, record.port, record.slot, record.flags),
         (
-            B[0].ip().octets(),
+            a(*B[0].ip()),
             53u16.to_be_bytes(),
             backend_slot(DNS_ID, 0),
             0
         )
     );
     let reply_key = FlowKey {
-        src_addr: B[0].ip().octets(),
-        dst_addr: CLIENT.octets(),
+        src_addr: a(*B[0].ip()),
+        dst_addr: a(CLIENT),
         src_port: 53u16.to_be_bytes(),
         dst_port: 42000u16.to_be_bytes(),
         direction: direction::REPLY,
@@ -936,7 +1083,7 @@ fn packets_of_a_flow_stick_to_its_backend() {
     let record = prog.flow(&reply_key).expect("the reply record");
     assert_eq!(
         (record.addr, record.port),
-        (VIP.ip().octets(), 53u16.to_be_bytes())
+        (a(*VIP.ip()), 53u16.to_be_bytes())
     );
 }
 
@@ -1023,8 +1170,8 @@ fn tc_reply_table_translates_from_the_reply_record() {
     let mut flows: HashMap<_, FlowKey, FlowValue> =
         maps::typed(prog.ebpf_mut(), names::FLOWS).unwrap();
     let reply_key = FlowKey {
-        src_addr: B[0].ip().octets(),
-        dst_addr: CLIENT.octets(),
+        src_addr: a(*B[0].ip()),
+        dst_addr: a(CLIENT),
         src_port: 53u16.to_be_bytes(),
         dst_port: 40000u16.to_be_bytes(),
         proto: PROTO_UDP,
@@ -1355,7 +1502,11 @@ fn generation_flips_move_new_flows_and_keep_or_move_old_ones() {
     prog.check(&cases);
 
     // B1 removed, E added, B2 drained: each change flips the ring's generation.
-    for change in [Change::Remove(B[1]), Change::Add(e, 1), Change::Drain(B[2])] {
+    for change in [
+        Change::Remove(B[1].into()),
+        Change::Add(e.into(), 1),
+        Change::Drain(B[2].into()),
+    ] {
         let generation = prog.active_ring(DNS_ID);
         prog.change("dns", change);
         assert_ne!(
@@ -1367,7 +1518,7 @@ fn generation_flips_move_new_flows_and_keep_or_move_old_ones() {
     let fresh = tally((0..42).map(|i| prog.steer(&query(VIP).sport(45100 + i))));
     assert_eq!(
         fresh,
-        BTreeMap::from([(B[0], 14), (B[3], 14), (e, 14)]),
+        BTreeMap::from([(B[0], 14), (B[3], 14), (e, 14)].map(|(b, n)| (b.into(), n))),
         "new flows go to the new set only, in turns"
     );
     assert_eq!(prog.backend_stats(DNS_ID, e).new_flows, 14);
@@ -1398,18 +1549,18 @@ fn generation_flips_move_new_flows_and_keep_or_move_old_ones() {
 
     // B1 back: it takes new flows again.
     let generation = prog.active_ring(DNS_ID);
-    prog.change("dns", Change::Add(B[1], 1));
+    prog.change("dns", Change::Add(B[1].into(), 1));
     assert_ne!(prog.active_ring(DNS_ID), generation);
     let fresh = tally((0..40).map(|i| prog.steer(&query(VIP).sport(45200 + i))));
     assert_eq!(
         fresh,
-        BTreeMap::from([(B[0], 10), (B[1], 10), (B[3], 10), (e, 10)]),
+        BTreeMap::from([(B[0], 10), (B[1], 10), (B[3], 10), (e, 10)].map(|(b, n)| (b.into(), n))),
         "the re-added backend takes its share of new flows"
     );
 
     // Removing the draining backend moves its flow too. The ring (B0 B1 B3 E)
     // is unchanged and the cursor, at 1 since the moved flow, is again: B1.
-    prog.change("dns", Change::Remove(B[2]));
+    prog.change("dns", Change::Remove(B[2].into()));
     prog.check(&[
         steered(
             "flow of the drained backend, once removed, moves",
@@ -1428,8 +1579,8 @@ fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
     let syn = segment(BOTH_VIP, tcp::SYN).sport(44100);
     let from_t0 = |flags| syn.clone().flags(flags).to(T[0]).answer();
     let query_key = FlowKey {
-        src_addr: CLIENT.octets(),
-        dst_addr: BOTH_VIP.ip().octets(),
+        src_addr: a(CLIENT),
+        dst_addr: a(*BOTH_VIP.ip()),
         src_port: 44100u16.to_be_bytes(),
         dst_port: 53u16.to_be_bytes(),
         proto: PROTO_TCP,
@@ -1466,7 +1617,7 @@ fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
         .expect("the second connection's record");
     assert_eq!(
         (record.addr, record.flags),
-        (T[1].ip().octets(), 0),
+        (a(*T[1].ip()), 0),
         "a former backend's FIN marked the new flow on T1 closing"
     );
     // Nor may a late RST from T0 delete it. Only T0's own reply record may go.
@@ -1785,4 +1936,552 @@ fn tc_icmp_errors_about_steered_flows_are_translated_like_replies() {
             "{what}: quoted port"
         );
     }
+}
+
+/// The UDP or TCP checksum of an untagged IPv6 frame without extension headers,
+/// from scratch: 0 when valid.
+fn ipv6_l4_checksum(frame: &[u8]) -> u16 {
+    let src: [u8; 16] = frame[22..38].try_into().unwrap();
+    let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+    let len = u16::from_be_bytes([frame[18], frame[19]]) as usize;
+    csum::ipv6_l4(src, dst, frame[20], &frame[54..54 + len])
+}
+
+#[test]
+fn xdp_ipv6_table_steers_new_flows_and_leaves_the_rest_alone() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let q = |port| query(VIP6).sport(port);
+    let first = q(50001);
+    let syn = segment(VIP6, tcp::SYN).sport(50002);
+    let mut nosum = q(50003);
+    nosum.zero_udp_csum = true;
+    let mut long_payload = q(50004).bytes();
+    long_payload[18..20].copy_from_slice(&500u16.to_be_bytes());
+    let mut short_payload = q(50004).bytes();
+    short_payload[19] -= 1;
+    let mut v6_version_4 = q(50004).bytes();
+    v6_version_4[14] = 0x40;
+    let mut doff4 = syn.bytes();
+    doff4[54 + 12] = 0x40;
+    let mut icmp6 = q(50005);
+    icmp6.proto = 58;
+    let mapped = SocketAddrV6::new(Ipv4Addr::new(192, 0, 2, 10).to_ipv6_mapped(), 53, 0, 0);
+    let mut from_mapped = q(50006);
+    from_mapped.src = IpAddr::V6(CLIENT.to_ipv6_mapped());
+
+    // The dns6 service's nth cursor starts at its backend 0 and advances on new
+    // flows of either protocol.
+    let mut cases = vec![
+        steered("UDP query to the service address", &first, B6[0], NEW_FLOW),
+        steered(
+            "UDP query to the second address",
+            &query(ALIAS6).sport(50010),
+            B6[1],
+            NEW_FLOW,
+        ),
+        steered("the first flow again keeps its backend", &first, B6[0], HIT),
+        steered("TCP SYN", &syn, B6[2], NEW_FLOW),
+        steered(
+            "the TCP query segment follows it",
+            &syn.clone().flags(tcp::ACK | PSH).with_tcp_query(),
+            B6[2],
+            HIT,
+        ),
+        steered("802.1Q tag", &q(50011).tagged(&[0x8100]), B6[3], NEW_FLOW),
+        steered(
+            "QinQ tags",
+            &q(50012).tagged(&[0x88a8, 0x8100]),
+            B6[0],
+            NEW_FLOW,
+        ),
+        steered(
+            "[::] wildcard listen, backend on another port",
+            &query(WILD6).sport(50013),
+            WILD6_BACKEND,
+            NEW_FLOW,
+        ),
+        passed(
+            "[::] wildcard listen, other port (IPv4's * is there)",
+            query(sock6([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 7], 5300)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "IPv4's * does not listen on [::]'s port",
+            query(sock(198, 51, 100, 7, 5301)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "other address",
+            query(sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99], 53)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "other port",
+            query(sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10], 54)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "the IPv4-mapped form of an IPv4 listen address",
+            query(mapped).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "from an IPv4-mapped source",
+            from_mapped.bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "multicast destination",
+            query(sock6([0xff02, 0, 0, 0, 0, 0, 0, 0xfb], 53)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed(
+            "unspecified destination",
+            query(sock6([0; 8], 53)).bytes(),
+            Reason::NotService,
+            NO_EVENTS,
+        ),
+        passed("ICMPv6", icmp6.bytes(), Reason::NotService, NO_EVENTS),
+        passed(
+            "UDP checksum zero",
+            nosum.bytes(),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "payload length past the frame",
+            long_payload,
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "payload length short of the UDP length",
+            short_payload,
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "version 4 in the IPv6 ethertype",
+            v6_version_4,
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "runt: Ethernet header only",
+            first.truncated(14),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated IPv6 header",
+            first.truncated(14 + 39),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "IPv6 header without its addresses",
+            first.truncated(14 + 8),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated UDP header",
+            first.truncated(54 + 7),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed(
+            "truncated TCP header",
+            syn.truncated(54 + 19),
+            Reason::Malformed,
+            NO_EVENTS,
+        ),
+        passed("TCP data offset 4", doff4, Reason::Malformed, NO_EVENTS),
+        passed(
+            "TCP SYN+ACK does not open a flow",
+            segment(VIP6, tcp::SYN | tcp::ACK).sport(50014).bytes(),
+            Reason::TcpNoFlow,
+            MISS,
+        ),
+    ];
+    // Every extension header, before UDP or TCP, to a listen address: untouched.
+    for next in ipv6::EXTENSION_HEADERS {
+        cases.push(passed(
+            format!("extension header {next} before UDP"),
+            q(50020).ext(next).bytes(),
+            Reason::Ipv6Ext,
+            NO_EVENTS,
+        ));
+        cases.push(passed(
+            format!("extension header {next} before TCP"),
+            syn.clone().ext(next).bytes(),
+            Reason::Ipv6Ext,
+            NO_EVENTS,
+        ));
+    }
+    cases.push(passed(
+        "extension header behind a VLAN tag",
+        q(50021).tagged(&[0x8100]).ext(44).bytes(),
+        Reason::Ipv6Ext,
+        NO_EVENTS,
+    ));
+    // The nth cursor did not move on any of those: the next new flow is B6[1].
+    cases.push(steered("the next new flow", &q(50022), B6[1], NEW_FLOW));
+    prog.check(&cases);
+
+    // The rewritten packets' checksums verify from scratch, not only against
+    // a packet built the same way.
+    for p in [q(50030), segment(VIP6, tcp::SYN).sport(50031)] {
+        let (_, out) = prog.run(XDP_PROGRAM, &p.bytes());
+        assert_eq!(ipv6_l4_checksum(&out), 0, "checksum of {:02x?}", out);
+        assert_ne!(&out[56..58], [0, 0], "UDP checksum 0 is not sent over IPv6");
+    }
+    assert_eq!(
+        (
+            prog.backend_stats(DNS6_ID, B6[0]).new_flows,
+            prog.backend_stats(DNS6_ID, B6[2]).packets
+        ),
+        (2, 3),
+        "B6[0]: flows 50001 and 50012; B6[2]: the SYN, its query, and flow 50030"
+    );
+}
+
+/// An address-only change in the top or bottom word, where the incremental
+/// update must carry: a UDP checksum that comes out as 0 is sent as 0xffff.
+#[test]
+fn xdp_ipv6_checksums_stay_valid_for_any_payload() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let mut zeros = 0;
+    for i in 0..512u16 {
+        let mut p = query(VIP6).sport(51000 + i);
+        // Payloads that walk the checksum through all its values' neighbourhood.
+        p.payload = DNS_QUERY.to_vec();
+        p.payload
+            .extend_from_slice(&i.wrapping_mul(0x9e37).to_be_bytes());
+        let (action, out) = prog.run(XDP_PROGRAM, &p.bytes());
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(ipv6_l4_checksum(&out), 0, "flow {i}");
+        zeros += usize::from(out[60..62] == [0xff, 0xff]);
+        let t = segment(VIP6, tcp::SYN).sport(52000 + i);
+        let (_, out) = prog.run(XDP_PROGRAM, &t.bytes());
+        assert_eq!(ipv6_l4_checksum(&out), 0, "TCP flow {i}");
+    }
+    // Not a proof, a smoke test: 0xffff is as likely as any other value.
+    println!("{zeros} of 512 rewritten UDP checksums were 0xffff");
+}
+
+#[test]
+fn tc_ipv6_replies_are_translated_from_the_reply_record() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let udp = query(VIP6).sport(53000);
+    let alias = query(ALIAS6).sport(53001);
+    let wild = query(WILD6).sport(53002);
+    let syn = segment(VIP6, tcp::SYN).sport(53003);
+    let reset = segment(ALIAS6, tcp::SYN).sport(53004);
+    prog.check(&[
+        steered("UDP flow", &udp, B6[0], NEW_FLOW),
+        steered("UDP flow to the second address", &alias, B6[1], NEW_FLOW),
+        steered("wildcard flow", &wild, WILD6_BACKEND, NEW_FLOW),
+        steered("TCP flow", &syn, B6[2], NEW_FLOW),
+        steered("TCP flow the backend resets", &reset, B6[3], NEW_FLOW),
+    ]);
+    let answer = udp.clone().to(B6[0]).answer();
+    let syn_ack = syn.clone().flags(tcp::SYN | tcp::ACK).to(B6[2]).answer();
+    let cases = [
+        replied("answer from the backend", &answer, VIP6, NO_EVENTS),
+        replied(
+            "answer to the second address",
+            &alias.clone().to(B6[1]).answer(),
+            ALIAS6,
+            NO_EVENTS,
+        ),
+        replied(
+            "port translated back too",
+            &wild.clone().to(WILD6_BACKEND).answer(),
+            WILD6,
+            NO_EVENTS,
+        ),
+        replied("TCP SYN-ACK", &syn_ack, VIP6, NO_EVENTS),
+        replied(
+            "TCP answer segment",
+            &syn.clone()
+                .flags(tcp::ACK | PSH)
+                .with_tcp_query()
+                .to(B6[2])
+                .answer(),
+            VIP6,
+            NO_EVENTS,
+        ),
+        replied(
+            "answer behind a VLAN tag",
+            &answer.clone().tagged(&[0x8100]),
+            VIP6,
+            NO_EVENTS,
+        ),
+        replied(
+            "the backend's RST is translated and ends the flow",
+            &reset.clone().flags(tcp::RST | tcp::ACK).to(B6[3]).answer(),
+            ALIAS6,
+            DELETED,
+        ),
+        tc(
+            "another backend answering the flow's port",
+            answer.clone().from(B6[1]).bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+        tc(
+            "not from a backend",
+            answer
+                .clone()
+                .from(sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 53))
+                .bytes(),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+        tc(
+            "an answer behind an extension header",
+            answer.clone().ext(60).bytes(),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+        tc(
+            "an answer with UDP checksum 0",
+            {
+                let mut p = answer.clone();
+                p.zero_udp_csum = true;
+                p.bytes()
+            },
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+        // BPF_PROG_TEST_RUN refuses an skb cut inside its IPv6 header; the
+        // parser's unit tests cover those cuts.
+        tc(
+            "an answer cut inside its UDP header",
+            answer.truncated(54 + 4),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+    ];
+    prog.check(&cases);
+    for p in [&answer, &syn_ack] {
+        let (_, out) = prog.run(TC_PROGRAM, &p.bytes());
+        assert_eq!(ipv6_l4_checksum(&out), 0, "reply checksum from scratch");
+        assert_eq!(&out[22..38], &VIP6.ip().octets(), "source");
+    }
+}
+
+/// One loaded program, both families: their flows, cursors and records never mix.
+#[test]
+fn ipv4_and_ipv6_flows_share_one_run_and_stick() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let flow4 = query(VIP).sport(54000);
+    let flow6 = query(VIP6).sport(54000);
+    let mut cases = vec![
+        steered("IPv4 flow", &flow4, B[0], NEW_FLOW),
+        steered("IPv6 flow on the same ports", &flow6, B6[0], NEW_FLOW),
+    ];
+    for i in 1..8u16 {
+        cases.push(steered(
+            format!("IPv4 new flow {i}"),
+            &query(VIP).sport(54000 + i),
+            B[i as usize % 4],
+            NEW_FLOW,
+        ));
+        cases.push(steered(
+            format!("IPv6 new flow {i}"),
+            &query(VIP6).sport(54000 + i),
+            B6[i as usize % 4],
+            NEW_FLOW,
+        ));
+        cases.push(steered(
+            format!("IPv4 flow, packet {}", i + 1),
+            &flow4,
+            B[0],
+            HIT,
+        ));
+        cases.push(steered(
+            format!("IPv6 flow, packet {}", i + 1),
+            &flow6,
+            B6[0],
+            HIT,
+        ));
+    }
+    cases.push(replied(
+        "IPv6 answer",
+        &flow6.clone().to(B6[0]).answer(),
+        VIP6,
+        NO_EVENTS,
+    ));
+    cases.push(replied(
+        "IPv4 answer",
+        &flow4.clone().to(B[0]).answer(),
+        VIP,
+        NO_EVENTS,
+    ));
+    prog.check(&cases);
+
+    // The IPv6 flow's records, keyed by 16-byte addresses.
+    let query_key = FlowKey::new(
+        (a(CLIENT6), 54000u16.to_be_bytes()),
+        (a(*VIP6.ip()), 53u16.to_be_bytes()),
+        PROTO_UDP,
+        direction::QUERY,
+    );
+    let record = prog.flow(&query_key).expect("the IPv6 query record");
+    assert_eq!(
+        (record.addr, record.port, record.slot),
+        (
+            a(*B6[0].ip()),
+            53u16.to_be_bytes(),
+            backend_slot(DNS6_ID, 0)
+        )
+    );
+    let reply_key = FlowKey::new(
+        (a(*B6[0].ip()), 53u16.to_be_bytes()),
+        (a(CLIENT6), 54000u16.to_be_bytes()),
+        PROTO_UDP,
+        direction::REPLY,
+    );
+    assert_eq!(
+        prog.flow(&reply_key).expect("the IPv6 reply record").addr,
+        a(*VIP6.ip())
+    );
+    let len = flow6.bytes().len() as u64;
+    assert_eq!(
+        prog.backend_stats(DNS6_ID, B6[0]),
+        BackendCounter {
+            packets: 9,
+            bytes: 9 * len,
+            new_flows: 2
+        },
+        "the flow's eight packets and new flow 4"
+    );
+}
+
+/// Backends whose addresses differ from their service's from the first byte
+/// on, as unique local backends behind a global address do.
+const FAST_PATH_CONFIG: &str = r#"
+interface = "lo"
+
+[[service]]
+name = "dns"
+listen = ["192.0.2.10:53"]
+backends = ["10.66.0.2:53"]
+
+[[service]]
+name = "dns6"
+listen = ["[2001:db8::10]:53"]
+backends = ["[fd00:66::2]:53"]
+"#;
+
+/// `frame` (untagged, IPv4 without options or IPv6) with its TTL or hop limit
+/// one lower, the IPv4 header checksum computed again from scratch.
+fn hop_taken(mut frame: Vec<u8>) -> Vec<u8> {
+    if frame[12..14] == [0x86, 0xdd] {
+        frame[14 + ipv6::HOP_LIMIT] -= 1;
+    } else {
+        frame[14 + 8] -= 1;
+        frame[24..26].fill(0);
+        let c = csum::ipv4_header(&frame[14..34]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+    frame
+}
+
+/// The fast path's reply program (`dnsteer_reply_in`, on the ingress of the
+/// backends' interfaces): a reply translated as on egress, its TTL or hop
+/// limit one lower and nothing else changed (IPv6's source address, which
+/// follows the hop limit, included), then redirected.
+#[test]
+fn tc_reply_in_translates_takes_a_hop_and_redirects() {
+    pin_to_cpu0();
+    let mut prog = Loaded::new(FAST_PATH_CONFIG);
+    let reply_in: &mut SchedClassifier = prog
+        .ebpf_mut()
+        .program_mut(REPLY_IN_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    reply_in
+        .load()
+        .expect("verifier accepts the reply_in program");
+    let vip4 = sock(192, 0, 2, 10, 53);
+    let vip6 = sock6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10], 53);
+    let backend4 = sock(10, 66, 0, 2, 53);
+    let backend6 = sock6([0xfd00, 0x66, 0, 0, 0, 0, 0, 2], 53);
+    // Steered with the fast path off: the flows' records are what matters.
+    let (q4, q6) = (query(vip4).sport(56000), query(vip6).sport(56001));
+    prog.check(&[
+        steered("IPv4 query", &q4, backend4, NEW_FLOW),
+        steered("IPv6 query", &q6, backend6, NEW_FLOW),
+    ]);
+    maps::write_forward(
+        prog.ebpf_mut(),
+        &ForwardConf {
+            mode: forward::REDIRECT,
+            client_ifindex: 1,
+        },
+    )
+    .expect("FORWARD");
+
+    let forward_events =
+        |prog: &Loaded| prog.counters(names::FORWARD_EVENTS, ForwardEvent::ALL.len());
+    for (answer, asked) in [
+        (q4.clone().to(backend4).answer(), SocketAddr::from(vip4)),
+        (q6.clone().to(backend6).answer(), SocketAddr::from(vip6)),
+    ] {
+        let what = format!("reply from {} to {}", answer.src, answer.dst);
+        let (reasons, events) = (prog.reasons(), forward_events(&prog));
+        let (action, out) = prog.run(REPLY_IN_PROGRAM, &answer.bytes());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: action");
+        assert_eq!(
+            out,
+            hop_taken(answer.clone().from(asked).bytes()),
+            "{what}: translated, one hop taken, nothing else changed"
+        );
+        assert_eq!(
+            moved(&Reason::ALL, &reasons, &prog.reasons()),
+            [(Reason::ReplyRewritten, 1)],
+            "{what}: REASONS"
+        );
+        assert_eq!(
+            moved(&ForwardEvent::ALL, &events, &forward_events(&prog)),
+            [(ForwardEvent::ReplyRedirected, 1)],
+            "{what}: FORWARD_EVENTS"
+        );
+    }
+    let (_, out) = prog.run(REPLY_IN_PROGRAM, &q6.clone().to(backend6).answer().bytes());
+    assert_eq!(&out[22..38], &vip6.ip().octets(), "IPv6 source");
+    assert_eq!(
+        ipv6_l4_checksum(&out),
+        0,
+        "IPv6 reply checksum from scratch"
+    );
+
+    // A reply with one hop left is the stack's (it sends the time exceeded),
+    // untouched here and counted by no one.
+    let mut last_hop = q6.clone().to(backend6).answer().bytes();
+    last_hop[14 + ipv6::HOP_LIMIT] = 1;
+    let reasons = prog.reasons();
+    let (action, out) = prog.run(REPLY_IN_PROGRAM, &last_hop);
+    assert_eq!((action, &out), (TC_ACT_OK, &last_hop), "hop limit 1");
+    assert_eq!(prog.reasons(), reasons, "hop limit 1: REASONS");
 }

@@ -213,6 +213,70 @@ fn twenty_restarts_of_a_persistent_loader_lose_nothing() {
     );
 }
 
+/// A dnsteer whose maps have another layout than the pinned ones (as across the
+/// upgrade that widened addresses for IPv6) refuses to adopt them, and the data
+/// path it found keeps steering until `dnsteer stop`.
+#[test]
+fn adopting_maps_of_another_layout_is_refused_and_the_data_path_stays() {
+    testbed::require_root_tools(&["bpftool"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let topo = Topology::build(TopologyConfig {
+        node_iface: "rs1".to_owned(),
+        backends: 2,
+        ..Default::default()
+    })
+    .expect("test bed");
+    let iface = topo.config.node_iface.clone();
+    let config = service_config(
+        &iface,
+        "nth",
+        &topo.service_targets(),
+        &topo.backend_targets(),
+    );
+    let mut dnsteer = Dnsteer::start_with_args(
+        Launch::SharedMounts,
+        &topo.node,
+        &binary().unwrap(),
+        &iface,
+        &config,
+        &["--persist"],
+    )
+    .expect("dnsteer");
+    dnsteer.kill();
+    // The running program keeps its SERVICES map; the pin now names one with
+    // the 8-byte keys of the IPv4-only layout.
+    let services = dnsteer.pin_dir().join("SERVICES");
+    std::fs::remove_file(&services).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&services)
+        .args([
+            "type", "hash", "key", "8", "value", "4", "entries", "1024", "name", "SERVICES",
+        ])
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "bpftool: {out:?}");
+
+    let err = dnsteer
+        .restart()
+        .expect_err("adopting maps of another layout must be refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("map SERVICES is laid out by another dnsteer version (8-byte keys, 4-byte values; this one uses 20 and 4)")
+            && msg.contains("`dnsteer stop` it"),
+        "{msg}"
+    );
+    let target = topo.service_targets()[0];
+    let answer = dns::kdig(&topo.client, target, WHOAMI_NAME).expect("kdig after the refusal");
+    assert!(!answer.is_empty(), "the old data path stopped steering");
+    let out = dnsteer.stop_command().expect("dnsteer stop");
+    assert!(out.contains("detached"), "{out}");
+    let link = topo.node.run(&["ip", "link", "show", &iface]).unwrap();
+    assert!(
+        !link.contains("xdp"),
+        "dnsteer stop left XDP attached: {link}"
+    );
+}
+
 /// Adoption compares pinned maps with `maps::layouts`: it must describe the
 /// object this build loads, map for map.
 #[test]

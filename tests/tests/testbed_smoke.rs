@@ -82,6 +82,22 @@ fn default_topology_backends_answer_and_teardown_is_complete() {
         "client -> node -> backend 2 forwarding"
     );
 
+    // The same over IPv6: each backend answers on its IPv6 address (A names it too),
+    // and the client reaches one through the node with AAAA naming its IPv6 address.
+    for (i, backend) in topo.backends.iter().enumerate() {
+        let load = Load::new(vec![backend.dns_target6()], WHOAMI_NAME, 50);
+        let outcome = dns::query_load(&topo.node, &load).expect("running the load");
+        assert_eq!(
+            outcome.by_answer,
+            BTreeMap::from([(backend.addr, 50)]),
+            "backend {i} over IPv6: {outcome}"
+        );
+    }
+    let reply = dns::kdig_query(&topo.client, b2.dns_target6(), WHOAMI_NAME, "AAAA", &[])
+        .expect("kdig AAAA over IPv6 from the client");
+    assert_eq!(reply.from, b2.dns_target6(), "{reply:?}");
+    assert_eq!(reply.records, [b2.addr6.to_string()], "{reply:?}");
+
     // big.example. does not fit a UDP answer: BIND sets TC (kdig +ignore: no TCP retry).
     let server = format!("@{}", b0.ip());
     let big = topo
@@ -175,6 +191,11 @@ fn topology_without_dns_and_with_other_addresses() {
         prefix_len: 25,
         backend_base: "10.200.0.10".parse().unwrap(),
         node_backend_addr: "10.200.0.1".parse().unwrap(),
+        client_addr6: "fd00:51::50".parse().unwrap(),
+        service_addrs6: vec!["fd00:51::1".parse().unwrap(), "fd00:51::2".parse().unwrap()],
+        prefix_len6: 112,
+        backend_base6: "fd00:200::10".parse().unwrap(),
+        node_backend_addr6: "fd00:200::1".parse().unwrap(),
         dns: false,
     };
     let mut topo = Topology::build(config).expect("building a custom topology");
@@ -202,11 +223,42 @@ fn topology_without_dns_and_with_other_addresses() {
             "missing {expected:?} in:\n{addrs}"
         );
     }
+    assert_eq!(
+        topo.backend_addrs6(),
+        [
+            "fd00:200::10".parse::<std::net::Ipv6Addr>().unwrap(),
+            "fd00:200::11".parse().unwrap()
+        ]
+    );
+    let addrs6 = topo
+        .node
+        .run(&["ip", "-6", "-o", "addr", "show", "dev", "ens5"])
+        .unwrap();
+    for expected in ["fd00:51::1/112", "fd00:51::2/112"] {
+        assert!(
+            addrs6.contains(expected),
+            "missing {expected:?} in:\n{addrs6}"
+        );
+    }
+    assert!(
+        !addrs6.contains("tentative"),
+        "addresses usable at once:\n{addrs6}"
+    );
     let route = topo
         .client
         .run(&["ip", "route", "get", "10.200.0.11"])
         .unwrap();
     assert!(route.contains("via 198.51.100.1 dev eth0"), "{route}");
+    let route = topo
+        .client
+        .run(&["ip", "-6", "route", "get", "fd00:200::11"])
+        .unwrap();
+    assert!(route.contains("via fd00:51::1 dev eth0"), "{route}");
+    let route = topo
+        .node
+        .run(&["ip", "-6", "route", "get", "fd00:200::11"])
+        .unwrap();
+    assert!(route.contains("dev be1"), "{route}");
     let route = topo
         .node
         .run(&["ip", "route", "get", "10.200.0.11"])
@@ -214,12 +266,14 @@ fn topology_without_dns_and_with_other_addresses() {
     assert!(route.contains("dev be1"), "{route}");
     for key in [
         "net.ipv4.ip_forward",
+        "net.ipv6.conf.all.forwarding",
         "net.ipv4.conf.all.rp_filter",
         "net.ipv4.conf.ens5.rp_filter",
         "net.ipv4.conf.be0.rp_filter",
+        "net.ipv6.conf.ens5.accept_dad",
     ] {
         let value = topo.node.run(&["sysctl", "-n", key]).unwrap();
-        let want = if key == "net.ipv4.ip_forward" {
+        let want = if key == "net.ipv4.ip_forward" || key == "net.ipv6.conf.all.forwarding" {
             "1"
         } else {
             "0"

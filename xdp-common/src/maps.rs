@@ -3,6 +3,12 @@
 //! Addresses and ports are kept in network byte order exactly as they sit in the
 //! packet, so the kernel side copies them without swapping. Every type carries a
 //! size assertion: a layout change is a compile error on both sides at once.
+//!
+//! One set of maps serves both families: an address is 16 bytes ([`Addr`], four
+//! 32-bit words), an IPv4 address stored as its IPv4-mapped form
+//! `::ffff:a.b.c.d` (RFC 4291 2.5.5.2), as Katran's and Cilium's 16-byte
+//! address unions do. The parser
+//! refuses IPv6 packets that carry a mapped address, so the two never meet.
 
 /// Map names, as the kernel side declares them and the loader pins them.
 pub mod names {
@@ -65,6 +71,98 @@ pub const SERVICE_NAME_LEN: usize = 32;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// An IPv4 or IPv6 address as the maps hold it: four 32-bit words, each the
+/// four address bytes as they sit in the packet (network byte order in memory,
+/// `u32::from_ne_bytes`), like Katran's `__be32 srcv6[4]`; IPv4 as
+/// `::ffff:a.b.c.d`. Words rather than 16 bytes: the BPF backend moves and
+/// compares a byte array a byte at a time, and spills each byte to a stack slot
+/// of its own, which a 512-byte stack cannot afford.
+pub type Addr = [u32; 4];
+
+/// The third word of an IPv4-mapped address: bytes `00 00 ff ff`.
+const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// `::ffff:0.0.0.0`: a `*` (any IPv4 address) listen entry in `SERVICES`.
+pub const ANY_IPV4: Addr = ipv4_mapped([0; 4]);
+/// `::`: a `[::]` (any IPv6 address) listen entry in `SERVICES`.
+pub const ANY_IPV6: Addr = [0; 4];
+
+/// The wildcard listen address of a family: `ANY_IPV6` or `ANY_IPV4`.
+#[inline(always)]
+pub const fn any_addr(ipv6: bool) -> Addr {
+    // One word differs; written so, the BPF backend stores four words rather
+    // than branching to a `memset` call for the all-zero one.
+    [0, 0, if ipv6 { 0 } else { MAPPED }, 0]
+}
+
+/// The IPv4-mapped form of an IPv4 address.
+#[inline(always)]
+pub const fn ipv4_mapped(a: [u8; 4]) -> Addr {
+    [0, 0, MAPPED, u32::from_ne_bytes(a)]
+}
+
+/// Whether `a` is an IPv4 address (IPv4-mapped).
+#[inline(always)]
+pub const fn is_ipv4_mapped(a: &Addr) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == MAPPED
+}
+
+/// The IPv4 address in the last word of an IPv4-mapped `a`.
+#[inline(always)]
+pub const fn ipv4_of(a: &Addr) -> [u8; 4] {
+    a[3].to_ne_bytes()
+}
+
+/// `a == b`, word by word: an array compare may become a call to `bcmp`,
+/// which BPF programs cannot make.
+#[inline(always)]
+pub const fn same_addr(a: &Addr, b: &Addr) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
+
+/// The address whose 16 bytes, in packet order, are `o`.
+#[inline(always)]
+pub const fn addr_from_octets(o: [u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The 16 bytes of `a`, in packet order.
+#[inline(always)]
+pub const fn octets(a: &Addr) -> [u8; 16] {
+    let [w0, w1, w2, w3] = [
+        a[0].to_ne_bytes(),
+        a[1].to_ne_bytes(),
+        a[2].to_ne_bytes(),
+        a[3].to_ne_bytes(),
+    ];
+    [
+        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0],
+        w3[1], w3[2], w3[3],
+    ]
+}
+
+/// An address as the maps hold it.
+pub fn addr_of(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => addr_from_octets(v6.octets()),
+    }
+}
+
+/// The address the maps hold: IPv4 for an IPv4-mapped one, IPv6 otherwise.
+pub fn ip_of(a: Addr) -> core::net::IpAddr {
+    if is_ipv4_mapped(&a) {
+        core::net::IpAddr::V4(ipv4_of(&a).into())
+    } else {
+        core::net::IpAddr::V6(octets(&a).into())
+    }
+}
+
 /// The slot of backend `index` of service `service_id` in `BACKENDS` and `BACKEND_STATS`.
 #[inline(always)]
 pub const fn backend_slot(service_id: u32, index: u32) -> u32 {
@@ -78,23 +176,23 @@ pub const fn ring_key(service_id: u32, generation: u32) -> u32 {
 }
 
 /// An (address, port, protocol) triple: a listen address in `SERVICES`, a backend's
-/// reply source in `BACKEND_SOURCES`. `addr == 0` in `SERVICES` means "any address
-/// arriving on the interface" (a `*` listen).
+/// reply source in `BACKEND_SOURCES`. In `SERVICES`, `ANY_IPV4` means "any IPv4
+/// address arriving on the interface" (a `*` listen) and `ANY_IPV6` any IPv6 one
+/// (a `[::]` listen).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    /// IPv4 address, network byte order.
-    pub addr: [u8; 4],
+    pub addr: Addr,
     /// Port, network byte order.
     pub port: [u8; 2],
     pub proto: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 
 impl Endpoint {
     #[inline(always)]
-    pub const fn new(addr: [u8; 4], port: [u8; 2], proto: u8) -> Self {
+    pub const fn new(addr: Addr, port: [u8; 2], proto: u8) -> Self {
         Self {
             addr,
             port,
@@ -195,8 +293,7 @@ pub mod backend_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
-    /// IPv4 address, network byte order.
-    pub addr: [u8; 4],
+    pub addr: Addr,
     /// Port, network byte order.
     pub port: [u8; 2],
     /// A `backend_state` value.
@@ -205,7 +302,7 @@ pub struct Backend {
     /// The configured weight (informational: the ring carries the selection).
     pub weight: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 12);
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 impl Backend {
     /// Whether flows recorded for this backend may keep using it.
@@ -237,8 +334,8 @@ pub mod direction {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src_addr: [u8; 4],
-    pub dst_addr: [u8; 4],
+    pub src_addr: Addr,
+    pub dst_addr: Addr,
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
     pub proto: u8,
@@ -246,17 +343,12 @@ pub struct FlowKey {
     pub direction: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 impl FlowKey {
     /// The key of a packet from `src:sport` to `dst:dport`, looked up as `direction`.
     #[inline(always)]
-    pub const fn new(
-        src: ([u8; 4], [u8; 2]),
-        dst: ([u8; 4], [u8; 2]),
-        proto: u8,
-        direction: u8,
-    ) -> Self {
+    pub const fn new(src: (Addr, [u8; 2]), dst: (Addr, [u8; 2]), proto: u8, direction: u8) -> Self {
         Self {
             src_addr: src.0,
             dst_addr: dst.0,
@@ -276,21 +368,20 @@ impl FlowKey {
 pub struct FlowValue {
     /// `bpf_ktime_get_ns` of the flow's last query packet.
     pub last_seen: u64,
-    pub addr: [u8; 4],
+    pub addr: Addr,
     pub port: [u8; 2],
     /// `FLOW_CLOSING` once a FIN was seen.
     pub flags: u8,
     pub _pad: u8,
     /// The backend's slot.
     pub slot: u32,
-    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 
 impl FlowValue {
     /// A fresh record naming `addr:port` (backend slot `slot`), seen at `now`.
     #[inline(always)]
-    pub const fn new(now: u64, addr: [u8; 4], port: [u8; 2], slot: u32) -> Self {
+    pub const fn new(now: u64, addr: Addr, port: [u8; 2], slot: u32) -> Self {
         Self {
             last_seen: now,
             addr,
@@ -298,7 +389,6 @@ impl FlowValue {
             flags: 0,
             _pad: 0,
             slot,
-            _pad2: 0,
         }
     }
 }
@@ -438,7 +528,8 @@ pub enum Reason {
     NoBackend = 2,
     /// Truncated or inconsistent headers (left alone).
     Malformed = 3,
-    /// An IPv4 fragment: the ports are not in every fragment (left alone).
+    /// An IPv4 fragment: the ports are not in every fragment (left alone). IPv6
+    /// fragments carry a fragment header: `Ipv6Ext`.
     Fragment = 4,
     /// A backend's reply whose source was rewritten to the service address.
     ReplyRewritten = 5,
@@ -449,9 +540,12 @@ pub enum Reason {
     /// An ICMP error about a steered flow, translated like its reply: the
     /// quoted packet's destination and the outer source set to the service address.
     IcmpRewritten = 8,
+    /// An IPv6 packet with an extension header (or AH, ESP) before its transport
+    /// header: not parsed further (left alone).
+    Ipv6Ext = 9,
 }
 
-pub const REASON_COUNT: u32 = 9;
+pub const REASON_COUNT: u32 = 10;
 
 impl Reason {
     /// Every reason, in index order.
@@ -465,6 +559,7 @@ impl Reason {
         Reason::ReplyNoFlow,
         Reason::TcpNoFlow,
         Reason::IcmpRewritten,
+        Reason::Ipv6Ext,
     ];
 
     /// The stable name used in `dnsteer stats` text and JSON.
@@ -479,6 +574,7 @@ impl Reason {
             Reason::ReplyNoFlow => "reply_no_flow",
             Reason::TcpNoFlow => "tcp_no_flow",
             Reason::IcmpRewritten => "icmp_rewritten",
+            Reason::Ipv6Ext => "ipv6_ext",
         }
     }
 }
@@ -496,4 +592,56 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowSettings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_and_ipv4_is_mapped() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(
+            octets(&addr_of(v4)),
+            Ipv4Addr::new(192, 0, 2, 10).to_ipv6_mapped().octets()
+        );
+        assert!(is_ipv4_mapped(&addr_of(v4)));
+        assert_eq!(ipv4_of(&addr_of(v4)), [192, 0, 2, 10]);
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        assert!(!is_ipv4_mapped(&addr_of(v6)));
+        for ip in [
+            v4,
+            v6,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ] {
+            assert_eq!(ip_of(addr_of(ip)), ip);
+        }
+        // The two wildcards are distinct keys, each the unspecified address of its family.
+        assert_eq!(addr_of(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), ANY_IPV4);
+        assert_eq!(addr_of(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), ANY_IPV6);
+        assert!(!same_addr(&ANY_IPV4, &ANY_IPV6));
+        assert_eq!((any_addr(false), any_addr(true)), (ANY_IPV4, ANY_IPV6));
+        // Almost mapped: not IPv4.
+        let mut a = octets(&ANY_IPV4);
+        a[9] = 1;
+        assert!(!is_ipv4_mapped(&addr_from_octets(a)));
+        let mut a = octets(&ANY_IPV4);
+        a[10] = 0xfe;
+        assert!(!is_ipv4_mapped(&addr_from_octets(a)));
+    }
+
+    #[test]
+    fn same_addr_compares_every_byte() {
+        let a = addr_from_octets(core::array::from_fn(|i| i as u8 + 1));
+        assert_eq!(octets(&a), core::array::from_fn(|i| i as u8 + 1));
+        assert!(same_addr(&a, &a));
+        for i in 0..16 {
+            let mut b = octets(&a);
+            b[i] ^= 0x80;
+            assert!(!same_addr(&a, &addr_from_octets(b)), "byte {i}");
+        }
+    }
 }

@@ -1,15 +1,19 @@
-//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options), UDP or TCP,
-//! and ICMP errors quoting an IPv4 UDP or TCP packet.
+//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6
+//! (without extension headers), UDP or TCP; and ICMP errors quoting an IPv4 UDP
+//! or TCP packet.
 //!
 //! Written once over the [`Packet`] trait so the kernel side (bounds checked
 //! against `data_end`) and the host (a byte slice) run the same code: what the
 //! host tests accept is what the program steers.
 
-use crate::maps::{PROTO_TCP, PROTO_UDP, Reason};
+use crate::maps::{
+    Addr, PROTO_TCP, PROTO_UDP, Reason, addr_from_octets, ipv4_mapped, is_ipv4_mapped,
+};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
 pub const IPV4_MIN_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 pub const UDP_HLEN: usize = 8;
 pub const TCP_MIN_HLEN: usize = 20;
 pub const ICMP_HLEN: usize = 8;
@@ -18,6 +22,7 @@ pub const ICMP_HLEN: usize = 8;
 pub const QUOTED_L4_LEN: usize = 8;
 
 const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -33,6 +38,31 @@ pub mod ipv4 {
     pub const DST: usize = 16;
     /// More-fragments flag and fragment offset; either set means a fragment.
     pub const FRAG_MASK: u16 = 0x3fff;
+}
+
+/// Field offsets inside the IPv6 header (RFC 8200 3), and which next-header
+/// values are extension headers.
+pub mod ipv6 {
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const HOP_LIMIT: usize = 7;
+    /// The fixed header's length, which the payload length does not count.
+    pub const HLEN: usize = 40;
+    pub const NEXT: usize = 6;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+    /// IANA's "IPv6 Extension Header Types" (RFC 7045 lists them): hop-by-hop
+    /// options, routing, fragment, ESP, AH, destination options, mobility,
+    /// HIP, shim6, and the two experimental values.
+    pub const EXTENSION_HEADERS: [u8; 11] = [0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254];
+
+    /// Whether next header `next` is one of `EXTENSION_HEADERS`.
+    #[inline(always)]
+    pub const fn is_extension(next: u8) -> bool {
+        matches!(
+            next,
+            0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+        )
+    }
 }
 
 /// Field offsets inside the UDP header.
@@ -96,24 +126,27 @@ impl Packet for [u8] {
     }
 }
 
-/// An IPv4 UDP datagram or TCP segment: its 5-tuple and where its headers start.
+/// An IPv4 or IPv6 UDP datagram or TCP segment: its 5-tuple and where its
+/// headers start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Headers4 {
-    /// Offset of the IPv4 header.
+pub struct Headers {
+    /// Offset of the IPv4 or IPv6 header.
     pub l3: usize,
     /// Offset of the UDP or TCP header.
     pub l4: usize,
+    /// IPv6; else IPv4, whose addresses below are IPv4-mapped.
+    pub ipv6: bool,
     /// `PROTO_UDP` or `PROTO_TCP`.
     pub proto: u8,
     /// TCP flags (`tcp::FIN` ..); 0 for UDP.
     pub tcp_flags: u8,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
 }
 
-impl Headers4 {
+impl Headers {
     /// Offset of the transport checksum.
     #[inline(always)]
     pub const fn l4_check(&self) -> usize {
@@ -136,19 +169,28 @@ impl Headers4 {
     }
 }
 
-/// Why a packet is not an IPv4 UDP datagram or TCP segment dnsteer may touch.
+/// Why a packet is not a UDP datagram or TCP segment dnsteer may touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
-    /// Not IPv4 (ARP, IPv6, three or more VLAN tags, ..).
-    NotIpv4,
-    /// IPv4 but neither UDP nor TCP.
+    /// Neither IPv4 nor IPv6 (ARP, three or more VLAN tags, ..); for the
+    /// IPv4-only ICMP error parser, not IPv4.
+    NotIp,
+    /// IP, but neither UDP nor TCP (ICMP, ICMPv6, ..).
     NotUdpOrTcp,
-    /// To a multicast or broadcast address: never a load-balanced query.
+    /// To a multicast, broadcast or (IPv6) unspecified address: never a
+    /// load-balanced query.
     NotUnicast,
-    /// Truncated, or lengths that disagree with each other or with the frame.
+    /// An IPv6 header carrying an IPv4-mapped address (`::ffff:0:0/96`), which
+    /// RFC 4291 2.5.5.2 keeps off the wire and the maps use for IPv4.
+    Mapped,
+    /// Truncated, or lengths that disagree with each other or with the frame;
+    /// also an IPv6 UDP datagram with checksum 0, which RFC 8200 8.1 forbids.
     Malformed,
     /// An IPv4 fragment.
     Fragment,
+    /// An IPv6 extension header (or AH, ESP) before the transport header,
+    /// fragment headers included: not walked, so not understood.
+    Ipv6Ext,
 }
 
 impl Skip {
@@ -156,9 +198,10 @@ impl Skip {
     #[inline(always)]
     pub const fn reason(self) -> Reason {
         match self {
-            Skip::NotIpv4 | Skip::NotUdpOrTcp | Skip::NotUnicast => Reason::NotService,
+            Skip::NotIp | Skip::NotUdpOrTcp | Skip::NotUnicast | Skip::Mapped => Reason::NotService,
             Skip::Malformed => Reason::Malformed,
             Skip::Fragment => Reason::Fragment,
+            Skip::Ipv6Ext => Reason::Ipv6Ext,
         }
     }
 }
@@ -204,8 +247,8 @@ pub struct Quoted4 {
 /// Why a packet is not an ICMP error dnsteer may translate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IcmpSkip {
-    /// The outer packet: not IPv4, malformed (also an ICMP header cut short),
-    /// or a fragment.
+    /// The outer packet: not IPv4 (`NotIp`, IPv6 included: ICMPv6 errors are
+    /// not translated), malformed (also an ICMP header cut short), or a fragment.
     Outer(Skip),
     /// IPv4, but not an ICMP destination unreachable or time exceeded message.
     NotIcmpError,
@@ -279,31 +322,112 @@ fn ipv4_at<P: Packet + ?Sized>(p: &P, off: usize, end: usize) -> Result<Ipv4, Sk
 }
 
 /// Ethernet, VLAN tags and the IPv4 header: where that header starts and what
-/// it says. The part `headers4` and `icmp_error4` share.
+/// it says. The part `headers` and `icmp_error4` share.
 #[inline(always)]
 fn outer4<P: Packet + ?Sized>(p: &P) -> Result<(usize, Ipv4), Skip> {
     let (proto, l3) = ethertype(p)?;
     if proto != ETH_P_IPV4 {
-        return Err(Skip::NotIpv4);
+        return Err(Skip::NotIp);
     }
     // The frame may carry padding after the datagram, never less than it.
     Ok((l3, ipv4_at(p, l3, p.len())?))
 }
 
-/// Parses an Ethernet frame down to its UDP or TCP header.
+/// What the IPv4 or IPv6 header says about the transport header after it.
+struct Network {
+    /// Offset of the transport header.
+    l4: usize,
+    /// Bytes from the transport header to the end of the datagram.
+    payload: usize,
+    /// The protocol (IPv4) or next header (IPv6).
+    proto: u8,
+    ipv6: bool,
+    src: Addr,
+    dst: Addr,
+}
+
+/// The IPv6 header at `off`: version 6, and a payload length that does not run
+/// past the frame (which may carry padding after it).
 #[inline(always)]
-pub fn headers4<P: Packet + ?Sized>(p: &P) -> Result<Headers4, Skip> {
-    let (l3, ip) = outer4(p)?;
+fn ipv6_at<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Network, Skip> {
+    // Read in three pieces rather than as one 40-byte copy: BPF stack is scarce.
+    let head = p.bytes::<{ ipv6::SRC }>(off).ok_or(Skip::Malformed)?;
+    let src = p.bytes::<16>(off + ipv6::SRC).ok_or(Skip::Malformed)?;
+    let dst = p.bytes::<16>(off + ipv6::DST).ok_or(Skip::Malformed)?;
+    if head[0] >> 4 != 6 {
+        return Err(Skip::Malformed);
+    }
+    let payload = be16([head[ipv6::PAYLOAD_LEN], head[ipv6::PAYLOAD_LEN + 1]]) as usize;
+    let l4 = off + IPV6_HLEN;
+    if l4 + payload > p.len() {
+        return Err(Skip::Malformed);
+    }
+    Ok(Network {
+        l4,
+        payload,
+        proto: head[ipv6::NEXT],
+        ipv6: true,
+        src: addr_from_octets(src),
+        dst: addr_from_octets(dst),
+    })
+}
+
+/// Ethernet, VLAN tags and the IPv4 or IPv6 header: where it starts and what it says.
+#[inline(always)]
+fn network<P: Packet + ?Sized>(p: &P) -> Result<(usize, Network), Skip> {
+    let (ethertype, l3) = ethertype(p)?;
+    if ethertype == ETH_P_IPV6 {
+        return Ok((l3, ipv6_at(p, l3)?));
+    }
+    if ethertype != ETH_P_IPV4 {
+        return Err(Skip::NotIp);
+    }
+    let ip = ipv4_at(p, l3, p.len())?;
+    Ok((
+        l3,
+        Network {
+            l4: l3 + ip.ihl,
+            payload: ip.tot_len - ip.ihl,
+            proto: ip.proto,
+            ipv6: false,
+            src: ipv4_mapped(ip.src),
+            dst: ipv4_mapped(ip.dst),
+        },
+    ))
+}
+
+/// Whether a packet to `dst` may be a query: not multicast, broadcast or
+/// (IPv6) unspecified.
+#[inline(always)]
+fn unicast(dst: &Addr, ipv6: bool) -> bool {
+    if ipv6 {
+        let first = dst[0].to_ne_bytes()[0];
+        first != 0xff && !crate::maps::same_addr(dst, &crate::maps::ANY_IPV6)
+    } else {
+        let v4 = dst[3].to_ne_bytes();
+        v4[0] & 0xf0 != 0xe0 && v4 != [0xff; 4]
+    }
+}
+
+/// Parses an Ethernet frame down to its UDP or TCP header, over IPv4 or IPv6.
+#[inline(always)]
+pub fn headers<P: Packet + ?Sized>(p: &P) -> Result<Headers, Skip> {
+    let (l3, ip) = network(p)?;
     let proto = ip.proto;
     if proto != PROTO_UDP && proto != PROTO_TCP {
-        return Err(Skip::NotUdpOrTcp);
+        return Err(if ip.ipv6 && ipv6::is_extension(proto) {
+            Skip::Ipv6Ext
+        } else {
+            Skip::NotUdpOrTcp
+        });
     }
-    let dst = ip.dst;
-    if dst[0] & 0xf0 == 0xe0 || dst == [0xff; 4] {
+    if !unicast(&ip.dst, ip.ipv6) {
         return Err(Skip::NotUnicast);
     }
-    let l4 = l3 + ip.ihl;
-    let payload = ip.tot_len - ip.ihl;
+    if ip.ipv6 && (is_ipv4_mapped(&ip.src) || is_ipv4_mapped(&ip.dst)) {
+        return Err(Skip::Mapped);
+    }
+    let (l4, payload) = (ip.l4, ip.payload);
     // The first 20 bytes cover both a UDP header and a minimal TCP header; a
     // UDP datagram is read as far as its own 8 bytes only.
     let tcp_flags = if proto == PROTO_TCP {
@@ -319,17 +443,22 @@ pub fn headers4<P: Packet + ?Sized>(p: &P) -> Result<Headers4, Skip> {
         if udp_len < UDP_HLEN || udp_len > payload {
             return Err(Skip::Malformed);
         }
+        // IPv4's "no checksum" does not exist in IPv6: a receiver discards it.
+        if ip.ipv6 && hdr[udp::CHECK] == 0 && hdr[udp::CHECK + 1] == 0 {
+            return Err(Skip::Malformed);
+        }
         0
     };
     // Ports sit at the same offsets in UDP and TCP.
     let ports = p.bytes::<4>(l4).ok_or(Skip::Malformed)?;
-    Ok(Headers4 {
+    Ok(Headers {
         l3,
         l4,
+        ipv6: ip.ipv6,
         proto,
         tcp_flags,
         src: ip.src,
-        dst,
+        dst: ip.dst,
         sport: [ports[0], ports[1]],
         dport: [ports[2], ports[3]],
     })
@@ -423,27 +552,31 @@ mod tests {
     #[test]
     fn plain_query() {
         let f = frame(&[], 0, b"query");
-        let u = headers4(f.as_slice()).unwrap();
+        let u = headers(f.as_slice()).unwrap();
         assert_eq!((u.l3, u.l4), (14, 34));
-        assert_eq!((u.src, u.dst), ([192, 0, 2, 100], [192, 0, 2, 10]));
+        assert_eq!(
+            (u.src, u.dst),
+            (ipv4_mapped([192, 0, 2, 100]), ipv4_mapped([192, 0, 2, 10]))
+        );
+        assert!(!u.ipv6);
         assert_eq!((be16(u.sport), be16(u.dport)), (40000, 53));
     }
 
     #[test]
     fn vlan_qinq_and_options() {
-        let u = headers4(frame(&[ETH_P_8021AD, ETH_P_8021Q], 12, b"q").as_slice()).unwrap();
+        let u = headers(frame(&[ETH_P_8021AD, ETH_P_8021Q], 12, b"q").as_slice()).unwrap();
         assert_eq!((u.l3, u.l4), (22, 22 + 32));
         let three = frame(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], 0, b"q");
-        assert_eq!(headers4(three.as_slice()), Err(Skip::NotIpv4));
+        assert_eq!(headers(three.as_slice()), Err(Skip::NotIp));
     }
 
     #[test]
     fn every_truncation_is_malformed() {
         let f = frame(&[ETH_P_8021Q], 4, b"");
         for cut in 0..f.len() {
-            assert_eq!(headers4(&f[..cut]), Err(Skip::Malformed), "cut at {cut}");
+            assert_eq!(headers(&f[..cut]), Err(Skip::Malformed), "cut at {cut}");
         }
-        assert!(headers4(f.as_slice()).is_ok());
+        assert!(headers(f.as_slice()).is_ok());
     }
 
     #[test]
@@ -452,7 +585,7 @@ mod tests {
         let with = |at: usize, val: &[u8]| {
             let mut f = base.clone();
             f[at..at + val.len()].copy_from_slice(val);
-            headers4(f.as_slice())
+            headers(f.as_slice())
         };
         assert_eq!(
             with(14, &[0x65]),
@@ -481,11 +614,16 @@ mod tests {
         assert_eq!(with(23, &[1]), Err(Skip::NotUdpOrTcp), "ICMP");
         assert_eq!(with(30, &[224, 0, 0, 251]), Err(Skip::NotUnicast));
         assert_eq!(with(30, &[255, 255, 255, 255]), Err(Skip::NotUnicast));
-        assert_eq!(with(12, &[0x86, 0xdd]), Err(Skip::NotIpv4));
+        assert_eq!(
+            with(12, &[0x86, 0xdd]),
+            Err(Skip::Malformed),
+            "an IPv4 packet in an IPv6 ethertype"
+        );
+        assert_eq!(with(12, &[0x08, 0x06]), Err(Skip::NotIp), "ARP");
         let mut padded = base.clone();
         padded.extend_from_slice(&[0; 6]);
         assert!(
-            headers4(padded.as_slice()).is_ok(),
+            headers(padded.as_slice()).is_ok(),
             "Ethernet padding after the datagram"
         );
     }
@@ -501,7 +639,7 @@ mod tests {
     #[test]
     fn tcp_segments() {
         let syn = tcp_frame([0x50, tcp::SYN]);
-        let h = headers4(syn.as_slice()).unwrap();
+        let h = headers(syn.as_slice()).unwrap();
         assert_eq!(
             (h.proto, h.tcp_flags, h.l4_check()),
             (PROTO_TCP, tcp::SYN, 34 + 16)
@@ -509,21 +647,21 @@ mod tests {
         assert_eq!((be16(h.sport), be16(h.dport)), (40000, 53));
         assert!(h.is_syn());
         let syn_ack = tcp_frame([0x50, tcp::SYN | tcp::ACK]);
-        assert!(!headers4(syn_ack.as_slice()).unwrap().is_syn());
+        assert!(!headers(syn_ack.as_slice()).unwrap().is_syn());
         assert_eq!(
-            headers4(tcp_frame([0x40, 0]).as_slice()),
+            headers(tcp_frame([0x40, 0]).as_slice()),
             Err(Skip::Malformed),
             "data offset 4"
         );
         assert_eq!(
-            headers4(tcp_frame([0x60, 0]).as_slice()),
+            headers(tcp_frame([0x60, 0]).as_slice()),
             Err(Skip::Malformed),
             "options past the segment"
         );
         for cut in 0..syn.len() {
-            assert_eq!(headers4(&syn[..cut]), Err(Skip::Malformed), "cut at {cut}");
+            assert_eq!(headers(&syn[..cut]), Err(Skip::Malformed), "cut at {cut}");
         }
-        let udp = headers4(frame(&[], 0, b"q").as_slice()).unwrap();
+        let udp = headers(frame(&[], 0, b"q").as_slice()).unwrap();
         assert_eq!(
             (udp.proto, udp.tcp_flags, udp.l4_check()),
             (PROTO_UDP, 0, 34 + 6)
@@ -575,9 +713,9 @@ mod tests {
         assert_eq!((be16(q.sport), be16(q.dport)), (40000, 53));
         assert_eq!(q.check, [query[24], query[25]]);
         assert_eq!(
-            headers4(port.as_slice()),
+            headers(port.as_slice()),
             Err(Skip::NotUdpOrTcp),
-            "headers4 still skips ICMP"
+            "headers still skips ICMP"
         );
 
         for code in 0..16 {
@@ -684,7 +822,7 @@ mod tests {
                 "type {other}"
             );
         }
-        assert_eq!(with(12, &[0x86, 0xdd]), Err(IcmpSkip::Outer(Skip::NotIpv4)));
+        assert_eq!(with(12, &[0x86, 0xdd]), Err(IcmpSkip::Outer(Skip::NotIp)));
         assert_eq!(
             with(20, &[0x20, 0x00]),
             Err(IcmpSkip::Outer(Skip::Fragment)),
@@ -729,6 +867,206 @@ mod tests {
             with(42 + 6, &[0x00, 0x01]),
             Err(IcmpSkip::Quoted(Skip::Fragment)),
             "quoted offset"
+        );
+    }
+
+    const CLIENT6: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+    ];
+    const VIP6: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+
+    /// Ethernet + `tags` VLAN tags + IPv6 (next header `next`) + `l4`, the
+    /// transport header and payload as given.
+    fn frame6(tags: &[u16], next: u8, l4: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+        for &tpid in tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&[0x00, 0x64]);
+        }
+        f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[next, 64]);
+        f.extend_from_slice(&CLIENT6);
+        f.extend_from_slice(&VIP6);
+        f.extend_from_slice(l4);
+        f
+    }
+
+    /// A UDP header (checksum 0x1234, never checked here) and payload.
+    fn udp6(payload: &[u8]) -> Vec<u8> {
+        let mut d = std::vec![0x9c, 0x40, 0, 53];
+        d.extend_from_slice(&((UDP_HLEN + payload.len()) as u16).to_be_bytes());
+        d.extend_from_slice(&[0x12, 0x34]);
+        d.extend_from_slice(payload);
+        d
+    }
+
+    /// A 20-byte TCP header, data offset and flags as given.
+    fn tcp6(doff_flags: [u8; 2]) -> Vec<u8> {
+        let mut t = std::vec![0x9c, 0x40, 0, 53, 0, 0, 0, 1, 0, 0, 0, 0];
+        t.extend_from_slice(&doff_flags);
+        t.extend_from_slice(&[0xff, 0xff, 0xab, 0xcd, 0, 0]);
+        t
+    }
+
+    #[test]
+    fn ipv6_udp_and_tcp() {
+        let f = frame6(&[], PROTO_UDP, &udp6(b"query"));
+        let h = headers(f.as_slice()).unwrap();
+        assert!(h.ipv6);
+        assert_eq!((h.l3, h.l4, h.proto), (14, 54, PROTO_UDP));
+        assert_eq!(
+            (h.src, h.dst),
+            (addr_from_octets(CLIENT6), addr_from_octets(VIP6))
+        );
+        assert_eq!((be16(h.sport), be16(h.dport)), (40000, 53));
+        assert_eq!(h.l4_check(), 54 + 6);
+
+        let tagged = frame6(&[ETH_P_8021AD, ETH_P_8021Q], PROTO_UDP, &udp6(b"q"));
+        let h = headers(tagged.as_slice()).unwrap();
+        assert_eq!((h.l3, h.l4), (22, 62));
+
+        let syn = frame6(&[], PROTO_TCP, &tcp6([0x50, tcp::SYN]));
+        let h = headers(syn.as_slice()).unwrap();
+        assert_eq!(
+            (h.proto, h.tcp_flags, h.l4_check()),
+            (PROTO_TCP, tcp::SYN, 54 + 16)
+        );
+        assert!(h.is_syn() && h.ipv6);
+        assert_eq!(
+            headers(frame6(&[], PROTO_TCP, &tcp6([0x40, 0])).as_slice()),
+            Err(Skip::Malformed),
+            "data offset 4"
+        );
+        assert_eq!(
+            headers(frame6(&[], PROTO_TCP, &tcp6([0x60, 0])).as_slice()),
+            Err(Skip::Malformed),
+            "options past the segment"
+        );
+    }
+
+    #[test]
+    fn ipv6_every_truncation_is_malformed() {
+        for f in [
+            frame6(&[ETH_P_8021Q], PROTO_UDP, &udp6(b"")),
+            frame6(&[], PROTO_TCP, &tcp6([0x50, tcp::SYN])),
+        ] {
+            for cut in 0..f.len() {
+                assert_eq!(headers(&f[..cut]), Err(Skip::Malformed), "cut at {cut}");
+            }
+            assert!(headers(f.as_slice()).is_ok());
+        }
+    }
+
+    #[test]
+    fn ipv6_lengths_versions_and_checksum() {
+        let base = frame6(&[], PROTO_UDP, &udp6(b"abcd"));
+        let with = |at: usize, val: &[u8]| {
+            let mut f = base.clone();
+            f[at..at + val.len()].copy_from_slice(val);
+            headers(f.as_slice())
+        };
+        assert_eq!(
+            with(14, &[0x40]),
+            Err(Skip::Malformed),
+            "version 4 in an IPv6 ethertype"
+        );
+        assert_eq!(
+            with(18, &[0, 13]),
+            Err(Skip::Malformed),
+            "payload length past the frame"
+        );
+        assert_eq!(
+            with(18, &[0, 11]),
+            Err(Skip::Malformed),
+            "payload length shorter than the UDP length"
+        );
+        assert_eq!(with(18, &[0, 0]), Err(Skip::Malformed), "payload length 0");
+        assert_eq!(
+            with(54 + 4, &[0, 7]),
+            Err(Skip::Malformed),
+            "UDP length below its header"
+        );
+        assert_eq!(
+            with(54 + 6, &[0, 0]),
+            Err(Skip::Malformed),
+            "UDP checksum 0 is not allowed over IPv6"
+        );
+        assert!(with(54 + 6, &[0xff, 0xff]).is_ok());
+        let mut padded = base.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert!(
+            headers(padded.as_slice()).is_ok(),
+            "padding after the datagram"
+        );
+        // Shorter UDP length than the payload is fine (the rest is not read).
+        let mut short = base.clone();
+        short[54 + 5] -= 1;
+        assert!(headers(short.as_slice()).is_ok());
+    }
+
+    #[test]
+    fn ipv6_extension_headers_and_other_next_headers() {
+        // An extension header of 8 bytes before UDP, as it would sit there.
+        for next in ipv6::EXTENSION_HEADERS {
+            let mut l4 = std::vec![PROTO_UDP, 0, 0, 0, 0, 0, 0, 0];
+            l4.extend_from_slice(&udp6(b"q"));
+            let f = frame6(&[], next, &l4);
+            assert_eq!(
+                headers(f.as_slice()),
+                Err(Skip::Ipv6Ext),
+                "next header {next}"
+            );
+            assert_eq!(Skip::Ipv6Ext.reason(), Reason::Ipv6Ext);
+        }
+        for next in 0..=255u8 {
+            let want = ipv6::EXTENSION_HEADERS.contains(&next);
+            assert_eq!(ipv6::is_extension(next), want, "{next}");
+        }
+        for (next, what) in [
+            (58, "ICMPv6"),
+            (59, "no next header"),
+            (1, "ICMP"),
+            (132, "SCTP"),
+        ] {
+            let f = frame6(&[], next, &udp6(b"q"));
+            assert_eq!(headers(f.as_slice()), Err(Skip::NotUdpOrTcp), "{what}");
+        }
+        // An extension header in a packet whose lengths are wrong is malformed first.
+        let mut f = frame6(&[], 0, &udp6(b"q"));
+        f[18..20].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(headers(f.as_slice()), Err(Skip::Malformed));
+    }
+
+    #[test]
+    fn ipv6_destinations_that_are_never_queries() {
+        let base = frame6(&[], PROTO_UDP, &udp6(b"q"));
+        let with = |at: usize, addr: [u8; 16]| {
+            let mut f = base.clone();
+            f[at..at + 16].copy_from_slice(&addr);
+            headers(f.as_slice())
+        };
+        let (src, dst) = (14 + ipv6::SRC, 14 + ipv6::DST);
+        let mut all_nodes = [0u8; 16];
+        (all_nodes[0], all_nodes[1], all_nodes[15]) = (0xff, 0x02, 1);
+        let mut mdns = [0u8; 16];
+        (mdns[0], mdns[1], mdns[15]) = (0xff, 0x05, 0xfb);
+        assert_eq!(with(dst, all_nodes), Err(Skip::NotUnicast));
+        assert_eq!(with(dst, mdns), Err(Skip::NotUnicast));
+        assert_eq!(with(dst, [0; 16]), Err(Skip::NotUnicast), "unspecified");
+        let mapped = crate::maps::octets(&ipv4_mapped([192, 0, 2, 10]));
+        assert_eq!(with(dst, mapped), Err(Skip::Mapped));
+        assert_eq!(with(src, mapped), Err(Skip::Mapped));
+        assert_eq!(Skip::Mapped.reason(), Reason::NotService);
+        assert!(with(src, [0; 16]).is_ok(), "a source may be unspecified");
+        // The ICMP error parser is IPv4 only.
+        assert_eq!(
+            icmp_error4(base.as_slice()),
+            Err(IcmpSkip::Outer(Skip::NotIp))
         );
     }
 }

@@ -11,8 +11,9 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use xdp_common::{
-    FLOW_CLOSING, FlowEvent, FlowKey, FlowSettings, FlowValue, Reason, direction,
-    parse::{Headers4, tcp},
+    Addr, FLOW_CLOSING, FlowEvent, FlowKey, FlowSettings, FlowValue, Reason, direction,
+    parse::{Headers, tcp},
+    same_addr,
 };
 
 use crate::{
@@ -23,7 +24,7 @@ use crate::{
 /// Where a query goes.
 pub struct Target {
     pub slot: u32,
-    pub addr: [u8; 4],
+    pub addr: Addr,
     pub port: [u8; 2],
     /// The packet started a new flow.
     pub new_flow: bool,
@@ -31,7 +32,7 @@ pub struct Target {
 
 /// The backend for this query: its flow's while that is usable, else a new pick.
 #[inline(always)]
-pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
+pub fn query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
     let key = FlowKey::new(
         (pkt.src, pkt.sport),
         (pkt.dst, pkt.dport),
@@ -74,7 +75,7 @@ pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
     if pkt.is_tcp() && !pkt.is_syn() {
         return Err(Reason::TcpNoFlow);
     }
-    let (slot, backend) = select::backend(service).ok_or(Reason::NoBackend)?;
+    let (slot, backend) = select::backend(service, pkt.ipv6).ok_or(Reason::NoBackend)?;
     // Both records are written before the rewrite, so the answer can never
     // overtake its reply record.
     let query = FlowValue::new(now, backend.addr, backend.port, slot);
@@ -92,7 +93,7 @@ pub fn query(pkt: &Headers4, service: u32, now: u64) -> Result<Target, Reason> {
 /// The service address a backend's packet must appear to come from, if it
 /// belongs to a flow dnsteer steered.
 #[inline(always)]
-pub fn reply(pkt: &Headers4) -> Option<FlowValue> {
+pub fn reply(pkt: &Headers) -> Option<FlowValue> {
     let key = FlowKey::new(
         (pkt.src, pkt.sport),
         (pkt.dst, pkt.dport),
@@ -113,7 +114,8 @@ pub fn reply(pkt: &Headers4) -> Option<FlowValue> {
         // RST from a backend the flow has since left must not end the new one.
         if let Some(record) = FLOWS.get_ptr_mut(query) {
             // SAFETY: reads and a byte store into the map's value.
-            let ours = unsafe { (*record).addr == pkt.src && (*record).port == pkt.sport };
+            let ours =
+                unsafe { same_addr(&(*record).addr, &pkt.src) && (*record).port == pkt.sport };
             if ours && pkt.tcp_flags & tcp::RST != 0 {
                 forget(&query);
             } else if ours {
@@ -130,11 +132,7 @@ pub fn reply(pkt: &Headers4) -> Option<FlowValue> {
 /// The service address the client asked, from the reply record of the flow
 /// between `backend` and `client`; a lookup only, for ICMP errors about it.
 #[inline(always)]
-pub fn asked(
-    backend: ([u8; 4], [u8; 2]),
-    client: ([u8; 4], [u8; 2]),
-    proto: u8,
-) -> Option<FlowValue> {
+pub fn asked(backend: (Addr, [u8; 2]), client: (Addr, [u8; 2]), proto: u8) -> Option<FlowValue> {
     let key = FlowKey::new(backend, client, proto, direction::REPLY);
     // SAFETY: copied out at once.
     unsafe { FLOWS.get(key) }.copied()
@@ -146,11 +144,11 @@ pub fn asked(
 /// sharing this backend overwrote it (the reply 5-tuple is the same), or the
 /// LRU evicted it. Then the reply would leave from the wrong address; rewrite it.
 #[inline(always)]
-fn answer_as(reply: &FlowKey, pkt: &Headers4, slot: u32, now: u64) {
+fn answer_as(reply: &FlowKey, pkt: &Headers, slot: u32, now: u64) {
     if let Some(record) = FLOWS.get_ptr_mut(reply) {
         // SAFETY: a read of the map's value, valid for this program run.
         let (addr, port) = unsafe { ((*record).addr, (*record).port) };
-        if addr == pkt.dst && port == pkt.dport {
+        if same_addr(&addr, &pkt.dst) && port == pkt.dport {
             return;
         }
     }
@@ -159,12 +157,15 @@ fn answer_as(reply: &FlowKey, pkt: &Headers4, slot: u32, now: u64) {
 
 /// Why a query record may not be followed, or `None` when it may.
 #[inline(always)]
-fn stale(value: &FlowValue, pkt: &Headers4, now: u64) -> Option<FlowEvent> {
+fn stale(value: &FlowValue, pkt: &Headers, now: u64) -> Option<FlowEvent> {
     let Some(backend) = BACKENDS.get(value.slot) else {
         return Some(FlowEvent::BackendGone);
     };
     // The address check catches a slot reused for another backend.
-    if !backend.keeps_flows() || backend.addr != value.addr || backend.port != value.port {
+    if !backend.keeps_flows()
+        || !same_addr(&backend.addr, &value.addr)
+        || backend.port != value.port
+    {
         return Some(FlowEvent::BackendGone);
     }
     let settings = FLOW_SETTINGS
@@ -187,7 +188,7 @@ fn stale(value: &FlowValue, pkt: &Headers4, now: u64) -> Option<FlowEvent> {
 }
 
 #[inline(always)]
-fn reply_key(pkt: &Headers4, backend_addr: [u8; 4], backend_port: [u8; 2]) -> FlowKey {
+fn reply_key(pkt: &Headers, backend_addr: Addr, backend_port: [u8; 2]) -> FlowKey {
     FlowKey::new(
         (backend_addr, backend_port),
         (pkt.src, pkt.sport),

@@ -16,12 +16,14 @@ use aya_ebpf::{
 use xdp_common::{
     ForwardEvent, csum,
     forward::REDIRECT,
-    parse::{ETH_HLEN, Headers4, ipv4, udp},
+    ipv4_of,
+    parse::{ETH_HLEN, Headers, ipv4, ipv6, udp},
 };
 
 use crate::{maps::FORWARD, packet::ptr_at, stats};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// The steering interface's ifindex when the fast path is on.
 #[inline(always)]
@@ -30,10 +32,21 @@ pub fn enabled() -> Option<u32> {
     (conf.mode == REDIRECT).then_some(conf.client_ifindex)
 }
 
+/// Where the TTL (IPv4, with the protocol after it: one checksummed word) or
+/// the hop limit (IPv6, with the source address's first byte after it) sits.
+#[inline(always)]
+fn hops_at(pkt: &Headers) -> usize {
+    if pkt.ipv6 {
+        pkt.l3 + ipv6::HOP_LIMIT
+    } else {
+        pkt.l3 + ipv4::TTL
+    }
+}
+
 /// Where a query steered by `nat::to_backend` goes: out through the FIB's next
 /// hop, or `XDP_PASS` to the stack.
 #[inline(always)]
-pub fn query(ctx: &XdpContext, pkt: &Headers4) -> u32 {
+pub fn query(ctx: &XdpContext, pkt: &Headers) -> u32 {
     if enabled().is_none() {
         return xdp_action::XDP_PASS;
     }
@@ -46,21 +59,17 @@ pub fn query(ctx: &XdpContext, pkt: &Headers4) -> u32 {
 }
 
 #[inline(always)]
-fn redirect_query(ctx: &XdpContext, pkt: &Headers4) -> Result<(u32, ForwardEvent), ForwardEvent> {
+fn redirect_query(ctx: &XdpContext, pkt: &Headers) -> Result<(u32, ForwardEvent), ForwardEvent> {
     // A VLAN tag belongs to the side it came in on; the stack handles those.
     if pkt.l3 != ETH_HLEN {
         return Err(ForwardEvent::Passed);
     }
-    let ttl = ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv4::TTL).ok_or(ForwardEvent::Passed)?;
-    let check = ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv4::CHECK).ok_or(ForwardEvent::Passed)?;
-    let tos = ptr_at::<u8>(ctx, pkt.l3 + 1).ok_or(ForwardEvent::Passed)?;
-    let dst = ptr_at::<[u8; 4]>(ctx, pkt.l3 + ipv4::DST).ok_or(ForwardEvent::Passed)?;
-    let tot_len = ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv4::TOT_LEN).ok_or(ForwardEvent::Passed)?;
     let dport = ptr_at::<[u8; 2]>(ctx, pkt.l4 + udp::DPORT).ok_or(ForwardEvent::Passed)?;
     let dmac = ptr_at::<[u8; 6]>(ctx, 0).ok_or(ForwardEvent::Passed)?;
     let smac = ptr_at::<[u8; 6]>(ctx, 6).ok_or(ForwardEvent::Passed)?;
+    let hops = ptr_at::<[u8; 2]>(ctx, hops_at(pkt)).ok_or(ForwardEvent::Passed)?;
     // SAFETY: every pointer was bounds checked by `ptr_at`; byte arrays, alignment 1.
-    let (word, tos, dst, dport, tot_len) = unsafe { (*ttl, *tos, *dst, *dport, *tot_len) };
+    let (word, dport) = unsafe { (*hops, *dport) };
     if word[0] <= 1 {
         // The stack sends the time-exceeded error.
         return Err(ForwardEvent::TtlExpired);
@@ -69,16 +78,41 @@ fn redirect_query(ctx: &XdpContext, pkt: &Headers4) -> Result<(u32, ForwardEvent
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: a plain C struct; all zeros is a valid value.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.family = AF_INET;
     params.l4_protocol = pkt.proto;
     params.sport = u16::from_ne_bytes(pkt.sport);
     params.dport = u16::from_ne_bytes(dport);
-    // The MTU check takes the length in host order, the addresses and ports in network order.
-    params.__bindgen_anon_1.tot_len = u16::from_be_bytes(tot_len);
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(pkt.src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     params.ifindex = ingress;
+    // The MTU check takes the length in host order, the addresses and ports in
+    // network order (the maps' address words are in packet order already).
+    if pkt.ipv6 {
+        let payload =
+            ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv6::PAYLOAD_LEN).ok_or(ForwardEvent::Passed)?;
+        // SAFETY: as above.
+        let payload = u16::from_be_bytes(unsafe { *payload });
+        params.family = AF_INET6;
+        params.__bindgen_anon_1.tot_len = payload.saturating_add(ipv6::HLEN as u16);
+        params.__bindgen_anon_3.ipv6_src = pkt.src;
+    } else {
+        let tot_len = ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv4::TOT_LEN).ok_or(ForwardEvent::Passed)?;
+        let tos = ptr_at::<u8>(ctx, pkt.l3 + 1).ok_or(ForwardEvent::Passed)?;
+        // SAFETY: as above.
+        let (tot_len, tos) = unsafe { (*tot_len, *tos) };
+        params.family = AF_INET;
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(tot_len);
+        params.__bindgen_anon_2.tos = tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ipv4_of(&pkt.src));
+    }
+    // The destination is the backend's now: `pkt.dst` still holds the service
+    // address it was parsed with.
+    if pkt.ipv6 {
+        let dst = ptr_at::<[u32; 4]>(ctx, pkt.l3 + ipv6::DST).ok_or(ForwardEvent::Passed)?;
+        // SAFETY: as above; read unaligned, the frame gives no alignment.
+        params.__bindgen_anon_4.ipv6_dst = unsafe { dst.read_unaligned() };
+    } else {
+        let dst = ptr_at::<[u8; 4]>(ctx, pkt.l3 + ipv4::DST).ok_or(ForwardEvent::Passed)?;
+        // SAFETY: as above.
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(unsafe { *dst });
+    }
     // SAFETY: the helper reads and writes `params`, of the size given.
     let rc = unsafe {
         fib_lookup(
@@ -91,14 +125,21 @@ fn redirect_query(ctx: &XdpContext, pkt: &Headers4) -> Result<(u32, ForwardEvent
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Err(ForwardEvent::Passed);
     }
-    // Forwarding decrements the TTL, as the stack would.
+    // Forwarding decrements the TTL or hop limit, as the stack would; only
+    // IPv4 has a header checksum to follow.
     let new = [word[0] - 1, word[1]];
+    if !pkt.ipv6 {
+        let check = ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv4::CHECK).ok_or(ForwardEvent::Passed)?;
+        // SAFETY: as above.
+        unsafe {
+            let sum = u16::from_be_bytes(*check);
+            *check = csum::replace16(sum, u16::from_be_bytes(word), u16::from_be_bytes(new))
+                .to_be_bytes();
+        }
+    }
     // SAFETY: as above.
     unsafe {
-        let sum = u16::from_be_bytes(*check);
-        *check =
-            csum::replace16(sum, u16::from_be_bytes(word), u16::from_be_bytes(new)).to_be_bytes();
-        *ttl = new;
+        *hops = new;
         *dmac = params.dmac;
         *smac = params.smac;
     }
@@ -116,27 +157,31 @@ fn redirect_query(ctx: &XdpContext, pkt: &Headers4) -> Result<(u32, ForwardEvent
     }
 }
 
-/// The packet's TTL and protocol word, when it may be forwarded once more.
+/// The packet's TTL or hop limit (and the byte after it), when it may be
+/// forwarded once more.
 #[inline(always)]
-pub fn ttl_left(ctx: &TcContext, pkt: &Headers4) -> Option<[u8; 2]> {
-    let word: [u8; 2] = ctx.load(pkt.l3 + ipv4::TTL).ok()?;
+pub fn ttl_left(ctx: &TcContext, pkt: &Headers) -> Option<[u8; 2]> {
+    let word: [u8; 2] = ctx.load(hops_at(pkt)).ok()?;
     (word[0] > 1).then_some(word)
 }
 
 /// Sends a translated reply (whose TTL word was `word`) straight out the
 /// steering interface `client_ifindex`; the action for the program to return.
 #[inline(always)]
-pub fn reply(ctx: &TcContext, pkt: &Headers4, word: [u8; 2], client_ifindex: u32) -> i32 {
+pub fn reply(ctx: &TcContext, pkt: &Headers, word: [u8; 2], client_ifindex: u32) -> i32 {
     let new = [word[0] - 1, word[1]];
     let (from, to) = (
         u16::from_ne_bytes(word) as u64,
         u16::from_ne_bytes(new) as u64,
     );
-    if ctx
-        .l3_csum_replace(pkt.l3 + ipv4::CHECK, from, to, 2)
-        .is_err()
-        || ctx.store(pkt.l3 + ipv4::TTL, &new, 0).is_err()
-    {
+    let checked = pkt.ipv6
+        || ctx
+            .l3_csum_replace(pkt.l3 + ipv4::CHECK, from, to, 2)
+            .is_ok();
+    // Only the TTL or hop limit byte goes back: the byte after IPv6's hop
+    // limit is the source address's first, which the translation has changed
+    // since `word` was read.
+    if !checked || ctx.store(hops_at(pkt), &new[0], 0).is_err() {
         stats::forward(ForwardEvent::ReplyPassed);
         return TC_ACT_OK;
     }

@@ -1,4 +1,5 @@
-//! ICMP errors about steered flows, translated like their replies.
+//! ICMP errors about steered flows, translated like their replies (IPv4 only:
+//! ICMPv6 errors about IPv6 flows leave untranslated).
 //!
 //! A backend that cannot take a steered query (port unreachable), or a router
 //! on the way to it (fragmentation needed, time exceeded), reports it to the
@@ -21,7 +22,7 @@
 
 use aya_ebpf::{cty::c_long, programs::TcContext};
 use xdp_common::{
-    Reason, csum,
+    Reason, csum, ipv4_mapped, ipv4_of, is_ipv4_mapped,
     parse::{self, IcmpError4, icmp, ipv4, udp},
 };
 
@@ -35,14 +36,20 @@ pub fn error(ctx: &TcContext) -> Option<Reason> {
     let quoted = &error.quoted;
     // The quote goes client -> backend: the reply record's key turned around.
     let asked = flow::asked(
-        (quoted.dst, quoted.dport),
-        (quoted.src, quoted.sport),
+        (ipv4_mapped(quoted.dst), quoted.dport),
+        (ipv4_mapped(quoted.src), quoted.sport),
         quoted.proto,
     )?;
-    Some(match to_service(ctx, &error, asked.addr, asked.port) {
-        Ok(()) => Reason::IcmpRewritten,
-        Err(_) => Reason::Malformed,
-    })
+    // An IPv4 flow's record names an IPv4 address; anything else is not ours to use.
+    if !is_ipv4_mapped(&asked.addr) {
+        return None;
+    }
+    Some(
+        match to_service(ctx, &error, ipv4_of(&asked.addr), asked.port) {
+            Ok(()) => Reason::IcmpRewritten,
+            Err(_) => Reason::Malformed,
+        },
+    )
 }
 
 /// Points the quote back at `addr:port` and sends the error from `addr`.

@@ -1,7 +1,7 @@
 //! dnsteer's kernel side.
 //!
 //! - `dnsteer_steer` (XDP, ingress of the configured interface): rewrites the
-//!   destination of a UDP or TCP packet to a listen address towards its flow's
+//!   destination of an IPv4 or IPv6 UDP or TCP packet to a listen address towards its flow's
 //!   backend (a new flow picks one from the service's ring) and hands it to the
 //!   stack (XDP_PASS), which forwards it.
 //! - `dnsteer_reply` (TC, egress of the same interface): rewrites the source of a
@@ -67,7 +67,7 @@ pub fn dnsteer_reply_in(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn steer(ctx: &XdpContext) -> (Reason, u32) {
     let pass = |reason| (reason, xdp_action::XDP_PASS);
-    let pkt = match parse::headers4(&packet::Xdp(ctx)) {
+    let pkt = match parse::headers(&packet::Xdp(ctx)) {
         Ok(pkt) => pkt,
         Err(skip) => return pass(skip.reason()),
     };
@@ -80,7 +80,7 @@ fn steer(ctx: &XdpContext) -> (Reason, u32) {
         Ok(target) => target,
         Err(reason) => return pass(reason),
     };
-    if nat::to_backend(ctx, &pkt, target.addr, target.port).is_none() {
+    if nat::to_backend(ctx, &pkt, &target.addr, target.port).is_none() {
         return pass(Reason::Malformed);
     }
     stats::backend(target.slot, packet::Xdp(ctx).len() as u64, target.new_flow);
@@ -92,11 +92,11 @@ fn steer(ctx: &XdpContext) -> (Reason, u32) {
 #[inline(always)]
 fn reply_in(ctx: &TcContext) -> Option<(Reason, i32)> {
     let client_ifindex = forward::enabled()?;
-    let pkt = parse::headers4(&packet::Tc(ctx)).ok()?;
+    let pkt = parse::headers(&packet::Tc(ctx)).ok()?;
     // Checked before the record is read: a FIN or RST acts on it once.
     let word = forward::ttl_left(ctx, &pkt)?;
     let asked = flow::reply(&pkt)?;
-    if nat::to_service(ctx, &pkt, asked.addr, asked.port).is_err() {
+    if nat::to_service(ctx, &pkt, &asked.addr, asked.port).is_err() {
         return Some((Reason::Malformed, TC_ACT_OK));
     }
     Some((
@@ -107,10 +107,10 @@ fn reply_in(ctx: &TcContext) -> Option<(Reason, i32)> {
 
 #[inline(always)]
 fn reply(ctx: &TcContext) -> Option<Reason> {
-    // Anything that is not a well-formed IPv4 UDP or TCP packet (or an ICMP error
-    // about one) is not a reply of ours and is not counted here: egress carries
-    // all of the node's traffic.
-    let pkt = match parse::headers4(&packet::Tc(ctx)) {
+    // Anything that is not a well-formed IPv4 or IPv6 UDP or TCP packet (or an
+    // ICMP error about an IPv4 one) is not a reply of ours and is not counted
+    // here: egress carries all of the node's traffic.
+    let pkt = match parse::headers(&packet::Tc(ctx)) {
         Ok(pkt) => pkt,
         Err(Skip::NotUdpOrTcp) => return icmp::error(ctx),
         Err(_) => return None,
@@ -118,7 +118,7 @@ fn reply(ctx: &TcContext) -> Option<Reason> {
     let Some(asked) = flow::reply(&pkt) else {
         return select::backend_source(&pkt).then_some(Reason::ReplyNoFlow);
     };
-    Some(match nat::to_service(ctx, &pkt, asked.addr, asked.port) {
+    Some(match nat::to_service(ctx, &pkt, &asked.addr, asked.port) {
         Ok(()) => Reason::ReplyRewritten,
         Err(_) => Reason::Malformed,
     })

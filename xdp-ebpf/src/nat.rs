@@ -1,5 +1,10 @@
 //! The two rewrites: a query's destination to its backend (XDP), and a reply's
-//! source back to the address the client asked (TC).
+//! source back to the address the client asked (TC), for IPv4 and IPv6.
+//!
+//! Addresses come as the maps hold them (16 bytes, IPv4 as `::ffff:a.b.c.d`);
+//! an IPv4 packet gets the last four bytes. The service and its backends are one
+//! family (config validation, and `select::backend` guards it), so a rewrite
+//! never changes a packet's family.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -7,24 +12,36 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use xdp_common::{
-    csum,
-    parse::{Headers4, ipv4, udp},
+    Addr, csum, ipv4_of,
+    parse::{Headers, ipv4, ipv6, udp},
 };
 
 use crate::packet::ptr_at;
 
-/// Points the packet at `addr:port`, fixing both checksums incrementally.
+/// Points the packet at `addr:port`, fixing the checksums incrementally.
 ///
 /// XDP sees the frame before any skb exists, so the checksums are plain numbers
 /// here and the RFC 1624 arithmetic from `xdp-common` applies directly. The
 /// destination port sits at the same offset in UDP and TCP.
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &Headers4, addr: [u8; 4], port: [u8; 2]) -> Option<()> {
+pub fn to_backend(ctx: &XdpContext, pkt: &Headers, addr: &Addr, port: [u8; 2]) -> Option<()> {
+    if pkt.ipv6 {
+        to_backend6(ctx, pkt, addr, port)
+    } else {
+        to_backend4(ctx, pkt, ipv4_of(addr), port)
+    }
+}
+
+#[inline(always)]
+fn to_backend4(ctx: &XdpContext, pkt: &Headers, addr: [u8; 4], port: [u8; 2]) -> Option<()> {
     let ip_check = ptr_at::<[u8; 2]>(ctx, pkt.l3 + ipv4::CHECK)?;
     let ip_dst = ptr_at::<[u8; 4]>(ctx, pkt.l3 + ipv4::DST)?;
     let dport = ptr_at::<[u8; 2]>(ctx, pkt.l4 + udp::DPORT)?;
     let l4_check = ptr_at::<[u8; 2]>(ctx, pkt.l4_check())?;
-    let (addr_from, addr_to) = (u32::from_be_bytes(pkt.dst), u32::from_be_bytes(addr));
+    let (addr_from, addr_to) = (
+        u32::from_be_bytes(ipv4_of(&pkt.dst)),
+        u32::from_be_bytes(addr),
+    );
     let (port_from, port_to) = (u16::from_be_bytes(pkt.dport), u16::from_be_bytes(port));
     // SAFETY: each pointer was bounds checked by `ptr_at`; all are byte arrays
     // (alignment 1) inside the frame.
@@ -48,6 +65,25 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Headers4, addr: [u8; 4], port: [u8; 2]
     Some(())
 }
 
+/// IPv6 has no header checksum; the destination is in the UDP or TCP
+/// pseudo-header, updated word by word.
+#[inline(always)]
+fn to_backend6(ctx: &XdpContext, pkt: &Headers, addr: &Addr, port: [u8; 2]) -> Option<()> {
+    let ip_dst = ptr_at::<Addr>(ctx, pkt.l3 + ipv6::DST)?;
+    let dport = ptr_at::<[u8; 2]>(ctx, pkt.l4 + udp::DPORT)?;
+    let l4_check = ptr_at::<[u8; 2]>(ctx, pkt.l4_check())?;
+    let (port_from, port_to) = (u16::from_be_bytes(pkt.dport), u16::from_be_bytes(port));
+    // SAFETY: as in `to_backend4`; the address may sit at any alignment.
+    unsafe {
+        let check = u16::from_be_bytes(*l4_check);
+        let check = csum::l4_rewrite6(check, !pkt.is_tcp(), &pkt.dst, addr, port_from, port_to);
+        *l4_check = check.to_be_bytes();
+        ip_dst.write_unaligned(*addr);
+        *dport = port;
+    }
+    Some(())
+}
+
 /// Gives the reply the source the client asked, through the skb checksum
 /// helpers: on egress the skb may be CHECKSUM_PARTIAL (the transport field then
 /// holds only the pseudo-header sum), which `bpf_l4_csum_replace` handles and
@@ -55,25 +91,39 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Headers4, addr: [u8; 4], port: [u8; 2]
 #[inline(always)]
 pub fn to_service(
     ctx: &TcContext,
-    pkt: &Headers4,
-    addr: [u8; 4],
+    pkt: &Headers,
+    addr: &Addr,
     port: [u8; 2],
 ) -> Result<(), c_long> {
-    // UDP's zero checksum means "none" and must stay zero (MANGLED_0); TCP has no such value.
+    // UDP's zero checksum means "none" over IPv4 and must stay zero, and a
+    // computed zero goes out as 0xffff (MANGLED_0); TCP has no such value.
+    // (An IPv6 UDP checksum of zero never gets here: the parser refuses it.)
     let mangled_0 = if pkt.is_tcp() {
         0
     } else {
         BPF_F_MARK_MANGLED_0 as u64
     };
     let l4_check = pkt.l4_check();
-    // The helpers take the old and new values as they sit in memory.
-    let (from, to) = (
-        u32::from_ne_bytes(pkt.src) as u64,
-        u32::from_ne_bytes(addr) as u64,
-    );
-    ctx.l3_csum_replace(pkt.l3 + ipv4::CHECK, from, to, 4)?;
-    ctx.l4_csum_replace(l4_check, from, to, BPF_F_PSEUDO_HDR as u64 | mangled_0 | 4)?;
-    ctx.store(pkt.l3 + ipv4::SRC, &addr, 0)?;
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled_0 | 4;
+    if pkt.ipv6 {
+        // The helpers take the old and new values as they sit in memory (as
+        // `Addr` words do), and change 4 bytes at most: one call per word.
+        for (from, to) in pkt.src.iter().zip(addr) {
+            if from != to {
+                ctx.l4_csum_replace(l4_check, *from as u64, *to as u64, pseudo)?;
+            }
+        }
+        ctx.store(pkt.l3 + ipv6::SRC, addr, 0)?;
+    } else {
+        let to = ipv4_of(addr);
+        let (from, to) = (
+            u32::from_ne_bytes(ipv4_of(&pkt.src)) as u64,
+            u32::from_ne_bytes(to) as u64,
+        );
+        ctx.l3_csum_replace(pkt.l3 + ipv4::CHECK, from, to, 4)?;
+        ctx.l4_csum_replace(l4_check, from, to, pseudo)?;
+        ctx.store(pkt.l3 + ipv4::SRC, &ipv4_of(addr), 0)?;
+    }
     if pkt.sport != port {
         let (from, to) = (
             u16::from_ne_bytes(pkt.sport) as u64,

@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use xdp_common::{
-    Backend, Endpoint, RING_SIZE, SelectMode, backend_slot, backend_state, parse::Headers4,
-    ring_key, select,
+    Backend, Endpoint, RING_SIZE, SelectMode, any_addr, backend_slot, backend_state,
+    is_ipv4_mapped, parse::Headers, ring_key, select,
 };
 
 use crate::maps::{
@@ -11,24 +11,26 @@ use crate::maps::{
 };
 
 /// The service listening on the packet's destination: the exact address first,
-/// then a `*` listen on the same port and protocol. A service the loader is
-/// tearing down (`in_use` cleared) is not one.
+/// then a wildcard listen of the packet's family (`*` for IPv4, `[::]` for
+/// IPv6) on the same port and protocol. A service the loader is tearing down
+/// (`in_use` cleared) is not one.
 #[inline(always)]
-pub fn service(pkt: &Headers4) -> Option<u32> {
+pub fn service(pkt: &Headers) -> Option<u32> {
     let exact = Endpoint::new(pkt.dst, pkt.dport, pkt.proto);
-    let any = Endpoint::new([0; 4], pkt.dport, pkt.proto);
+    let any = Endpoint::new(any_addr(pkt.ipv6), pkt.dport, pkt.proto);
     // SAFETY: ids are plain u32s copied out at once.
     let id = unsafe { SERVICES.get(exact).or_else(|| SERVICES.get(any)).copied() }?;
     (SERVICE_CONF.get(id)?.in_use != 0).then_some(id)
 }
 
-/// The backend for a new flow of `service`, and its slot.
+/// The backend for a new flow of `service` whose packets are IPv6 (`ipv6`) or
+/// IPv4, and its slot.
 ///
 /// The generation index is read once; the ring it names is never written
 /// while a program may still be reading it (the loader waits an RCU grace
 /// period before reusing a generation), so the whole pick sees one backend set.
 #[inline(always)]
-pub fn backend(service: u32) -> Option<(u32, Backend)> {
+pub fn backend(service: u32, ipv6: bool) -> Option<(u32, Backend)> {
     let generation = *ACTIVE_RING.get(service)?;
     let ring = RINGS.get(ring_key(service, generation))?;
     let n = ring.len;
@@ -48,13 +50,17 @@ pub fn backend(service: u32) -> Option<(u32, Backend)> {
     let local = *ring.slots.get(index as usize)?;
     let slot = backend_slot(service, local as u32);
     let backend = *BACKENDS.get(slot)?;
-    // The ring only names active backends; this guards against a loader bug.
-    (backend.state == backend_state::ACTIVE).then_some((slot, backend))
+    // The ring only names active backends of the service's one family (the
+    // rewrite is in place: it cannot change the family); this guards against a
+    // loader bug, and against the moment a reload that changes a service's
+    // family has written its backends but not yet its listen entries.
+    (backend.state == backend_state::ACTIVE && is_ipv4_mapped(&backend.addr) != ipv6)
+        .then_some((slot, backend))
 }
 
 /// Whether the packet's source is a backend, i.e. whether it may be an answer.
 #[inline(always)]
-pub fn backend_source(pkt: &Headers4) -> bool {
+pub fn backend_source(pkt: &Headers) -> bool {
     let source = Endpoint::new(pkt.src, pkt.sport, pkt.proto);
     BACKEND_SOURCES.get_ptr(source).is_some()
 }

@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     ffi::CString,
     fmt, fs, io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -121,17 +121,59 @@ impl HealthCheck {
     pub const DEFAULT_RISE: u32 = 2;
 }
 
-/// A listen entry: `addr` `None` is `*`, any destination address arriving on the interface.
+/// A listen entry. The unspecified address of a family is its wildcard: any
+/// destination address of that family arriving on the interface; `0.0.0.0` is
+/// written `*` (as before IPv6), `::` is written `[::]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Listen {
-    pub addr: Option<Ipv4Addr>,
+    pub addr: IpAddr,
     pub port: u16,
+}
+
+impl Listen {
+    /// `*:port`: any IPv4 address.
+    pub const fn any_ipv4(port: u16) -> Self {
+        Self {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port,
+        }
+    }
+
+    /// Whether this is a wildcard (`*` or `[::]`).
+    pub fn is_wildcard(&self) -> bool {
+        self.addr.is_unspecified()
+    }
+}
+
+/// An address family; a service's listen addresses and backends are all one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
 }
 
 /// A backend and its share of new flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendSpec {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// 0 to `MAX_WEIGHT`; new flows are spread in proportion to it. 0 drains the
     /// backend: its existing flows stay, it gets no new ones.
     pub weight: u32,
@@ -269,19 +311,20 @@ fn ip_proto_word(proto: u8) -> &'static str {
     }
 }
 
+/// `192.0.2.10:53`, `[2001:db8::10]:53`, `*:53`, `[::]:53`: what `FromStr` reads.
 impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr {
-            Some(addr) => write!(f, "{addr}:{}", self.port),
-            None => write!(f, "*:{}", self.port),
+            IpAddr::V4(addr) if addr.is_unspecified() => write!(f, "*:{}", self.port),
+            addr => write!(f, "{}", SocketAddr::new(addr, self.port)),
         }
     }
 }
 
-const LISTEN_FORM: &str = r#"IPV4:PORT or *:PORT, e.g. "192.0.2.10:53" or "*:53""#;
-const BACKEND_FORM: &str = r#"IPV4:PORT, e.g. "10.0.0.2:53""#;
-const BACKEND_SPEC_FORM: &str = r#"IPV4:PORT or IPV4:PORT=WEIGHT, e.g. "10.0.0.2:53=3""#;
-const BACKEND_ENTRY_FORM: &str = r#""IPV4:PORT" or { addr = "IPV4:PORT", weight = N }, e.g. { addr = "10.0.0.2:53", weight = 3 }"#;
+const LISTEN_FORM: &str = r#"IPV4:PORT, [IPV6]:PORT, *:PORT (any IPv4 address) or [::]:PORT (any IPv6 address), e.g. "192.0.2.10:53", "[2001:db8::10]:53" or "*:53""#;
+const BACKEND_FORM: &str = r#"IPV4:PORT or [IPV6]:PORT, e.g. "10.0.0.2:53" or "[2001:db8::2]:53""#;
+const BACKEND_SPEC_FORM: &str = r#"IPV4:PORT or [IPV6]:PORT, optionally followed by =WEIGHT, e.g. "10.0.0.2:53=3" or "[2001:db8::2]:53=3""#;
+const BACKEND_ENTRY_FORM: &str = r#""ADDR:PORT" or { addr = "ADDR:PORT", weight = N }, ADDR an IPv4 address or a bracketed IPv6 one, e.g. { addr = "10.0.0.2:53", weight = 3 }"#;
 const DURATION_FORM: &str =
     r#"a number and a unit (ms, s, m or h), e.g. "500ms", "1.5s", "5m" or "1h""#;
 
@@ -289,13 +332,30 @@ impl FromStr for Listen {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match parse_endpoint(s, LISTEN_FORM)? {
-            // The kernel side stores `*` as address 0: one spelling keeps them apart.
-            (Some(addr), port) if addr.is_unspecified() => Err(format!(
-                r#"0.0.0.0 is not a listen address; write "*:{port}" for any address"#
-            )),
-            (addr, port) => Ok(Listen { addr, port }),
-        }
+        let (addr, port) = match parse_endpoint(s, LISTEN_FORM)? {
+            (None, port) => return Ok(Listen::any_ipv4(port)),
+            // `*` is IPv4's wildcard: one spelling keeps the two apart.
+            (Some(IpAddr::V4(addr)), port) if addr.is_unspecified() => {
+                return Err(format!(
+                    r#"0.0.0.0 is not a listen address; write "*:{port}" for any IPv4 address"#
+                ));
+            }
+            (Some(addr), port) => (addr, port),
+        };
+        let never = "dnsteer never steers packets to multicast or broadcast destinations";
+        let reason = match addr {
+            IpAddr::V4(v4) if v4.is_multicast() => format!("{v4} is a multicast address; {never}"),
+            IpAddr::V4(v4) if v4.is_broadcast() => {
+                format!("{v4} is the broadcast address; {never}")
+            }
+            IpAddr::V6(v6) => match ipv6_problem(v6) {
+                Some(problem) => format!("{problem}; a listen address is {LISTEN_FORM}"),
+                None if v6.is_multicast() => format!("{v6} is a multicast address; {never}"),
+                None => return Ok(Listen { addr, port }),
+            },
+            IpAddr::V4(_) => return Ok(Listen { addr, port }),
+        };
+        Err(reason)
     }
 }
 
@@ -520,9 +580,9 @@ fn duration_or_overflow(s: &str) -> Result<Option<Duration>, String> {
         .map(|secs| Duration::new(secs, (nanos % NANOS_PER_SEC) as u32)))
 }
 
-/// Parses a backend's `IPV4:PORT`: a concrete unicast address to rewrite packets
-/// towards. The command line's `ADDR:PORT` arguments use it too.
-pub fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
+/// Parses a backend's `IPV4:PORT` or `[IPV6]:PORT`: a concrete unicast address to
+/// rewrite packets towards. The command line's `ADDR:PORT` arguments use it too.
+pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
     backend_addr(s, BACKEND_FORM)
 }
 
@@ -699,6 +759,9 @@ impl Origin<'_> {
         let protocol = self.keyword(format_args!("{at}: protocol"), raw.protocol, Protocol::Udp)?;
         let select = self.keyword(format_args!("{at}: select"), raw.select, Select::Nth)?;
         let backends = self.backends(&at, raw.backends)?;
+        self.one_family(&at, &listen, &backends)?;
+        let listen = listen.into_iter().map(|(l, _)| l).collect();
+        let backends = backends.into_iter().map(|(b, _, _)| b).collect();
         let health = match raw.health {
             Some(raw) => Some(self.health(&at, raw)?),
             None => None,
@@ -800,9 +863,54 @@ impl Origin<'_> {
         Ok(list)
     }
 
-    /// Service `at`'s listen entries, each valid and listed once.
-    fn listen(self, at: &str, list: Option<Vec<String>>) -> Result<Vec<Listen>, ConfigError> {
-        let example = r#"["192.0.2.10:53"] or ["*:53"]"#;
+    /// The family rule: XDP rewrites a query's destination in place, so it
+    /// cannot send an IPv4 query to an IPv6 backend or the reverse. Every listen
+    /// entry and backend of service `at` must be of the family of its `listen[0]`.
+    fn one_family(
+        self,
+        at: &str,
+        listen: &[(Listen, String)],
+        backends: &[(BackendSpec, String, String)],
+    ) -> Result<(), ConfigError> {
+        let Some((first, written)) = listen.first() else {
+            return Ok(());
+        };
+        let family = Family::of(first.addr);
+        let hint = match (first.addr, family) {
+            (IpAddr::V4(a), _) if a.is_unspecified() => format!(
+                r#" ("*:{0}" is any IPv4 address; "[::]:{0}" is any IPv6 one)"#,
+                first.port
+            ),
+            _ => String::new(),
+        };
+        let clash = |what: &str, other: Family| {
+            format!(
+                "an {other} {what} in a service whose listen[0] {written} is {family}{hint}; a service is one family, since XDP rewrites the destination in place and cannot translate between IPv4 and IPv6: put the {other} listen addresses and backends in a service of their own"
+            )
+        };
+        for (j, (l, value)) in listen.iter().enumerate().skip(1) {
+            if Family::of(l.addr) != family {
+                let reason = clash("listen address", Family::of(l.addr));
+                return Err(self.invalid(format!("{at}: listen[{j}]"), value.clone(), reason));
+            }
+        }
+        for (b, field, value) in backends {
+            if Family::of(b.addr.ip()) != family {
+                let reason = clash("backend", Family::of(b.addr.ip()));
+                return Err(self.invalid(field, value.clone(), reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Service `at`'s listen entries, each valid and listed once, with each
+    /// entry as written.
+    fn listen(
+        self,
+        at: &str,
+        list: Option<Vec<String>>,
+    ) -> Result<Vec<(Listen, String)>, ConfigError> {
+        let example = r#"["192.0.2.10:53"], ["[2001:db8::10]:53"] or ["*:53"]"#;
         let list = self.list(at, "listen", list, MAX_LIMIT_LISTENERS, example)?;
         let mut seen = HashMap::new();
         list.iter()
@@ -818,18 +926,19 @@ impl Origin<'_> {
                         quoted(entry),
                         format!("the same as listen[{first}]; list each entry once"),
                     )),
-                    None => Ok(listen),
+                    None => Ok((listen, quoted(entry))),
                 }
             })
             .collect()
     }
 
-    /// Service `at`'s backends, each valid and at an address of its own.
+    /// Service `at`'s backends, each valid and at an address of its own, with
+    /// the field and value that hold its address.
     fn backends(
         self,
         at: &str,
         list: Option<Vec<toml::Value>>,
-    ) -> Result<Vec<BackendSpec>, ConfigError> {
+    ) -> Result<Vec<(BackendSpec, String, String)>, ConfigError> {
         let example = r#"["10.0.0.2:53", { addr = "10.0.0.3:53", weight = 3 }]"#;
         let list = self.list(at, "backends", list, MAX_BACKENDS_PER_SERVICE, example)?;
         let mut seen = HashMap::new();
@@ -845,12 +954,12 @@ impl Origin<'_> {
                         value,
                         format!("the same address as backends[{first}]; list each backend once"),
                     )),
-                    None => Ok(backend),
+                    None => Ok((backend, field, value)),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Without an active backend every new flow would pass unsteered.
-        if backends.iter().all(|b| b.weight == 0) {
+        if backends.iter().all(|(b, _, _)| b.weight == 0) {
             return Err(self.invalid(
                 format_args!("{at}: backends"),
                 entries(backends.len()),
@@ -894,7 +1003,7 @@ impl Origin<'_> {
         let addr = self.required(
             &addr_field,
             raw.addr,
-            r#"add addr = "IPV4:PORT", e.g. { addr = "10.0.0.2:53", weight = 3 }"#,
+            r#"add addr = "ADDR:PORT", e.g. { addr = "10.0.0.2:53", weight = 3 }"#,
         )?;
         let (addr, value) = match addr {
             toml::Value::String(s) => {
@@ -1018,20 +1127,49 @@ impl Origin<'_> {
     }
 }
 
-/// Parses `IPV4:PORT`, or `*:PORT` (address `None`); `form` says what the caller accepts.
-fn parse_endpoint(s: &str, form: &str) -> Result<(Option<Ipv4Addr>, u16), String> {
-    if s.starts_with('[') || s.matches(':').count() > 1 {
-        return Err(format!("IPv6 is not supported yet; use {form}"));
-    }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("expected {form}"))?;
-    let addr = match host {
-        "*" => None,
-        _ => Some(
-            host.parse()
-                .map_err(|_| format!("{host:?} is not an IPv4 address; use {form}"))?,
-        ),
+/// Parses `IPV4:PORT`, `[IPV6]:PORT`, or `*:PORT` (address `None`); `form` says
+/// what the caller accepts.
+fn parse_endpoint(s: &str, form: &str) -> Result<(Option<IpAddr>, u16), String> {
+    let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!(
+                "an IPv6 address opened with [ must close with ]; use {form}"
+            ));
+        };
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| format!("expected :PORT after [{host}]; use {form}"))?;
+        let addr = match host.parse::<Ipv6Addr>() {
+            Ok(addr) => addr,
+            Err(_) if host.contains('%') => {
+                return Err(format!(
+                    "{host:?} has a zone index; dnsteer takes no scope ids (nor link-local addresses, which need one); use {form}"
+                ));
+            }
+            Err(_) if host.parse::<Ipv4Addr>().is_ok() => {
+                return Err(format!(
+                    "{host} is an IPv4 address: write it without brackets, as {host}:{port}"
+                ));
+            }
+            Err(_) => return Err(format!("{host:?} is not an IPv6 address; use {form}")),
+        };
+        (Some(IpAddr::V6(addr)), port)
+    } else if s.matches(':').count() > 1 {
+        // "2001:db8::53" could be an address alone, or one with a port.
+        return Err(format!(
+            "an IPv6 address goes in brackets, followed by the port, as in \"[2001:db8::10]:53\"; use {form}"
+        ));
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("expected {form}"))?;
+        let addr = match host {
+            "*" => None,
+            _ => Some(IpAddr::V4(host.parse().map_err(|_| {
+                format!("{host:?} is not an IPv4 address; use {form}")
+            })?)),
+        };
+        (addr, port)
     };
     match port.parse::<u16>() {
         Ok(0) => Err("port 0 is not allowed; use a port from 1 to 65535".to_owned()),
@@ -1042,22 +1180,42 @@ fn parse_endpoint(s: &str, form: &str) -> Result<(Option<Ipv4Addr>, u16), String
     }
 }
 
-/// A backend address: a concrete unicast `IPV4:PORT`; `form` says what the caller accepts.
-fn backend_addr(s: &str, form: &str) -> Result<SocketAddrV4, String> {
+/// A backend address: a concrete unicast `IPV4:PORT` or `[IPV6]:PORT`; `form`
+/// says what the caller accepts.
+fn backend_addr(s: &str, form: &str) -> Result<SocketAddr, String> {
     let (addr, port) = parse_endpoint(s, form)?;
     let addr = addr.ok_or_else(|| format!("`*` is not allowed for a backend; use {form}"))?;
-    let what = if addr.is_unspecified() {
-        "the unspecified address"
-    } else if addr.is_multicast() {
-        "a multicast address"
-    } else if addr.is_broadcast() {
-        "the broadcast address"
-    } else {
-        return Ok(SocketAddrV4::new(addr, port));
+    if let IpAddr::V6(v6) = addr
+        && let Some(problem) = ipv6_problem(v6)
+    {
+        return Err(format!("{problem}; use {form}"));
+    }
+    let what = match addr {
+        IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+        _ if addr.is_unspecified() => "the unspecified address",
+        _ if addr.is_multicast() => "a multicast address",
+        _ => return Ok(SocketAddr::new(addr, port)),
     };
     Err(format!(
         "{addr} is {what}; a backend needs a unicast host address"
     ))
+}
+
+/// What rules out an IPv6 address for a listen entry or a backend, whatever
+/// its role: an IPv4-mapped address (it is IPv4, and the kernel side stores
+/// IPv4 that way) or a link-local one (it needs a scope id dnsteer does not keep).
+fn ipv6_problem(addr: Ipv6Addr) -> Option<String> {
+    if let Some(v4) = addr.to_ipv4_mapped() {
+        Some(format!(
+            "{addr} is an IPv4-mapped address: write the IPv4 address {v4} instead"
+        ))
+    } else if addr.segments()[0] & 0xffc0 == 0xfe80 {
+        Some(format!(
+            "{addr} is link-local (fe80::/10), which needs a scope id dnsteer does not handle; use a global or unique local address"
+        ))
+    } else {
+        None
+    }
 }
 
 /// The command line's `ADDR:PORT=WEIGHT` written in the config, where a weight
@@ -1248,9 +1406,70 @@ backends = ["10.0.0.2:53"]
 
     fn backend(a: u8, b: u8, c: u8, d: u8, port: u16, weight: u32) -> BackendSpec {
         BackendSpec {
-            addr: SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port),
+            addr: SocketAddr::from((Ipv4Addr::new(a, b, c, d), port)),
             weight,
         }
+    }
+
+    fn backend6(addr: &str, port: u16, weight: u32) -> BackendSpec {
+        BackendSpec {
+            addr: SocketAddr::new(addr.parse().unwrap(), port),
+            weight,
+        }
+    }
+
+    #[test]
+    fn ipv6_services_and_the_two_wildcards() {
+        let text = r#"interface = "eth3"
+[[service]]
+name = "dns6"
+listen = ["[2001:db8::10]:53", "[2001:DB8::11]:53"]
+protocol = "udp+tcp"
+backends = ["[2001:db8:13::2]:53", { addr = "[2001:db8:13::3]:5353", weight = 2 }]
+
+[[service]]
+name = "any4"
+listen = ["*:5300"]
+backends = ["10.0.0.2:53"]
+
+[[service]]
+name = "any6"
+listen = ["[::]:5300"]
+backends = ["[fd00::2]:53"]
+"#;
+        let config = parse_str(text).unwrap();
+        let dns6 = &config.services[0];
+        let shown: Vec<String> = dns6.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["[2001:db8::10]:53", "[2001:db8::11]:53"]);
+        assert!(dns6.listen.iter().all(|l| !l.is_wildcard()));
+        assert_eq!(
+            dns6.backends,
+            [
+                backend6("2001:db8:13::2", 53, 1),
+                backend6("2001:db8:13::3", 5353, 2)
+            ]
+        );
+        // `*` and `[::]` on one port are two entries: any IPv4, any IPv6 address.
+        let (any4, any6) = (config.services[1].listen[0], config.services[2].listen[0]);
+        assert_eq!(any4, Listen::any_ipv4(5300));
+        assert_eq!(
+            (any4.to_string(), any6.to_string()),
+            ("*:5300".to_owned(), "[::]:5300".to_owned())
+        );
+        assert!(any4.is_wildcard() && any6.is_wildcard());
+        assert_eq!(Family::of(any6.addr), Family::Ipv6);
+        for l in [any4, any6, dns6.listen[0]] {
+            assert_eq!(l.to_string().parse::<Listen>(), Ok(l));
+        }
+        // One address and port, IPv6 too, per protocol: udp+tcp takes both.
+        let clash = format!(
+            "{text}[[service]]\nname = \"b\"\nprotocol = \"tcp\"\nlisten = [\"[2001:db8::11]:53\"]\nbackends = [\"[2001:db8:13::9]:53\"]\n"
+        );
+        let message = parse_str(&clash).unwrap_err().to_string();
+        assert!(
+            message.contains(r#"service[3] "b": listen[0] = "[2001:db8::11]:53": service[0] "dns6" listens on [2001:db8::11]:53 (tcp) already"#),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1264,11 +1483,11 @@ backends = ["10.0.0.2:53"]
                 name: "dns".to_owned(),
                 listen: vec![
                     Listen {
-                        addr: Some(Ipv4Addr::new(192, 0, 2, 10)),
+                        addr: Ipv4Addr::new(192, 0, 2, 10).into(),
                         port: 53,
                     },
                     Listen {
-                        addr: Some(Ipv4Addr::new(192, 0, 2, 11)),
+                        addr: Ipv4Addr::new(192, 0, 2, 11).into(),
                         port: 53,
                     },
                 ],
@@ -1323,6 +1542,12 @@ backends = ["10.0.0.2:53"]
             health.expect_rcode.map(|r| r.to_string()).as_deref(),
             Some("NOERROR")
         );
+        // ... and the IPv6 service beside it.
+        let dns6 = &config.services[1];
+        assert_eq!(dns6.name, "dns6");
+        assert_eq!(dns6.listen[0].to_string(), "[2001:db8::10]:53");
+        assert_eq!(dns6.backends.len(), 4);
+        assert!(dns6.backends.iter().all(|b| b.addr.is_ipv6()));
     }
 
     #[test]
@@ -1331,13 +1556,7 @@ backends = ["10.0.0.2:53"]
         let config = parse_str(text).unwrap();
         assert_eq!(config.xdp_mode, XdpModeSetting::Auto);
         let service = &config.services[0];
-        assert_eq!(
-            service.listen,
-            [Listen {
-                addr: None,
-                port: 53
-            }]
-        );
+        assert_eq!(service.listen, [Listen::any_ipv4(53)]);
         assert_eq!(service.listen[0].to_string(), "*:53");
         assert_eq!(
             (service.protocol, service.select),
@@ -1624,6 +1843,16 @@ backends = ["10.0.0.2:53"]
                 backend(10, 0, 0, 2, 5353, 100),
                 "10.0.0.2:5353=100",
             ),
+            (
+                "[2001:db8::2]:53=3",
+                backend6("2001:db8::2", 53, 3),
+                "[2001:db8::2]:53=3",
+            ),
+            (
+                "[2001:DB8:0::2]:5353",
+                backend6("2001:db8::2", 5353, 1),
+                "[2001:db8::2]:5353",
+            ),
         ] {
             let spec: BackendSpec = text.parse().unwrap();
             assert_eq!(spec, expected, "{text:?}");
@@ -1644,11 +1873,17 @@ backends = ["10.0.0.2:53"]
             ("10.0.0.2:53=", r#"weight "": not an integer"#),
             ("10.0.0.2:53=x", r#"weight "x": not an integer"#),
             ("10.0.0.2:53=3=4", r#"weight "3=4": not an integer"#),
-            ("10.0.0.2=3", "expected IPV4:PORT or IPV4:PORT=WEIGHT"),
+            (
+                "10.0.0.2=3",
+                "expected IPV4:PORT or [IPV6]:PORT, optionally followed by =WEIGHT",
+            ),
             (
                 "10.0.0:53=3",
-                r#""10.0.0" is not an IPv4 address; use IPV4:PORT or IPV4:PORT=WEIGHT"#,
+                r#""10.0.0" is not an IPv4 address; use IPV4:PORT or [IPV6]:PORT, optionally followed by =WEIGHT"#,
             ),
+            ("[2001:db8::2]:53=101", "above the maximum of 100"),
+            ("[fe80::2]:53", "link-local"),
+            ("[ff02::1]:53=2", "multicast"),
             ("*:53=2", "`*` is not allowed for a backend"),
             ("10.0.0.2:0", "port 0 is not allowed"),
             ("224.0.0.1:53", "multicast"),
@@ -1658,7 +1893,7 @@ backends = ["10.0.0.2:53"]
         }
         assert_eq!(
             parse_backend_addr("10.0.0.2:53"),
-            Ok(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53))
+            Ok(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 53)))
         );
         assert_eq!(
             parse_backend_addr("10.0.0.2:53=3").unwrap_err(),
@@ -1666,7 +1901,7 @@ backends = ["10.0.0.2:53"]
         );
         assert_eq!(
             parse_backend_addr("*:53").unwrap_err(),
-            r#"`*` is not allowed for a backend; use IPV4:PORT, e.g. "10.0.0.2:53""#
+            r#"`*` is not allowed for a backend; use IPV4:PORT or [IPV6]:PORT, e.g. "10.0.0.2:53" or "[2001:db8::2]:53""#
         );
     }
 
@@ -1692,7 +1927,7 @@ backends = ["10.0.0.2:53"]
             r#"expected "auto", "driver" or "skb""#
         );
         let listen = Listen {
-            addr: Some(Ipv4Addr::new(192, 0, 2, 10)),
+            addr: Ipv4Addr::new(192, 0, 2, 10).into(),
             port: 53,
         };
         assert_eq!(listen.to_string().parse::<Listen>(), Ok(listen));
@@ -1739,11 +1974,29 @@ backends = ["10.0.0.2:53"]
             (and_service("dns", r#"["*:54"]"#), r#"service[1].name = "dns""#, "service[0] has this name"),
             (BASE.replace("listen = [\"192.0.2.10:53\"]", ""), r#"service[0] "dns": listen is missing"#, "add listen = "),
             (set("listen", "[]"), r#"service[0] "dns": listen = []"#, "at least one entry"),
-            (set("listen", r#"["192.0.2.10"]"#), r#"service[0] "dns": listen[0] = "192.0.2.10""#, "expected IPV4:PORT or *:PORT"),
+            (set("listen", r#"["192.0.2.10"]"#), r#"service[0] "dns": listen[0] = "192.0.2.10""#, "expected IPV4:PORT, [IPV6]:PORT, *:PORT (any IPv4 address) or [::]:PORT"),
             (set("listen", r#"["192.0.2.300:53"]"#), r#"service[0] "dns": listen[0] = "192.0.2.300:53""#, "not an IPv4 address"),
             (set("listen", r#"["ns1.example:53"]"#), r#"service[0] "dns": listen[0] = "ns1.example:53""#, "not an IPv4 address"),
-            (set("listen", r#"["[2001:db8::1]:53"]"#), r#"service[0] "dns": listen[0] = "[2001:db8::1]:53""#, "IPv6 is not supported yet"),
-            (set("listen", r#"["2001:db8::1"]"#), r#"service[0] "dns": listen[0] = "2001:db8::1""#, "IPv6 is not supported yet"),
+            (set("listen", r#"["2001:db8::1"]"#), r#"service[0] "dns": listen[0] = "2001:db8::1""#, r#"an IPv6 address goes in brackets, followed by the port, as in "[2001:db8::10]:53""#),
+            (set("listen", r#"["2001:db8::1:53"]"#), r#"service[0] "dns": listen[0] = "2001:db8::1:53""#, "goes in brackets"),
+            (set("listen", r#"["[2001:db8::1]"]"#), r#"service[0] "dns": listen[0] = "[2001:db8::1]""#, "expected :PORT after [2001:db8::1]"),
+            (set("listen", r#"["[2001:db8::1:53"]"#), r#"service[0] "dns": listen[0] = "[2001:db8::1:53""#, "opened with [ must close with ]"),
+            (set("listen", r#"["[2001:db8::g]:53"]"#), r#"service[0] "dns": listen[0] = "[2001:db8::g]:53""#, r#""2001:db8::g" is not an IPv6 address"#),
+            (set("listen", r#"["[192.0.2.10]:53"]"#), r#"service[0] "dns": listen[0] = "[192.0.2.10]:53""#, "192.0.2.10 is an IPv4 address: write it without brackets, as 192.0.2.10:53"),
+            (set("listen", r#"["[fe80::1%eth0]:53"]"#), r#"service[0] "dns": listen[0] = "[fe80::1%eth0]:53""#, "has a zone index"),
+            (set("listen", r#"["[fe80::1]:53"]"#), r#"service[0] "dns": listen[0] = "[fe80::1]:53""#, "fe80::1 is link-local"),
+            (set("listen", r#"["[::ffff:192.0.2.10]:53"]"#), r#"service[0] "dns": listen[0] = "[::ffff:192.0.2.10]:53""#, "::ffff:192.0.2.10 is an IPv4-mapped address: write the IPv4 address 192.0.2.10 instead"),
+            (set("listen", r#"["[ff02::fb]:53"]"#), r#"service[0] "dns": listen[0] = "[ff02::fb]:53""#, "ff02::fb is a multicast address; dnsteer never steers packets to multicast"),
+            (set("listen", r#"["224.0.0.251:53"]"#), r#"service[0] "dns": listen[0] = "224.0.0.251:53""#, "224.0.0.251 is a multicast address"),
+            (set("listen", r#"["255.255.255.255:53"]"#), r#"service[0] "dns": listen[0] = "255.255.255.255:53""#, "the broadcast address"),
+            (set("listen", r#"["[::]:53", "[::]:53"]"#), r#"service[0] "dns": listen[1] = "[::]:53""#, "the same as listen[0]"),
+            // The family rule: every listen entry and backend of a service is of listen[0]'s family.
+            (set("listen", r#"["[2001:db8::1]:53"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53""#, r#"an IPv4 backend in a service whose listen[0] "[2001:db8::1]:53" is IPv6; a service is one family, since XDP rewrites the destination in place and cannot translate between IPv4 and IPv6"#),
+            (set("listen", r#"["192.0.2.10:53", "[2001:db8::1]:53"]"#), r#"service[0] "dns": listen[1] = "[2001:db8::1]:53""#, r#"an IPv6 listen address in a service whose listen[0] "192.0.2.10:53" is IPv4"#),
+            (set("listen", r#"["[::]:53", "*:53"]"#), r#"service[0] "dns": listen[1] = "*:53""#, r#"an IPv4 listen address in a service whose listen[0] "[::]:53" is IPv6"#),
+            (set("backends", r#"["10.0.0.2:53", "[2001:db8::2]:53"]"#), r#"service[0] "dns": backends[1] = "[2001:db8::2]:53""#, "an IPv6 backend in a service whose listen[0] \"192.0.2.10:53\" is IPv4; a service is one family"),
+            (set("backends", r#"["10.0.0.2:53", { addr = "[2001:db8::2]:53", weight = 2 }]"#), r#"service[0] "dns": backends[1].addr = "[2001:db8::2]:53""#, "an IPv6 backend"),
+            (set("listen", r#"["*:53"]"#).replace("10.0.0.2:53", "[2001:db8::2]:53"), r#"service[0] "dns": backends[0] = "[2001:db8::2]:53""#, r#"whose listen[0] "*:53" is IPv4 ("*:53" is any IPv4 address; "[::]:53" is any IPv6 one)"#),
             (set("listen", r#"["*:0"]"#), r#"service[0] "dns": listen[0] = "*:0""#, "port 0 is not allowed; use a port from 1 to 65535"),
             (set("listen", r#"["*:65536"]"#), r#"service[0] "dns": listen[0] = "*:65536""#, r#""65536" is not a port"#),
             (set("listen", r#"["0.0.0.0:53"]"#), r#"service[0] "dns": listen[0] = "0.0.0.0:53""#, r#"write "*:53""#),
@@ -1769,7 +2022,12 @@ backends = ["10.0.0.2:53"]
             (set("backends", r#"["0.0.0.0:53"]"#), r#"service[0] "dns": backends[0] = "0.0.0.0:53""#, "unspecified"),
             (set("backends", r#"["224.0.0.1:53"]"#), r#"service[0] "dns": backends[0] = "224.0.0.1:53""#, "multicast"),
             (set("backends", r#"["255.255.255.255:53"]"#), r#"service[0] "dns": backends[0] = "255.255.255.255:53""#, "broadcast"),
-            (set("backends", r#"["[::1]:53"]"#), r#"service[0] "dns": backends[0] = "[::1]:53""#, "IPv6 is not supported yet"),
+            (set("backends", r#"["[::1]:53"]"#), r#"service[0] "dns": backends[0] = "[::1]:53""#, "an IPv6 backend in a service whose listen[0]"),
+            (set("backends", r#"["[::]:53"]"#), r#"service[0] "dns": backends[0] = "[::]:53""#, ":: is the unspecified address; a backend needs a unicast host address"),
+            (set("backends", r#"["[ff05::1:3]:53"]"#), r#"service[0] "dns": backends[0] = "[ff05::1:3]:53""#, "ff05::1:3 is a multicast address"),
+            (set("backends", r#"["[fe80::2]:53"]"#), r#"service[0] "dns": backends[0] = "[fe80::2]:53""#, "fe80::2 is link-local (fe80::/10), which needs a scope id dnsteer does not handle"),
+            (set("backends", r#"["[::ffff:10.0.0.2]:53"]"#), r#"service[0] "dns": backends[0] = "[::ffff:10.0.0.2]:53""#, "write the IPv4 address 10.0.0.2 instead"),
+            (set("backends", r#"["2001:db8::2:53"]"#), r#"service[0] "dns": backends[0] = "2001:db8::2:53""#, "goes in brackets"),
             (set("backends", r#"["10.0.0.2:53", "10.0.0.2:53"]"#), r#"service[0] "dns": backends[1] = "10.0.0.2:53""#, "the same address as backends[0]; list each backend once"),
             (set("backends", &backends), r#"service[0] "dns": backends = [65 entries]"#, "at most 64 per service"),
             // Weighted backends.
@@ -1789,15 +2047,15 @@ backends = ["10.0.0.2:53"]
                 r#"service[0] "dns": backends[0] = { addr = "10.0.0.2:53", wieght = 3 }"#,
                 "unknown field `wieght`, expected `addr` or `weight`",
             ),
-            (set("backends", r#"[{ weight = 3 }]"#), r#"service[0] "dns": backends[0].addr is missing"#, r#"add addr = "IPV4:PORT""#),
-            (set("backends", r#"[{}]"#), r#"service[0] "dns": backends[0].addr is missing"#, r#"add addr = "IPV4:PORT""#),
-            (set("backends", r#"[{ addr = 53 }]"#), r#"service[0] "dns": backends[0].addr = 53"#, r#"expected a quoted IPV4:PORT, e.g. "10.0.0.2:53""#),
+            (set("backends", r#"[{ weight = 3 }]"#), r#"service[0] "dns": backends[0].addr is missing"#, r#"add addr = "ADDR:PORT""#),
+            (set("backends", r#"[{}]"#), r#"service[0] "dns": backends[0].addr is missing"#, r#"add addr = "ADDR:PORT""#),
+            (set("backends", r#"[{ addr = 53 }]"#), r#"service[0] "dns": backends[0].addr = 53"#, r#"expected a quoted IPV4:PORT or [IPV6]:PORT, e.g. "10.0.0.2:53""#),
             (set("backends", r#"[{ addr = "10.0.0.2" }]"#), r#"service[0] "dns": backends[0].addr = "10.0.0.2""#, "expected IPV4:PORT"),
             (set("backends", r#"[{ addr = "*:53", weight = 2 }]"#), r#"service[0] "dns": backends[0].addr = "*:53""#, "`*` is not allowed"),
             (set("backends", r#"["10.0.0.2:53=3"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53=3""#, r#"write a weighted backend as { addr = "10.0.0.2:53", weight = 3 }"#),
             (set("backends", r#"["10.0.0.2:53=x"]"#), r#"service[0] "dns": backends[0] = "10.0.0.2:53=x""#, "write a weighted backend as a table, e.g. { addr ="),
-            (set("backends", "[53]"), r#"service[0] "dns": backends[0] = 53"#, r#"expected "IPV4:PORT" or { addr = "IPV4:PORT", weight = N }"#),
-            (set("backends", r#"[["10.0.0.2:53"]]"#), r#"service[0] "dns": backends[0] = ["10.0.0.2:53"]"#, r#"expected "IPV4:PORT" or"#),
+            (set("backends", "[53]"), r#"service[0] "dns": backends[0] = 53"#, r#"expected "ADDR:PORT" or { addr = "ADDR:PORT", weight = N }"#),
+            (set("backends", r#"[["10.0.0.2:53"]]"#), r#"service[0] "dns": backends[0] = ["10.0.0.2:53"]"#, r#"expected "ADDR:PORT" or"#),
             // [limits]
             (format!("{BASE}[limits]\nservices = 0\n"), "limits.services = 0", "below the minimum of 1; use an integer from 1 to 16384"),
             (format!("{BASE}[limits]\nservices = 16385\n"), "limits.services = 16385", "above the maximum of 16384"),

@@ -224,6 +224,33 @@ mod tests {
             panic!("not a set")
         };
         assert_eq!((list.len(), list[0].weight, list[1].weight), (2, 2, 1));
+        // IPv6 backends in brackets, also weighted.
+        let set: Request = serde_json::from_str(
+            r#"{"service":"dns6","op":"set","backends":["[2001:db8::2]:53=2","[2001:db8::3]:5353"]}"#,
+        )
+        .unwrap();
+        let Some(Change::Set(list)) = set.op.change().unwrap() else {
+            panic!("not a set")
+        };
+        assert_eq!(
+            list.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["[2001:db8::2]:53=2", "[2001:db8::3]:5353"]
+        );
+        let add = Op::Add {
+            backend: "[2001:db8::4]:53".to_owned(),
+            weight: None,
+        };
+        assert_eq!(
+            add.change().unwrap(),
+            Some(Change::Add("[2001:db8::4]:53".parse().unwrap(), 1))
+        );
+        let err = Op::Remove {
+            backend: "2001:db8::4:53".to_owned(),
+        }
+        .change()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("goes in brackets"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -102,7 +102,7 @@ impl Health {
 }
 
 /// A service's backend, as the monitor names it.
-pub type Target = (String, SocketAddrV4);
+pub type Target = (String, SocketAddr);
 
 /// One probe's outcome, from a prober task to the run loop.
 #[derive(Debug)]
@@ -117,7 +117,7 @@ pub struct ProbeResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub service: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub up: bool,
     /// What the log line says after the state, e.g. "after 3 failed probes (no reply within 500ms)".
     pub detail: String,
@@ -249,7 +249,7 @@ impl Monitor {
     }
 
     /// What the probes say of `backend` in `service`; None when it is not probed.
-    pub fn stats(&self, service: &str, backend: SocketAddrV4) -> Option<HealthStats> {
+    pub fn stats(&self, service: &str, backend: SocketAddr) -> Option<HealthStats> {
         self.probers
             .get(&(service.to_owned(), backend))
             .map(|p| p.health.stats())
@@ -380,7 +380,7 @@ mod tests {
     fn target(port: u16) -> Target {
         (
             "dns".to_owned(),
-            SocketAddrV4::new([127, 0, 0, 1].into(), port),
+            SocketAddr::new([127, 0, 0, 1].into(), port),
         )
     }
 

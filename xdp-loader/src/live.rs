@@ -39,7 +39,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
 };
 
 use anyhow::{Result, bail};
@@ -47,11 +47,12 @@ use serde::{Deserialize, Serialize};
 use xdp_common::{
     Backend, Endpoint, FlowSettings, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_WEIGHT,
     PROTO_MASK_TCP, PROTO_MASK_UDP, PROTO_TCP, PROTO_UDP, RING_SIZE, Ring, SERVICE_NAME_LEN,
-    SelectMode, ServiceConf, backend_slot, backend_state, ring_key, select::smooth_ring,
+    SelectMode, ServiceConf, addr_of, backend_slot, backend_state, ip_of, ring_key,
+    select::smooth_ring,
 };
 
 use crate::{
-    config::{BackendSpec, Config, Protocol, Select, Service},
+    config::{BackendSpec, Config, Family, Protocol, Select, Service},
     stats::HealthStats,
 };
 
@@ -95,10 +96,10 @@ pub struct BackendView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Make the backend an active member with this weight (adding it if needed).
-    Add(SocketAddrV4, u32),
-    Remove(SocketAddrV4),
+    Add(SocketAddr, u32),
+    Remove(SocketAddr),
     /// Weight 0: no new flows, existing flows stay.
-    Drain(SocketAddrV4),
+    Drain(SocketAddr),
     /// Replace the whole set.
     Set(Vec<BackendSpec>),
 }
@@ -106,7 +107,7 @@ pub enum Change {
 /// What one slot of a service holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     weight: u32,
     /// `ACTIVE`, `DRAINING` or `REMOVED`.
     state: u8,
@@ -124,7 +125,7 @@ struct ServiceState {
     /// The generation of its ring the data path reads.
     generation: u32,
     /// Members whose health probes failed.
-    down: BTreeSet<SocketAddrV4>,
+    down: BTreeSet<SocketAddr>,
     /// Every weighted member is down, so all of them are kept in the ring.
     fail_open: bool,
 }
@@ -136,6 +137,15 @@ impl ServiceState {
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
             .filter(|(_, s)| s.state != backend_state::REMOVED)
+    }
+
+    /// The family of the service's listen entries and backends (validation
+    /// keeps them one); None before it has any.
+    fn family(&self) -> Option<Family> {
+        self.listen
+            .first()
+            .map(|l| Family::of(l.addr))
+            .or_else(|| self.members().next().map(|(_, s)| Family::of(s.addr.ip())))
     }
 
     /// The members as a wanted list: what a change or a reload starts from.
@@ -209,8 +219,9 @@ impl<S: Store> Live<S> {
         let mut live = Self::new(store).with_max_services(max_services);
         let mut listen_of: BTreeMap<u32, Vec<crate::config::Listen>> = BTreeMap::new();
         for (endpoint, id) in live.store.read_listens()? {
+            // The wildcards come back as their family's unspecified address.
             let listen = crate::config::Listen {
-                addr: (endpoint.addr != [0; 4]).then(|| endpoint.addr.into()),
+                addr: ip_of(endpoint.addr),
                 port: u16::from_be_bytes(endpoint.port),
             };
             let list = listen_of.entry(id).or_default();
@@ -241,7 +252,7 @@ impl<S: Store> Live<S> {
                 if b.state == backend_state::EMPTY {
                     continue;
                 }
-                let addr = SocketAddrV4::new(b.addr.into(), u16::from_be_bytes(b.port));
+                let addr = SocketAddr::new(ip_of(b.addr), u16::from_be_bytes(b.port));
                 if b.state == backend_state::DOWN {
                     down.insert(addr);
                 }
@@ -351,11 +362,20 @@ impl<S: Store> Live<S> {
         let state = self.services[id as usize].as_ref().expect("resolved");
         let name = state.name.clone();
         let name = name.as_str();
+        let family = state.family();
         let mut wanted = state.specs();
         let position = |wanted: &[BackendSpec], addr| wanted.iter().position(|b| b.addr == addr);
+        let one_family = |addr: &SocketAddr| match family {
+            Some(family) if Family::of(addr.ip()) != family => bail!(
+                "{addr} is {}, service {name:?} is {family}; a service is one family (XDP rewrites the destination in place and cannot translate between IPv4 and IPv6)",
+                Family::of(addr.ip())
+            ),
+            _ => Ok(()),
+        };
         let summary = match change {
             Change::Add(addr, weight) => {
                 check_weight(*weight)?;
+                one_family(addr)?;
                 match position(&wanted, *addr) {
                     Some(i) => wanted[i].weight = *weight,
                     None => wanted.push(BackendSpec {
@@ -383,6 +403,7 @@ impl<S: Store> Live<S> {
                 let mut seen = BTreeSet::new();
                 for b in list {
                     check_weight(b.weight)?;
+                    one_family(&b.addr)?;
                     if !seen.insert(b.addr) {
                         bail!("{} is listed twice", b.addr);
                     }
@@ -411,12 +432,7 @@ impl<S: Store> Live<S> {
     /// Takes backend `addr` of service `name` out of selection (`up == false`;
     /// its flows move on their next packet) or puts it back. Returns one line
     /// for the log, or None when nothing changed (not a member, or already so).
-    pub fn set_health(
-        &mut self,
-        name: &str,
-        addr: SocketAddrV4,
-        up: bool,
-    ) -> Result<Option<String>> {
+    pub fn set_health(&mut self, name: &str, addr: SocketAddr, up: bool) -> Result<Option<String>> {
         let id = self.resolve(name)?;
         let state = self.services[id as usize].as_mut().expect("resolved");
         let is_member = state.members().any(|(_, s)| s.addr == addr);
@@ -448,7 +464,7 @@ impl<S: Store> Live<S> {
     }
 
     /// The members (active, draining, down) of service `name`.
-    pub fn members(&self, name: &str) -> Vec<SocketAddrV4> {
+    pub fn members(&self, name: &str) -> Vec<SocketAddr> {
         self.id_of(name)
             .and_then(|id| self.services[id as usize].as_ref())
             .map(|s| s.members().map(|(_, slot)| slot.addr).collect())
@@ -594,7 +610,7 @@ impl<S: Store> Live<S> {
         let protocol = state.protocol;
         let mut slots = state.slots.clone();
         // Health: a backend that leaves the set forgets it was down.
-        let down: BTreeSet<SocketAddrV4> = wanted
+        let down: BTreeSet<SocketAddr> = wanted
             .iter()
             .map(|b| b.addr)
             .filter(|a| state.down.contains(a))
@@ -827,7 +843,7 @@ impl<S: Store> Live<S> {
         Ok(state.name)
     }
 
-    fn ref_source(&mut self, addr: SocketAddrV4, protocol: Protocol) -> Result<()> {
+    fn ref_source(&mut self, addr: SocketAddr, protocol: Protocol) -> Result<()> {
         for e in source_endpoints(addr, protocol) {
             let refs = self.sources.entry(e).or_insert(0);
             *refs += 1;
@@ -837,7 +853,7 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
-    fn unref_source(&mut self, addr: SocketAddrV4, protocol: Protocol) -> Result<()> {
+    fn unref_source(&mut self, addr: SocketAddr, protocol: Protocol) -> Result<()> {
         for e in source_endpoints(addr, protocol) {
             let refs = match self.sources.get_mut(&e) {
                 Some(refs) if *refs > 1 => {
@@ -870,9 +886,9 @@ fn flow_settings(config: &Config) -> FlowSettings {
     }
 }
 
-fn backend(addr: SocketAddrV4, state: u8, weight: u32) -> Backend {
+fn backend(addr: SocketAddr, state: u8, weight: u32) -> Backend {
     Backend {
-        addr: addr.ip().octets(),
+        addr: addr_of(addr.ip()),
         port: addr.port().to_be_bytes(),
         state,
         _pad: 0,
@@ -920,7 +936,8 @@ fn name_of(conf: &ServiceConf) -> String {
 fn endpoints(listen: &[crate::config::Listen], protocol: Protocol) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for l in listen {
-        let addr = l.addr.map_or([0; 4], |a| a.octets());
+        // A wildcard is its family's unspecified address: `ANY_IPV4` or `ANY_IPV6`.
+        let addr = addr_of(l.addr);
         for &proto in protocol.ip_protos() {
             out.push(Endpoint::new(addr, l.port.to_be_bytes(), proto));
         }
@@ -928,11 +945,11 @@ fn endpoints(listen: &[crate::config::Listen], protocol: Protocol) -> Vec<Endpoi
     out
 }
 
-fn source_endpoints(addr: SocketAddrV4, protocol: Protocol) -> Vec<Endpoint> {
+fn source_endpoints(addr: SocketAddr, protocol: Protocol) -> Vec<Endpoint> {
     protocol
         .ip_protos()
         .iter()
-        .map(|&p| Endpoint::new(addr.ip().octets(), addr.port().to_be_bytes(), p))
+        .map(|&p| Endpoint::new(addr_of(addr.ip()), addr.port().to_be_bytes(), p))
         .collect()
 }
 
@@ -1004,13 +1021,13 @@ mod tests {
             }
         }
 
-        fn picks(&self, service: u32) -> Vec<SocketAddrV4> {
+        fn picks(&self, service: u32) -> Vec<SocketAddr> {
             let ring = self.ring(service).expect("a ring");
             ring.slots[..ring.len as usize]
                 .iter()
                 .map(|&l| {
                     let b = self.backends[&backend_slot(service, l as u32)];
-                    SocketAddrV4::new(b.addr.into(), u16::from_be_bytes(b.port))
+                    SocketAddr::new(ip_of(b.addr), u16::from_be_bytes(b.port))
                 })
                 .collect()
         }
@@ -1123,7 +1140,7 @@ mod tests {
         ))
     }
 
-    fn addr(s: &str) -> SocketAddrV4 {
+    fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -1426,7 +1443,7 @@ udp_idle_timeout = "2s"
         // Fill the service up, so only the removed slot 1 is left.
         let more: Vec<BackendSpec> = (0..59)
             .map(|i| BackendSpec {
-                addr: SocketAddrV4::new([10, 1, 0, i].into(), 53),
+                addr: SocketAddr::new([10, 1, 0, i].into(), 53),
                 weight: 1,
             })
             .chain(live.list("dns").unwrap().iter().map(|b| BackendSpec {
@@ -1486,7 +1503,7 @@ udp_idle_timeout = "2s"
     fn generations_alternate_with_a_grace_period_between() {
         let mut live = started(FOUR);
         for i in 0..20u8 {
-            let b = SocketAddrV4::new([10, 0, 1, i].into(), 53);
+            let b = SocketAddr::new([10, 0, 1, i].into(), 53);
             live.change("dns", &Change::Add(b, (i % 3 + 1) as u32))
                 .unwrap();
             live.change("dns", &Change::Drain(b)).unwrap();
@@ -1560,7 +1577,11 @@ udp_idle_timeout = "2s"
             r#""192.0.2.11:53", "192.0.2.12:53""#,
         ))
         .unwrap();
-        let moved = Endpoint::new([192, 0, 2, 11], 53u16.to_be_bytes(), PROTO_UDP);
+        let moved = Endpoint::new(
+            xdp_common::ipv4_mapped([192, 0, 2, 11]),
+            53u16.to_be_bytes(),
+            PROTO_UDP,
+        );
         assert_eq!(live.store().since(mark), [Write::Listen(moved, Some(1))]);
         // Dropping service a: its listen goes first, then a grace period, then its backends.
         let only_b = parse(
@@ -1596,6 +1617,121 @@ udp_idle_timeout = "2s"
         let protos: Vec<u8> = live.store().listens.keys().map(|e| e.proto).collect();
         assert_eq!(protos, [PROTO_UDP]);
         assert_eq!(live.store().sources.len(), 1);
+    }
+
+    /// Both families side by side: one service each, the two wildcards apart,
+    /// read back whole after a restart; a change may not mix families.
+    #[test]
+    fn ipv6_services_and_the_family_rule() {
+        let text = r#"interface = "lo"
+[[service]]
+name = "dns4"
+listen = ["*:53", "192.0.2.10:53"]
+backends = ["10.0.0.2:53"]
+[[service]]
+name = "dns6"
+protocol = "udp+tcp"
+listen = ["[::]:53", "[2001:db8::10]:53"]
+backends = ["[2001:db8:13::2]:53", { addr = "[2001:db8:13::3]:53", weight = 2 }]
+"#;
+        let config = parse(text);
+        let mut live = Live::new(Fake::default());
+        live.apply(&config).unwrap();
+        let endpoint = |ip: &str, proto| {
+            Endpoint::new(addr_of(ip.parse().unwrap()), 53u16.to_be_bytes(), proto)
+        };
+        let want: BTreeMap<Endpoint, u32> = [
+            (endpoint("0.0.0.0", PROTO_UDP), 0),
+            (endpoint("192.0.2.10", PROTO_UDP), 0),
+            (endpoint("::", PROTO_UDP), 1),
+            (endpoint("::", PROTO_TCP), 1),
+            (endpoint("2001:db8::10", PROTO_UDP), 1),
+            (endpoint("2001:db8::10", PROTO_TCP), 1),
+        ]
+        .into();
+        assert_eq!(live.store().listens, want);
+        assert_eq!(endpoint("0.0.0.0", PROTO_UDP).addr, xdp_common::ANY_IPV4);
+        assert_eq!(endpoint("::", PROTO_UDP).addr, xdp_common::ANY_IPV6);
+        assert_eq!(
+            live.store().picks(1),
+            [
+                addr("[2001:db8:13::3]:53"),
+                addr("[2001:db8:13::2]:53"),
+                addr("[2001:db8:13::3]:53")
+            ]
+        );
+        assert!(live.store().sources.contains_key(&Endpoint::new(
+            addr_of("2001:db8:13::2".parse().unwrap()),
+            53u16.to_be_bytes(),
+            PROTO_TCP
+        )));
+
+        let mark = live.store().log.len();
+        for (service, change, want) in [
+            (
+                "dns4",
+                Change::Add(addr("[2001:db8:13::9]:53"), 1),
+                "[2001:db8:13::9]:53 is IPv6, service \"dns4\" is IPv4; a service is one family",
+            ),
+            (
+                "dns6",
+                Change::Add(addr("10.0.0.9:53"), 1),
+                "10.0.0.9:53 is IPv4, service \"dns6\" is IPv6",
+            ),
+            (
+                "dns6",
+                Change::Set(vec![
+                    BackendSpec {
+                        addr: addr("[2001:db8:13::2]:53"),
+                        weight: 1,
+                    },
+                    BackendSpec {
+                        addr: addr("10.0.0.9:53"),
+                        weight: 1,
+                    },
+                ]),
+                "10.0.0.9:53 is IPv4",
+            ),
+        ] {
+            let err = live.change(service, &change).unwrap_err().to_string();
+            assert!(err.contains(want), "{change:?}: {err}");
+        }
+        assert!(live.store().since(mark).is_empty());
+        live.change("dns6", &Change::Add(addr("[2001:db8:13::4]:53"), 1))
+            .unwrap();
+        live.set_health("dns6", addr("[2001:db8:13::2]:53"), false)
+            .unwrap();
+
+        let views = (live.list("dns4").unwrap(), live.list("dns6").unwrap());
+        assert_eq!(
+            views
+                .1
+                .iter()
+                .map(|v| v.address.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "[2001:db8:13::2]:53",
+                "[2001:db8:13::3]:53",
+                "[2001:db8:13::4]:53"
+            ]
+        );
+        let mut adopted = restarted(live);
+        assert_eq!(
+            (adopted.list("dns4").unwrap(), adopted.list("dns6").unwrap()),
+            views
+        );
+        // The family is known again after the restart, from the listen entries read back.
+        let err = adopted
+            .change("dns6", &Change::Add(addr("10.0.0.9:53"), 1))
+            .unwrap_err();
+        assert!(err.to_string().contains("is IPv4"), "{err}");
+        let lines = adopted.apply(&config).unwrap();
+        assert_eq!(
+            lines.len(),
+            1,
+            "only the run-time change is undone: {lines:?}"
+        );
+        assert!(lines[0].starts_with("service dns6: backends"), "{lines:?}");
     }
 
     #[test]

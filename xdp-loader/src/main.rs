@@ -88,7 +88,7 @@ enum BackendAction {
     List,
     /// Add a backend, or set the weight of one already there (reactivating it if draining).
     Add {
-        /// ADDR:PORT
+        /// IPV4:PORT or [IPV6]:PORT, of the service's family
         #[arg(value_parser = parse_addr)]
         backend: String,
         /// 1 to 100; 0 adds it draining.
@@ -105,7 +105,7 @@ enum BackendAction {
         #[arg(value_parser = parse_addr)]
         backend: String,
     },
-    /// Replace the whole set: ADDR:PORT[=WEIGHT],...
+    /// Replace the whole set: ADDR:PORT[=WEIGHT],... (IPv6 as [ADDR]:PORT)
     Set {
         #[arg(value_delimiter = ',', required = true, value_parser = parse_spec)]
         backends: Vec<String>,
@@ -161,13 +161,21 @@ fn backends_command(
                 response.service
             );
         }
-        println!("{:<22} {:<9} {:>6}  health", "backend", "state", "weight");
+        // Wide enough for an IPv4 backend, wider when an IPv6 one needs it.
+        let w = response
+            .backends
+            .iter()
+            .map(|b| b.address.len())
+            .max()
+            .unwrap_or(0)
+            .max(22);
+        println!("{:<w$} {:<9} {:>6}  health", "backend", "state", "weight");
         for b in &response.backends {
             let health = b
                 .health
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), stats::health_text);
-            println!("{:<22} {:<9} {:>6}  {health}", b.address, b.state, b.weight);
+            println!("{:<w$} {:<9} {:>6}  {health}", b.address, b.state, b.weight);
         }
     }
     Ok(())

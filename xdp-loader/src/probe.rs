@@ -7,7 +7,7 @@
 use std::{
     fmt,
     io::{self, ErrorKind},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     time::{Duration, Instant},
 };
@@ -214,7 +214,7 @@ struct Expected {
 /// Never takes longer than `probe.timeout`. On UDP, stray datagrams (garbage, another
 /// id, another question) do not end the probe; if nothing good follows them in time,
 /// the error describes the last one instead of a bare [`ProbeError::Timeout`].
-pub async fn probe(target: SocketAddrV4, probe: &Probe) -> Result<Duration, ProbeError> {
+pub async fn probe(target: SocketAddr, probe: &Probe) -> Result<Duration, ProbeError> {
     let question = Query::query(probe.query.name.clone(), probe.query.rtype);
     // Message::query picks a random id (hickory's thread-local RNG).
     let mut request = Message::query();
@@ -255,12 +255,17 @@ pub async fn probe(target: SocketAddrV4, probe: &Probe) -> Result<Duration, Prob
 /// One query from a fresh connected socket: the kernel drops datagrams from anyone
 /// but `target` and turns an ICMP port unreachable into ECONNREFUSED.
 async fn udp(
-    target: SocketAddrV4,
+    target: SocketAddr,
     bytes: &[u8],
     expected: &Expected,
     last_bad: &mut Option<ProbeError>,
 ) -> Result<Duration, ProbeError> {
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+    // A socket of the backend's family: IPv6 backends are probed over IPv6.
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(any)
         .await
         .map_err(|e| ProbeError::Io(format!("binding a UDP socket: {e}")))?;
     socket
@@ -291,7 +296,7 @@ async fn udp(
 
 /// One query over a fresh connection; the first framed message back is the verdict.
 async fn tcp(
-    target: SocketAddrV4,
+    target: SocketAddr,
     bytes: &[u8],
     expected: &Expected,
 ) -> Result<Duration, ProbeError> {
@@ -333,7 +338,7 @@ async fn tcp(
 }
 
 /// A refusal is [`ProbeError::Refused`]; anything else says what we were doing.
-fn io_error(doing: &str, target: SocketAddrV4, e: io::Error) -> ProbeError {
+fn io_error(doing: &str, target: SocketAddr, e: io::Error) -> ProbeError {
     if e.kind() == ErrorKind::ConnectionRefused {
         ProbeError::Refused
     } else {
@@ -342,7 +347,7 @@ fn io_error(doing: &str, target: SocketAddrV4, e: io::Error) -> ProbeError {
 }
 
 /// A stream that ends mid-reply is a malformed reply, not a local failure.
-fn eof_or_io(e: io::Error, target: SocketAddrV4, why: impl FnOnce() -> String) -> ProbeError {
+fn eof_or_io(e: io::Error, target: SocketAddr, why: impl FnOnce() -> String) -> ProbeError {
     if e.kind() == ErrorKind::UnexpectedEof {
         ProbeError::Malformed(why())
     } else {
@@ -422,13 +427,6 @@ mod tests {
         }
     }
 
-    fn v4(addr: SocketAddr) -> SocketAddrV4 {
-        match addr {
-            SocketAddr::V4(addr) => addr,
-            SocketAddr::V6(addr) => panic!("bound {addr}, expected an IPv4 address"),
-        }
-    }
-
     /// The reply a correct server sends: our id and question, `rcode`, one A record
     /// when NOERROR.
     fn reply(request: &Message, rcode: ResponseCode) -> Message {
@@ -448,9 +446,17 @@ mod tests {
     /// makes (none: silence) and returns that query once the probe is done with it.
     async fn udp_server(
         respond: impl FnOnce(&Message) -> Vec<Vec<u8>> + Send + 'static,
-    ) -> (SocketAddrV4, JoinHandle<Message>) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(socket.local_addr().unwrap());
+    ) -> (SocketAddr, JoinHandle<Message>) {
+        udp_server_on("127.0.0.1:0", respond).await
+    }
+
+    /// [`udp_server`] bound to `bind`.
+    async fn udp_server_on(
+        bind: &str,
+        respond: impl FnOnce(&Message) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (SocketAddr, JoinHandle<Message>) {
+        let socket = UdpSocket::bind(bind).await.unwrap();
+        let addr = socket.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             let (len, from) = socket.recv_from(&mut buf).await.unwrap();
@@ -700,7 +706,7 @@ mod tests {
     #[tokio::test]
     async fn udp_reply_from_another_port_is_ignored() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(socket.local_addr().unwrap());
+        let addr = socket.local_addr().unwrap();
         let _server = tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             let (len, from) = socket.recv_from(&mut buf).await.unwrap();
@@ -720,7 +726,7 @@ mod tests {
     async fn udp_closed_port_is_refused() {
         let closed = {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            v4(socket.local_addr().unwrap())
+            socket.local_addr().unwrap()
         };
         let err = probe(closed, &probe_settings(Transport::Udp, None))
             .await
@@ -746,9 +752,17 @@ mod tests {
     /// `respond` makes (none: close the connection).
     async fn tcp_server(
         respond: impl FnOnce(&Message) -> Option<Message> + Send + 'static,
-    ) -> (SocketAddrV4, JoinHandle<Message>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(listener.local_addr().unwrap());
+    ) -> (SocketAddr, JoinHandle<Message>) {
+        tcp_server_on("127.0.0.1:0", respond).await
+    }
+
+    /// [`tcp_server`] bound to `bind`.
+    async fn tcp_server_on(
+        bind: &str,
+        respond: impl FnOnce(&Message) -> Option<Message> + Send + 'static,
+    ) -> (SocketAddr, JoinHandle<Message>) {
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let len = stream.read_u16().await.unwrap();
@@ -768,6 +782,33 @@ mod tests {
             request
         });
         (addr, task)
+    }
+
+    /// An IPv6 backend is probed over IPv6, on both transports.
+    #[tokio::test]
+    async fn ipv6_backends_are_probed_over_ipv6() {
+        let (addr, server) = udp_server_on("[::1]:0", answer(ResponseCode::NoError)).await;
+        assert!(addr.is_ipv6());
+        probe(addr, &probe_settings(Transport::Udp, Some(Rcode(0))))
+            .await
+            .unwrap();
+        server.await.unwrap();
+        let (addr, server) = tcp_server_on("[::1]:0", |request| {
+            Some(reply(request, ResponseCode::NoError))
+        })
+        .await;
+        probe(addr, &probe_settings(Transport::Tcp, Some(Rcode(0))))
+            .await
+            .unwrap();
+        server.await.unwrap();
+        let closed = std::net::UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = probe(closed, &probe_settings(Transport::Udp, None))
+            .await
+            .unwrap_err();
+        assert_eq!(err, ProbeError::Refused, "an ICMPv6 port unreachable");
     }
 
     #[tokio::test]
@@ -818,7 +859,7 @@ mod tests {
     async fn tcp_closed_port_is_refused() {
         let closed = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            v4(listener.local_addr().unwrap())
+            listener.local_addr().unwrap()
         };
         let err = probe(closed, &probe_settings(Transport::Tcp, None))
             .await

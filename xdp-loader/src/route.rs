@@ -1,13 +1,16 @@
-//! Which interface the kernel routes an IPv4 address through, from
-//! `/proc/net/route` (the main table): the longest matching prefix, then the
-//! lowest metric. The fast path attaches its reply program to the ingress of
+//! Which interface the kernel routes an address through, from
+//! `/proc/net/route` and `/proc/net/ipv6_route` (the main tables): the longest
+//! matching prefix, then the lowest metric. The fast path attaches its reply program to the ingress of
 //! these interfaces: backends' replies come back through them.
 //!
 //! Policy routing (other tables, `ip rule`) is not consulted; a backend routed
 //! that way is found through the main table or not at all (its replies then
 //! take the stack and the egress program, as with `forward = "stack"`).
 
-use std::{fs, net::Ipv4Addr};
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -15,10 +18,60 @@ use anyhow::{Context as _, Result};
 const RTF_UP: u32 = 0x0001;
 const RTF_REJECT: u32 = 0x0200;
 
-/// The interface `/proc/net/route` sends `addr` through, if any.
-pub fn interface_for(addr: Ipv4Addr) -> Result<Option<String>> {
-    let table = fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
-    Ok(lookup(&table, addr))
+/// The interface the main routing table sends `addr` through, if any.
+pub fn interface_for(addr: IpAddr) -> Result<Option<String>> {
+    let path = match addr {
+        IpAddr::V4(_) => "/proc/net/route",
+        IpAddr::V6(_) => "/proc/net/ipv6_route",
+    };
+    let table = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    Ok(match addr {
+        IpAddr::V4(a) => lookup(&table, a),
+        IpAddr::V6(a) => lookup6(&table, a),
+    })
+}
+
+/// `addr`'s route in a `/proc/net/ipv6_route` table: destination, prefix
+/// length, source, source prefix length, next hop, metric, references, use,
+/// flags, interface; all but the last in hex.
+fn lookup6(table: &str, addr: Ipv6Addr) -> Option<String> {
+    let addr = u128::from(addr);
+    let mut best: Option<(u32, u32, &str)> = None;
+    for line in table.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [
+            dest,
+            plen,
+            _src,
+            _splen,
+            _nexthop,
+            metric,
+            _refcnt,
+            _use,
+            flags,
+            iface,
+        ] = f[..]
+        else {
+            continue;
+        };
+        let (Ok(dest), Ok(plen), Ok(metric), Ok(flags)) = (
+            u128::from_str_radix(dest, 16),
+            u32::from_str_radix(plen, 16),
+            u32::from_str_radix(metric, 16),
+            u32::from_str_radix(flags, 16),
+        ) else {
+            continue;
+        };
+        let mask = u128::MAX.checked_shl(128 - plen.min(128)).unwrap_or(0);
+        if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || addr & mask != dest & mask {
+            continue;
+        }
+        let better = best.is_none_or(|(p, m, _)| plen > p || (plen == p && metric < m));
+        if better {
+            best = Some((plen, metric, iface));
+        }
+    }
+    best.map(|(_, _, iface)| iface.to_owned())
 }
 
 /// `addr`'s route in a `/proc/net/route` table.
@@ -104,8 +157,34 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_longest_prefix_then_lowest_metric() {
+        let row = |dest: &str, plen: u32, metric: u32, flags: u32, iface: &str| {
+            let dest = u128::from(dest.parse::<Ipv6Addr>().unwrap());
+            format!(
+                "{dest:032x} {plen:02x} {:032x} 00 {:032x} {metric:08x} 00000001 00000000 {flags:08x} {iface:>8}",
+                0, 0
+            )
+        };
+        let table = [
+            row("::", 0, 1024, 0x3, "eth0"),
+            row("2001:db8:13::", 64, 256, 0x1, "be9"),
+            row("2001:db8:13::2", 128, 1024, 0x1, "be0"),
+            row("2001:db8:13::", 64, 100, 0x1, "be1"),
+            row("2001:db8:14::", 64, 0, 0x0, "down0"),
+            row("2001:db8:15::", 64, 0, 0x201, "lo"),
+        ]
+        .join("\n");
+        let at = |a: &str| lookup6(&table, a.parse().unwrap());
+        assert_eq!(at("2001:db8:13::2").as_deref(), Some("be0"));
+        assert_eq!(at("2001:db8:13::3").as_deref(), Some("be1"), "lower metric");
+        assert_eq!(at("2001:db8:14::1").as_deref(), Some("eth0"));
+        assert_eq!(at("2001:db8:15::1").as_deref(), Some("eth0"));
+    }
+
+    #[test]
     fn this_hosts_table_reads() {
         // Whatever routes this host has, its table reads.
-        assert!(interface_for(Ipv4Addr::new(192, 0, 2, 1)).is_ok());
+        assert!(interface_for(Ipv4Addr::new(192, 0, 2, 1).into()).is_ok());
+        assert!(interface_for("2001:db8::1".parse().unwrap()).is_ok());
     }
 }

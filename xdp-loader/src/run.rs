@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -320,7 +320,7 @@ impl Instance {
         let mut wanted = BTreeSet::new();
         for name in self.live.names() {
             for backend in self.live.members(&name) {
-                match route::interface_for(*backend.ip())? {
+                match route::interface_for(backend.ip())? {
                     Some(iface) => {
                         wanted.insert(iface);
                     }
@@ -402,7 +402,7 @@ impl Instance {
     }
 
     /// Puts `backend` in or out of selection; logs the change with `why`, if given.
-    fn set_health(&mut self, service: &str, backend: SocketAddrV4, up: bool, why: Option<&str>) {
+    fn set_health(&mut self, service: &str, backend: SocketAddr, up: bool, why: Option<&str>) {
         match self.live.set_health(service, backend, up) {
             Ok(Some(line)) => {
                 if let Some(why) = why {

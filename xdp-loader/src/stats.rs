@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd as _},
     time::Duration,
 };
@@ -16,9 +16,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapType, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf, ForwardEvent,
-    MAX_BACKENDS_PER_SERVICE, PROTO_MASK_TCP, PROTO_MASK_UDP, Reason, Ring, SelectMode,
-    ServiceConf, backend_slot, backend_state, names, ring_key,
+    ANY_IPV4, ANY_IPV6, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue,
+    ForwardConf, ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_MASK_TCP, PROTO_MASK_UDP, Reason,
+    Ring, SelectMode, ServiceConf, backend_slot, backend_state, names, ring_key,
 };
 
 use crate::{live::BackendView, pins::Instance};
@@ -128,7 +128,8 @@ pub struct ServiceStats {
     pub name: String,
     pub protocol: String,
     pub select: String,
-    /// `ADDR:PORT`, `*:PORT` for a wildcard listen; sorted.
+    /// `ADDR:PORT` (`[ADDR]:PORT` for IPv6), `*:PORT` for any IPv4 address,
+    /// `[::]:PORT` for any IPv6 address; sorted.
     pub listen: Vec<String>,
     /// Sums over the backends.
     pub packets: u64,
@@ -142,7 +143,7 @@ pub struct ServiceStats {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStats {
-    /// `ADDR:PORT`.
+    /// `ADDR:PORT`, `[ADDR]:PORT` for IPv6.
     pub address: String,
     /// `active`, `draining` (weight 0: keeps its flows, takes no new ones), `down`
     /// (failed its health checks: takes no new flows, its flows move) or
@@ -269,8 +270,8 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             });
             stats.packets += sum.packets;
             stats.bytes += sum.bytes;
-            let address = SocketAddrV4::new(
-                Ipv4Addr::from(backend.addr),
+            let address = SocketAddr::new(
+                xdp_common::ip_of(backend.addr),
                 u16::from_be_bytes(backend.port),
             )
             .to_string();
@@ -452,8 +453,10 @@ fn protocol_name(mask: u8) -> &'static str {
     }
 }
 
+/// Sorted, each once: a udp+tcp service has one `SERVICES` entry per protocol.
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
+    v.dedup();
     v
 }
 
@@ -468,10 +471,10 @@ fn name_of(conf: &ServiceConf) -> String {
 
 fn endpoint_string(e: &Endpoint) -> String {
     let port = u16::from_be_bytes(e.port);
-    if e.addr == [0; 4] {
-        format!("*:{port}")
-    } else {
-        format!("{}:{port}", Ipv4Addr::from(e.addr))
+    match e.addr {
+        ANY_IPV4 => format!("*:{port}"),
+        ANY_IPV6 => format!("[::]:{port}"),
+        addr => SocketAddr::new(xdp_common::ip_of(addr), port).to_string(),
     }
 }
 
@@ -529,9 +532,17 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
             }
         );
         let checked = svc.backends.iter().any(|b| b.health.is_some());
+        // Wide enough for an IPv4 backend, wider when an IPv6 one needs it.
+        let w = svc
+            .backends
+            .iter()
+            .map(|b| b.address.len())
+            .max()
+            .unwrap_or(0)
+            .max(22);
         let _ = writeln!(
             s,
-            "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>7} {:>10}{}",
+            "  {:<w$} {:<8} {:>6} {:>12} {:>14} {:>7} {:>10}{}",
             "backend",
             "state",
             "weight",
@@ -555,7 +566,7 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
             };
             let _ = writeln!(
                 s,
-                "  {:<22} {:<8} {:>6} {:>12} {:>14} {:>6.1}% {:>10}{}{}",
+                "  {:<w$} {:<8} {:>6} {:>12} {:>14} {:>6.1}% {:>10}{}{}",
                 b.address,
                 b.state,
                 b.weight,
@@ -570,19 +581,23 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
                 for (cpu, c) in cpus.iter().enumerate() {
                     let _ = writeln!(
                         s,
-                        "    cpu{cpu:<34} {:>12} {:>14} {:>18}",
-                        c.packets, c.bytes, c.new_flows
+                        "    cpu{cpu:<cw$} {:>12} {:>14} {:>18}",
+                        c.packets,
+                        c.bytes,
+                        c.new_flows,
+                        cw = w + 12
                     );
                 }
             }
         }
         let _ = writeln!(
             s,
-            "  {:<37} {:>12} {:>14}{}",
+            "  {:<tw$} {:>12} {:>14}{}",
             "total",
             svc.packets,
             svc.bytes,
-            rate(old.map(|o| o.packets), svc.packets)
+            rate(old.map(|o| o.packets), svc.packets),
+            tw = w + 15
         );
     }
     let _ = writeln!(s, "\nreasons");
@@ -756,5 +771,62 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("new flows  health"), "{text}");
+    }
+
+    #[test]
+    fn ipv6_addresses_read_in_brackets_and_widen_the_table() {
+        let endpoint = |ip: &str| {
+            Endpoint::new(
+                xdp_common::addr_of(ip.parse().unwrap()),
+                53u16.to_be_bytes(),
+                xdp_common::PROTO_UDP,
+            )
+        };
+        assert_eq!(endpoint_string(&endpoint("0.0.0.0")), "*:53");
+        assert_eq!(endpoint_string(&endpoint("::")), "[::]:53");
+        assert_eq!(endpoint_string(&endpoint("192.0.2.10")), "192.0.2.10:53");
+        assert_eq!(
+            endpoint_string(&endpoint("2001:db8::10")),
+            "[2001:db8::10]:53"
+        );
+        let long = "[2001:db8:ffff:ffff:ffff:ffff:ffff:1]:53";
+        let service = ServiceStats {
+            name: "dns6".to_owned(),
+            protocol: "udp".to_owned(),
+            select: "nth".to_owned(),
+            listen: vec!["[2001:db8::10]:53".to_owned()],
+            packets: 20,
+            bytes: 1480,
+            fail_open: false,
+            backends: vec![
+                backend(long, "active", None),
+                backend("[2001:db8::2]:53", "active", None),
+            ],
+        };
+        let snapshot = Snapshot {
+            version: JSON_VERSION,
+            interface: "eth3".to_owned(),
+            running: true,
+            persistent: false,
+            cpus: 1,
+            services: vec![service],
+            reasons: BTreeMap::new(),
+            reasons_per_cpu: None,
+            flows: FlowStats::default(),
+            forward: ForwardStats::default(),
+            capacity: Capacity::default(),
+            maps: Vec::new(),
+            memory_bytes: 0,
+        };
+        let text = render(&snapshot, None);
+        let column = |needle: &str| {
+            let line = text.lines().find(|l| l.contains(needle)).unwrap();
+            line.find(" active")
+                .or_else(|| line.find(" state"))
+                .unwrap()
+        };
+        assert_eq!(column(long), column("[2001:db8::2]:53"), "{text}");
+        assert_eq!(column(long), column("backend "), "{text}");
+        assert!(text.contains("listen [2001:db8::10]:53"), "{text}");
     }
 }
