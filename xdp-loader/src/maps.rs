@@ -113,13 +113,19 @@ pub struct KernelMaps {
     pub ebpf: Ebpf,
     /// Set when `membarrier` is unavailable and a sleep stands in for it.
     warned: bool,
+    /// Whether a program reading the maps may be running: until then no grace
+    /// period is needed (filling 10,000 services would otherwise wait out
+    /// 10,000 of them before the first packet is steered).
+    pub attached: bool,
 }
 
 impl KernelMaps {
+    /// The maps of a freshly loaded object: nothing attached reads them yet.
     pub fn new(ebpf: Ebpf) -> Self {
         Self {
             ebpf,
             warned: false,
+            attached: false,
         }
     }
 }
@@ -232,6 +238,9 @@ impl Store for KernelMaps {
     }
 
     fn synchronize(&mut self) -> Result<()> {
+        if !self.attached {
+            return Ok(());
+        }
         // SAFETY: a syscall with integer arguments only.
         let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
         if rc != 0 {

@@ -136,7 +136,9 @@ impl Instance {
         };
         // Maps are filled before anything is attached: the first packet already
         // sees the whole configuration.
-        let store = KernelMaps::new(ebpf);
+        let mut store = KernelMaps::new(ebpf);
+        // Adopted maps are in use by the attached data path from the start.
+        store.attached = adopt;
         let mut live = if adopt {
             Live::adopt(store, limits.services)
                 .context("reading the state of the persistent data path")?
@@ -221,6 +223,8 @@ impl Instance {
             pins.pin_maps(ebpf)?;
         }
         pins.persist = persist;
+        // From here on packets read the maps: changes wait out grace periods.
+        live.store_mut().attached = true;
         let mut instance = Instance {
             live,
             _links: links,
