@@ -230,6 +230,18 @@ pub struct ServiceConf {
 }
 const _: () = assert!(core::mem::size_of::<ServiceConf>() == 40);
 
+impl ServiceConf {
+    /// The name's bytes, without the NUL padding.
+    pub fn name_bytes(&self) -> &[u8] {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
+        &self.name[..end]
+    }
+}
+
 pub const PROTO_MASK_UDP: u8 = 1;
 pub const PROTO_MASK_TCP: u8 = 2;
 

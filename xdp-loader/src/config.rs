@@ -16,8 +16,8 @@ use std::{
 use serde::Deserialize;
 pub use xdp_common::MAX_WEIGHT;
 use xdp_common::{
-    FLOW_CAPACITY, MAX_BACKENDS_PER_SERVICE, MAX_LISTENERS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
-    SERVICE_NAME_LEN,
+    FLOW_CAPACITY, MAX_BACKENDS_PER_SERVICE, MAX_LISTENERS, MAX_SERVICES, PROTO_MASK_TCP,
+    PROTO_MASK_UDP, PROTO_TCP, PROTO_UDP, SERVICE_NAME_LEN,
 };
 
 use crate::probe::{ProbeQuery, Rcode};
@@ -298,6 +298,25 @@ impl Protocol {
             Protocol::Udp => &[PROTO_UDP],
             Protocol::Tcp => &[PROTO_TCP],
             Protocol::UdpTcp => &[PROTO_UDP, PROTO_TCP],
+        }
+    }
+
+    /// The `ServiceConf::protocols` bits the kernel side checks.
+    pub fn mask(&self) -> u8 {
+        match self {
+            Protocol::Udp => PROTO_MASK_UDP,
+            Protocol::Tcp => PROTO_MASK_TCP,
+            Protocol::UdpTcp => PROTO_MASK_UDP | PROTO_MASK_TCP,
+        }
+    }
+
+    /// The protocol `ServiceConf::protocols` bits stand for; None for none.
+    pub fn from_mask(mask: u8) -> Option<Self> {
+        match (mask & PROTO_MASK_UDP != 0, mask & PROTO_MASK_TCP != 0) {
+            (true, true) => Some(Protocol::UdpTcp),
+            (true, false) => Some(Protocol::Udp),
+            (false, true) => Some(Protocol::Tcp),
+            (false, false) => None,
         }
     }
 }

@@ -45,10 +45,9 @@ use std::{
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use xdp_common::{
-    Backend, Endpoint, FlowSettings, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_WEIGHT,
-    PROTO_MASK_TCP, PROTO_MASK_UDP, PROTO_TCP, PROTO_UDP, RING_SIZE, Ring, SERVICE_NAME_LEN,
-    SelectMode, ServiceConf, addr_of, backend_slot, backend_state, ip_of, ring_key,
-    select::smooth_ring,
+    Backend, Endpoint, FlowSettings, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_WEIGHT, RING_SIZE,
+    Ring, SERVICE_NAME_LEN, SelectMode, ServiceConf, addr_of, backend_slot, backend_state, ip_of,
+    ring_key, select::smooth_ring,
 };
 
 use crate::{
@@ -235,7 +234,7 @@ impl<S: Store> Live<S> {
             if conf.in_use == 0 {
                 continue;
             }
-            let Some(protocol) = protocol_of(conf.protocols) else {
+            let Some(protocol) = Protocol::from_mask(conf.protocols) else {
                 bail!("service {id} in the maps has no protocol; `dnsteer stop` and start afresh");
             };
             let generation = live.store.read_active(id)? & 1;
@@ -275,7 +274,7 @@ impl<S: Store> Live<S> {
                 live.services.resize(id + 1, None);
             }
             live.services[id] = Some(ServiceState {
-                name: name_of(&conf),
+                name: String::from_utf8_lossy(conf.name_bytes()).into_owned(),
                 protocol,
                 select,
                 listen,
@@ -899,13 +898,7 @@ fn backend(addr: SocketAddr, state: u8, weight: u32) -> Backend {
 /// A service's kernel-side record.
 fn conf(name: &str, protocol: Protocol) -> ServiceConf {
     let mut conf = ServiceConf {
-        protocols: protocol.ip_protos().iter().fold(0, |m, &p| {
-            m | match p {
-                PROTO_UDP => PROTO_MASK_UDP,
-                PROTO_TCP => PROTO_MASK_TCP,
-                _ => 0,
-            }
-        }),
+        protocols: protocol.mask(),
         in_use: 1,
         ..Default::default()
     };
@@ -913,24 +906,6 @@ fn conf(name: &str, protocol: Protocol) -> ServiceConf {
     let len = name.len().min(SERVICE_NAME_LEN - 1);
     conf.name[..len].copy_from_slice(&name.as_bytes()[..len]);
     conf
-}
-
-fn protocol_of(mask: u8) -> Option<Protocol> {
-    match (mask & PROTO_MASK_UDP != 0, mask & PROTO_MASK_TCP != 0) {
-        (true, true) => Some(Protocol::UdpTcp),
-        (true, false) => Some(Protocol::Udp),
-        (false, true) => Some(Protocol::Tcp),
-        (false, false) => None,
-    }
-}
-
-fn name_of(conf: &ServiceConf) -> String {
-    let end = conf
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(conf.name.len());
-    String::from_utf8_lossy(&conf.name[..end]).into_owned()
 }
 
 fn endpoints(listen: &[crate::config::Listen], protocol: Protocol) -> Vec<Endpoint> {
@@ -966,6 +941,8 @@ fn listens(list: &[crate::config::Listen]) -> String {
 #[cfg(test)]
 mod tests {
     use std::{collections::HashMap, path::Path};
+
+    use xdp_common::{PROTO_TCP, PROTO_UDP};
 
     use super::*;
     use crate::config;

@@ -17,11 +17,11 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapType, PerCpuA
 use serde::{Deserialize, Serialize};
 use xdp_common::{
     ANY_IPV4, ANY_IPV6, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue,
-    ForwardConf, ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_MASK_TCP, PROTO_MASK_UDP, Reason,
-    Ring, SelectMode, ServiceConf, backend_slot, backend_state, names, ring_key,
+    ForwardConf, ForwardEvent, MAX_BACKENDS_PER_SERVICE, Reason, Ring, SelectMode, ServiceConf,
+    backend_slot, backend_state, names, ring_key,
 };
 
-use crate::{live::BackendView, pins::Instance};
+use crate::{config::Protocol, live::BackendView, pins::Instance};
 
 /// Version of the JSON shape; bumped only for incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -226,8 +226,10 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             .get(&ring_key(id, generation), 0)
             .context("reading RINGS")?;
         let mut stats = ServiceStats {
-            name: name_of(&conf),
-            protocol: protocol_name(conf.protocols).to_owned(),
+            name: String::from_utf8_lossy(conf.name_bytes()).into_owned(),
+            protocol: Protocol::from_mask(conf.protocols)
+                .map_or("none", |p| p.as_str())
+                .to_owned(),
             select: if ring.select == SelectMode::Random as u32 {
                 "random"
             } else {
@@ -444,29 +446,11 @@ fn flows(instance: &Instance) -> Result<FlowStats> {
     })
 }
 
-fn protocol_name(mask: u8) -> &'static str {
-    match (mask & PROTO_MASK_UDP != 0, mask & PROTO_MASK_TCP != 0) {
-        (true, true) => "udp+tcp",
-        (true, false) => "udp",
-        (false, true) => "tcp",
-        (false, false) => "none",
-    }
-}
-
 /// Sorted, each once: a udp+tcp service has one `SERVICES` entry per protocol.
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v.dedup();
     v
-}
-
-fn name_of(conf: &ServiceConf) -> String {
-    let end = conf
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(conf.name.len());
-    String::from_utf8_lossy(&conf.name[..end]).into_owned()
 }
 
 fn endpoint_string(e: &Endpoint) -> String {
