@@ -161,14 +161,7 @@ fn backends_command(
                 response.service
             );
         }
-        // Wide enough for an IPv4 backend, wider when an IPv6 one needs it.
-        let w = response
-            .backends
-            .iter()
-            .map(|b| b.address.len())
-            .max()
-            .unwrap_or(0)
-            .max(22);
+        let w = stats::address_width(response.backends.iter().map(|b| b.address.as_str()));
         println!("{:<w$} {:<9} {:>6}  health", "backend", "state", "weight");
         for b in &response.backends {
             let health = b

@@ -165,13 +165,11 @@ impl Instance {
             load_tc(ebpf, TC_PROGRAM)?;
             swap_tc(ebpf, TC_PROGRAM, &tc_pin)?;
         } else {
-            let id = attach_tc(ebpf, iface)?;
+            load_tc(ebpf, TC_PROGRAM)?;
+            let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
+            let id = attach_tc(tc, TC_PROGRAM, iface, TcAttachType::Egress)?;
             if persist {
-                let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
-                let link = FdLink::try_from(tc.take_link(id)?).context(
-                    "--persist needs TC links that can be pinned (tcx, Linux 6.6 or later)",
-                )?;
-                links.push(pin_link(link, &tc_pin)?);
+                links.push(pin_tc_link(tc, id, &tc_pin)?);
             }
         }
         // The fast path's reply program: loaded when asked for, or when a
@@ -337,19 +335,10 @@ impl Instance {
         for iface in wanted.difference(&self.reply_ins.clone()) {
             let ebpf = &mut self.live.store_mut().ebpf;
             let prog: &mut SchedClassifier = program(ebpf, REPLY_IN_PROGRAM)?;
-            let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-            if !tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
-                info!("clsact qdisc on {iface}: {err} (already present is fine)");
-            }
-            let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| {
-                format!("attaching {REPLY_IN_PROGRAM} to the ingress of {iface}")
-            })?;
+            let id = attach_tc(prog, REPLY_IN_PROGRAM, iface, TcAttachType::Ingress)?;
             if self.pins.persist {
-                let link = FdLink::try_from(prog.take_link(id)?).context(
-                    "--persist needs TC links that can be pinned (tcx, Linux 6.6 or later)",
-                )?;
                 let pin = self.pins.dir().join(format!("{}{iface}", pins::LINK_TC_IN));
-                self._links.push(pin_link(link, &pin)?);
+                self._links.push(pin_tc_link(prog, id, &pin)?);
             }
             info!(
                 "fast path: replies arriving on {iface} are translated there and sent straight out {}",
@@ -596,17 +585,35 @@ fn swap_xdp(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
     Ok(())
 }
 
-fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<SchedClassifierLinkId> {
-    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
-    prog.load()
-        .with_context(|| format!("loading {TC_PROGRAM} (the verifier's log follows)"))?;
+/// Attaches the loaded TC program `name` to `iface`'s `hook`.
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    name: &str,
+    iface: &str,
+    hook: TcAttachType,
+) -> Result<SchedClassifierLinkId> {
     // Kernels before 6.6 have no tcx links and attach through a clsact qdisc.
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if !tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
         info!("clsact qdisc on {iface}: {err} (already present is fine)");
     }
-    prog.attach(iface, TcAttachType::Egress)
-        .with_context(|| format!("attaching {TC_PROGRAM} to the egress of {iface}"))
+    let side = match hook {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    prog.attach(iface, hook)
+        .with_context(|| format!("attaching {name} to the {side} of {iface}"))
+}
+
+/// Takes TC link `id` from `prog` and pins it at `path`, so it outlives dnsteer.
+fn pin_tc_link(
+    prog: &mut SchedClassifier,
+    id: SchedClassifierLinkId,
+    path: &Path,
+) -> Result<PinnedLink> {
+    let link = FdLink::try_from(prog.take_link(id)?)
+        .context("--persist needs TC links that can be pinned (tcx, Linux 6.6 or later)")?;
+    pin_link(link, path)
 }
 
 fn attach_xdp(

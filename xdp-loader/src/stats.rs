@@ -462,6 +462,12 @@ fn endpoint_string(e: &Endpoint) -> String {
     }
 }
 
+/// The backend column's width: enough for an IPv4 backend, more when an IPv6
+/// one among `addresses` needs it.
+pub fn address_width<'a>(addresses: impl Iterator<Item = &'a str>) -> usize {
+    addresses.map(str::len).max().unwrap_or(0).max(22)
+}
+
 /// `up 0.4ms (2 transitions)`, `down: no reply within 500ms (1 transition)`.
 pub fn health_text(h: &HealthStats) -> String {
     let mut text = h.state.clone();
@@ -516,14 +522,7 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
             }
         );
         let checked = svc.backends.iter().any(|b| b.health.is_some());
-        // Wide enough for an IPv4 backend, wider when an IPv6 one needs it.
-        let w = svc
-            .backends
-            .iter()
-            .map(|b| b.address.len())
-            .max()
-            .unwrap_or(0)
-            .max(22);
+        let w = address_width(svc.backends.iter().map(|b| b.address.as_str()));
         let _ = writeln!(
             s,
             "  {:<w$} {:<8} {:>6} {:>12} {:>14} {:>7} {:>10}{}",

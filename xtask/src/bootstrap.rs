@@ -109,23 +109,29 @@ pub fn test_tools() -> Result<()> {
         .filter(|(tool, _)| !found(tool))
         .map(|(_, pkg)| *pkg)
         .collect();
-    if missing.is_empty() {
+    install(&missing, "missing")
+}
+
+/// Installs Debian's `packages` with apt-get, or says, after `what`, which
+/// to install where there is no apt-get.
+fn install(packages: &[&str], what: &str) -> Result<()> {
+    if packages.is_empty() {
         return Ok(());
     }
     if !found("apt-get") {
         bail!(
-            "missing {}; install them with your package manager",
-            missing.join(", ")
+            "{what} {}; install them with your package manager",
+            packages.join(", ")
         );
     }
     eprintln!(
         "xtask: installing {} from Debian's packages",
-        missing.join(", ")
+        packages.join(", ")
     );
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
@@ -152,22 +158,5 @@ pub fn bench_tools() -> Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     missing.dedup();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !found("apt-get") {
-        bail!(
-            "the bench needs {}; install them with your package manager",
-            missing.join(", ")
-        );
-    }
-    eprintln!(
-        "xtask: installing {} from Debian's packages",
-        missing.join(", ")
-    );
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    install(&missing, "the bench needs")
 }
