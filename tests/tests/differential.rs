@@ -15,6 +15,8 @@
 //! and `DNSTEER_DIFF_PACKETS` the count (default 100,000, about half of them
 //! IPv6). Needs root (loading BPF programs); no namespaces, no traffic.
 
+mod common;
+
 use std::{
     collections::HashMap as StdHashMap,
     env, fmt,
@@ -25,9 +27,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuArray},
+    maps::HashMap,
     programs::{TestRun, TestRunOptions, Xdp},
 };
+use common::{l4_checksum, moved, pin_to_cpu0};
 use dnsteer::{
     XDP_PROGRAM,
     config::{self, Config},
@@ -287,30 +290,6 @@ struct Query {
     payload: Vec<u8>,
     /// Ethernet padding after the datagram.
     padding: Vec<u8>,
-}
-
-/// The UDP or TCP checksum of `data` (header and payload) from scratch, with
-/// the pseudo-header of `src` and `dst`: RFC 768 and RFC 9293 3.1 for IPv4
-/// (12 bytes), RFC 8200 8.1 for IPv6 (both 16-byte addresses, a 32-bit
-/// length, three zero bytes and the next header). 0 when valid.
-fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, data: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(40);
-    match (src, dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            pseudo.extend_from_slice(&src.octets());
-            pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&[0, proto]);
-            pseudo.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            pseudo.extend_from_slice(&src.octets());
-            pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, proto]);
-        }
-        _ => panic!("{src} and {dst} are not one family"),
-    }
-    !csum::fold(csum::sum_bytes(csum::sum_bytes(0, &pseudo), data))
 }
 
 fn be16(b: &[u8]) -> usize {
@@ -1208,13 +1187,8 @@ impl Loaded {
         &self.live.store().ebpf
     }
 
-    /// Each of `count` per-CPU counters of map `name`, summed over CPUs.
     fn counters(&self, name: &str, count: usize) -> Vec<u64> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf().map(name).unwrap()).unwrap();
-        (0..count as u32)
-            .map(|i| map.get(&i, 0).unwrap().iter().sum())
-            .collect()
+        common::counters(self.ebpf(), name, count)
     }
 
     fn reasons(&self) -> Vec<u64> {
@@ -1249,19 +1223,6 @@ impl Loaded {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}-byte frame: {e}", input.len()));
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
-    }
-}
-
-/// Keeps this thread on one CPU, so the per-CPU counters read are the ones it moved.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
     }
 }
 
@@ -1404,15 +1365,6 @@ fn check_rewrite(
         }
     }
     Ok(backend)
-}
-
-/// `(item, delta)` for every counter that moved.
-fn moved<T: Copy>(all: &[T], before: &[u64], after: &[u64]) -> Vec<(T, u64)> {
-    all.iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(item, (b, a))| (*item, a.wrapping_sub(*b)))
-        .collect()
 }
 
 struct Hex<'a>(&'a [u8]);

@@ -7,6 +7,8 @@
 //! backend. A case that means "a new flow" therefore has a client port of its
 //! own, and each packet is built once, its expected output derived from it.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
@@ -20,6 +22,7 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use common::{l4_checksum, moved, pin_to_cpu0};
 use dnsteer::{
     REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, config,
     live::{Change, Live},
@@ -220,26 +223,6 @@ fn segment(dst: impl Into<SocketAddr>, flags: u8) -> Pkt {
         },
         payload: vec![],
         ..query(dst)
-    }
-}
-
-/// The UDP or TCP checksum of `data` (header and payload) from scratch, with the
-/// pseudo header of `src` and `dst` (RFC 768, RFC 9293 3.1, RFC 8200 8.1); 0 for
-/// a valid datagram or segment.
-fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, data: &[u8]) -> u16 {
-    match (src, dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let mut pseudo = [0u8; 12];
-            pseudo[..4].copy_from_slice(&src.octets());
-            pseudo[4..8].copy_from_slice(&dst.octets());
-            pseudo[9] = proto;
-            pseudo[10..].copy_from_slice(&(data.len() as u16).to_be_bytes());
-            !csum::fold(csum::sum_bytes(csum::sum_bytes(0, &pseudo), data))
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            csum::ipv6_l4(src.octets(), dst.octets(), proto, data)
-        }
-        _ => panic!("{src} and {dst} are not one family"),
     }
 }
 
@@ -475,15 +458,6 @@ fn replied(what: impl Into<String>, p: &Pkt, asked: impl Into<SocketAddr>, event
     tc(what, p.bytes(), out, Some(Reason::ReplyRewritten), events)
 }
 
-/// `(item, delta)` for every counter that moved.
-fn moved<T: Copy>(all: &[T], before: &[u64], after: &[u64]) -> Vec<(T, u64)> {
-    all.iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(item, (b, a))| (*item, a.wrapping_sub(*b)))
-        .collect()
-}
-
 /// A loaded object with its maps filled from a config, as `dnsteer run` fills them.
 struct Loaded {
     live: Live<KernelMaps>,
@@ -517,13 +491,8 @@ impl Loaded {
             .unwrap_or_else(|e| panic!("{change:?} on {service}: {e:#}"));
     }
 
-    /// `count` per-CPU u64 counters of map `name`, each summed over CPUs.
     fn counters(&self, name: &str, count: usize) -> Vec<u64> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf().map(name).unwrap()).unwrap();
-        (0..count as u32)
-            .map(|i| map.get(&i, 0).unwrap().iter().sum())
-            .collect()
+        common::counters(self.ebpf(), name, count)
     }
 
     fn reasons(&self) -> Vec<u64> {
@@ -637,19 +606,6 @@ impl Loaded {
                 c.what
             );
         }
-    }
-}
-
-/// Keeps this thread on one CPU, so per-CPU nth state is one sequence.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
     }
 }
 
