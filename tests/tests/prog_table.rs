@@ -2919,3 +2919,82 @@ fn tc_reply_in_translates_takes_a_hop_and_redirects() {
     assert_eq!((action, &out), (TC_ACT_OK, &last_hop), "hop limit 1");
     assert_eq!(prog.reasons(), reasons, "hop limit 1: REASONS");
 }
+
+const SMALL_CONFIG: &str = r#"
+interface = "lo"
+
+[flows]
+size = 1024
+
+[[service]]
+name = "dns"
+listen = ["192.0.2.10:53"]
+backends = ["10.100.13.2:53", "10.100.13.3:53"]
+"#;
+
+/// The query table holds exactly `[flows] size` queries in flight, written
+/// and answered on both CPUs: a plain hash's capacity is global (the LRU the
+/// table replaced kept per-CPU free lists and evicted long before it was
+/// full). One query more is steered without a record, counted, and its
+/// answer leaves untranslated; an answer frees a place.
+#[test]
+fn query_table_holds_its_size_across_cpus_and_counts_what_does_not_fit() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let prog = Loaded::new(SMALL_CONFIG);
+    let size = 1024u16;
+    let asked = |i: u16| query(VIP).sport(20000 + i).id(i);
+    // Round robin over two backends, whichever CPU runs the query.
+    let backend = |p: &Pkt| prog.steer(p);
+    let mut answers = Vec::new();
+    for i in 0..size {
+        common::pin_to_cpu(usize::from(i) % cpus);
+        let q = asked(i);
+        let to = backend(&q);
+        answers.push(q.to(to).answer());
+    }
+    let events = prog.query_events();
+    assert_eq!(
+        (
+            events[QueryEvent::Inserted as usize],
+            events[QueryEvent::InsertFailed as usize]
+        ),
+        (u64::from(size), 0),
+        "{size} queries in flight fit a table of {size}"
+    );
+    // One more: steered all the same, without a record.
+    common::pin_to_cpu(0);
+    let extra = asked(size);
+    let to = backend(&extra);
+    let extra_answer = extra.clone().to(to).answer();
+    assert_eq!(prog.query_events()[QueryEvent::InsertFailed as usize], 1);
+    prog.check(&[tc(
+        "the answer to the query that found the table full",
+        extra_answer.bytes(),
+        Out::Unchanged,
+        Some(Reason::ReplyNoFlow),
+        NO_EVENTS,
+    )]);
+    // Answered on the other CPU than their queries: every record is found.
+    for (i, answer) in answers.iter().enumerate() {
+        common::pin_to_cpu((i + 1) % cpus);
+        let (_, out) = prog.run(TC_PROGRAM, &answer.bytes());
+        assert_eq!(
+            out,
+            answer.clone().from(VIP).bytes(),
+            "answer {i}: translated"
+        );
+    }
+    let events = prog.query_events();
+    assert_eq!(
+        events[QueryEvent::Answered as usize],
+        u64::from(size),
+        "every answer consumed its record"
+    );
+    // The table is empty again: the next query fits.
+    common::pin_to_cpu(1 % cpus);
+    prog.steer(&asked(size + 1));
+    assert_eq!(
+        prog.query_events()[QueryEvent::Inserted as usize],
+        u64::from(size) + 1
+    );
+}
