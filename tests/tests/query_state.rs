@@ -5,7 +5,8 @@
 //! are 20%, 50% and 90% of the table no answer may be lost and every answer must come
 //! from the service address; at 150% the table fills, and every lost answer must be
 //! counted: `queries.insert_failed` and `reasons.reply_no_flow` go up by exactly the
-//! answers the client got from a backend's own address.
+//! answers the client got from a backend's own address. The same below and above
+//! capacity over IPv6 afterwards.
 //!
 //! Each step prints one summary line (the closing note of issue 11 quotes them).
 
@@ -34,8 +35,23 @@ const DELAY: Duration = Duration::from_secs(1);
 const STEP: Duration = Duration::from_secs(5);
 /// The client gives up on a query after this: DELAY and ample slack.
 const TIMEOUT: Duration = Duration::from_secs(3);
-/// Queries in flight, in percent of CAPACITY.
-const STEPS: [u32; 4] = [20, 50, 90, 150];
+/// The family of the service addresses queried, and the queries in flight in percent
+/// of CAPACITY: issue 11's four steps over IPv4, then below and above capacity over
+/// IPv6 (its own records, the same table).
+const STEPS: [(Family, u32); 6] = [
+    (Family::V4, 20),
+    (Family::V4, 50),
+    (Family::V4, 90),
+    (Family::V4, 150),
+    (Family::V6, 90),
+    (Family::V6, 150),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
 /// Sender threads, one pinned to each CPU, so the XDP program (which runs where the
 /// client's veth transmit runs) and the reply path run on both.
 const SENDER_CPUS: [usize; 2] = [0, 1];
@@ -131,10 +147,14 @@ fn config(topo: &Topology) -> String {
     };
     format!(
         "interface = \"{iface}\"\n\n[flows]\nsize = {CAPACITY}\n\n[[service]]\nname = \"dns\"\n\
-         listen = [{listen}]\nprotocol = \"udp\"\nselect = \"nth\"\nbackends = [{backends}]\n",
+         listen = [{listen}]\nprotocol = \"udp\"\nselect = \"nth\"\nbackends = [{backends}]\n\n\
+         [[service]]\nname = \"dns6\"\nlisten = [{listen6}]\nprotocol = \"udp\"\n\
+         select = \"nth\"\nbackends = [{backends6}]\n",
         iface = topo.config.node_iface,
         listen = quoted(topo.service_targets()),
         backends = quoted(topo.backend_targets()),
+        listen6 = quoted(topo.service_targets6()),
+        backends6 = quoted(topo.backend_targets6()),
     )
 }
 
@@ -164,7 +184,6 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
     let iface = topo.config.node_iface.clone();
     let dnsteer = Dnsteer::start(&topo.node, &binary().unwrap(), &iface, &config(&topo))
         .expect("dnsteer run");
-    let services = topo.service_targets();
     let responders = |topo: &Topology| -> Vec<ResponderStats> {
         topo.backends
             .iter()
@@ -173,7 +192,11 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
     };
 
     let mut failures = Vec::new();
-    for percent in STEPS {
+    for (family, percent) in STEPS {
+        let (services, percent_label) = match family {
+            Family::V4 => (topo.service_targets(), format!("IPv4 {percent:>3}%")),
+            Family::V6 => (topo.service_targets6(), format!("IPv6 {percent:>3}%")),
+        };
         let in_flight = CAPACITY * percent / 100;
         let rate = (f64::from(in_flight) / DELAY.as_secs_f64()).round() as u32;
         let load = PacedLoad {
@@ -221,7 +244,7 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
             .map(|(a, b)| a - b)
             .collect();
         println!(
-            "query_state {percent:>3}%: rate {rate}/s (achieved {:.0}/s) x {DELAY:?} = {in_flight} \
+            "query_state {percent_label}: rate {rate}/s (achieved {:.0}/s) x {DELAY:?} = {in_flight} \
              in flight of {CAPACITY} (client peak {}): sent {}, answered {from_service}, lost {lost} \
              (wrong source {}, unanswered {}, errors {}); backends received {received}, answered \
              {backend_answered}; queries: inserted +{} answered +{} timed_out +{} insert_failed +{} \
@@ -245,19 +268,19 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
         // and was answered there, so whatever went missing went missing in dnsteer.
         assert!(
             summary.achieved_rate >= f64::from(rate) * 0.97,
-            "{percent}%: the generator sent {:.0}/s of {rate}/s asked; the machine is too busy",
+            "{percent_label}: the generator sent {:.0}/s of {rate}/s asked; the machine is too busy",
             summary.achieved_rate
         );
         assert_eq!(
             (received, backend_answered),
             (summary.sent as u64, summary.sent as u64),
-            "{percent}%: the backends must receive and answer every query"
+            "{percent_label}: the backends must receive and answer every query"
         );
         assert!(
             SENDER_CPUS
                 .iter()
                 .all(|&cpu| per_cpu.get(cpu).is_some_and(|&n| n > 0)),
-            "{percent}%: the queries must be steered on CPUs {SENDER_CPUS:?}, were on {per_cpu:?}"
+            "{percent_label}: the queries must be steered on CPUs {SENDER_CPUS:?}, were on {per_cpu:?}"
         );
         let errors: Vec<&Answer> = records
             .iter()
@@ -277,7 +300,7 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
                 && after.in_flight == Some(0);
             if !ok {
                 failures.push(format!(
-                    "{percent}%: {lost} of {} answers lost ({} from a backend's own address, \
+                    "{percent_label}: {lost} of {} answers lost ({} from a backend's own address, \
                      {} unanswered, errors {errors:?}); want 0 lost, inserted = answered = \
                      reply_rewritten = sent, insert_failed = timed_out = reply_no_flow = 0, \
                      in_flight 0 after; got inserted +{} answered +{} reply_rewritten \
@@ -302,7 +325,7 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
         let sent = summary.sent as u64;
         let mut check = |ok: bool, what: String| {
             if !ok {
-                failures.push(format!("{percent}%: {what}"));
+                failures.push(format!("{percent_label}: {what}"));
             }
         };
         check(
@@ -348,6 +371,8 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
                 show(timed_out)
             ),
         );
+        // A high-water mark since dnsteer started: after the first step over capacity
+        // only insert_failed above says this step filled the table too.
         check(
             after.peak_in_flight >= Some(u64::from(CAPACITY)),
             format!(
