@@ -543,6 +543,16 @@ fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()>
         }
         let info =
             MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        // Counters and settings have sizes of this build's own, not the config's.
+        let sized_by_config = maps::capacities(&config::Limits::default(), 0)
+            .iter()
+            .any(|(sized, _)| *sized == name);
+        if info.max_entries() != entries && !sized_by_config {
+            bail!(
+                "the persistent data path's map {name} holds {} entries, this dnsteer version uses {entries}: it was laid out by another version; `dnsteer stop` it and start afresh (its flows are lost)",
+                info.max_entries()
+            );
+        }
         if info.max_entries() != entries {
             bail!(
                 "the persistent data path's map {name} holds {} entries, this config asks for {entries}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)",
