@@ -634,3 +634,31 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
         failures.join("\n")
     );
 }
+
+/// The loss classification on made-up records: a loss with CAPACITY others in flight
+/// is explained, one with fewer is not, and an answer from the service address is no
+/// loss at all.
+#[test]
+fn query_state_losses_are_explained_only_by_a_full_table() {
+    let t0 = Instant::now();
+    let target: SocketAddr = "192.0.2.10:53".parse().unwrap();
+    let record = |ms: u64, answer: Answer| QueryRecord {
+        sent: t0 + Duration::from_millis(ms),
+        target,
+        answer,
+        rtt: Some(DELAY),
+    };
+    let wrong = || Answer::WrongSource("10.100.13.2:53".parse().unwrap());
+    let ok = || Answer::Answered("10.100.13.2".parse().unwrap());
+    // CAPACITY queries in the first 100 ms, all in flight until after 1 s.
+    let mut records: Vec<QueryRecord> = (0..u64::from(CAPACITY))
+        .map(|i| record(i * 100 / u64::from(CAPACITY), ok()))
+        .collect();
+    // At 200 ms the table is full: a loss is explained.
+    records.push(record(200, wrong()));
+    assert_eq!(unexplained_losses(&records), 0);
+    // At 1500 ms the first ones have been answered: a loss there is not.
+    records.push(record(1500, wrong()));
+    records.push(record(1600, ok()));
+    assert_eq!(unexplained_losses(&records), 1);
+}
