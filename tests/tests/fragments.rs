@@ -61,11 +61,15 @@ fn grew(before: &[BTreeMap<String, u64>], after: &[BTreeMap<String, u64>], name:
     total(after) - total(before)
 }
 
-fn reason(dnsteer: &Dnsteer, name: &str) -> u64 {
+/// `reasons.reply_fragment` and `queries.fragment_unmatched` (0 when absent).
+fn fragment_counters(dnsteer: &Dnsteer) -> (u64, u64) {
     let json = dnsteer.stats(&["--json"]).expect("dnsteer stats --json");
     let v: Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats JSON ({e}): {json}"));
-    v["reasons"][name].as_u64().unwrap_or(0)
+    (
+        v["reasons"]["reply_fragment"].as_u64().unwrap_or(0),
+        v["queries"]["fragment_unmatched"].as_u64().unwrap_or(0),
+    )
 }
 
 /// One big answer over UDP; Err says what was wrong with it.
@@ -200,7 +204,7 @@ backends = [{backends6}]
             ),
         };
         let (c0, b0) = (counters(&[&topo.client]), counters(&backends));
-        let fragments_before = reason(&dnsteer, "reply_fragment");
+        let (translated_before, unmatched_before) = fragment_counters(&dnsteer);
         let mut whole = 0;
         for i in 0..QUERIES {
             match big_query(&topo.client, target) {
@@ -209,7 +213,9 @@ backends = [{backends6}]
             }
         }
         let (c1, b1) = (counters(&[&topo.client]), counters(&backends));
-        let translated = reason(&dnsteer, "reply_fragment") - fragments_before;
+        let (translated, unmatched) = fragment_counters(&dnsteer);
+        let (translated, unmatched) =
+            (translated - translated_before, unmatched - unmatched_before);
         let fragmented = grew(&b0, &b1, frag_oks);
         let created = grew(&b0, &b1, frag_creates);
         let reassembled = grew(&c0, &c1, reasm_oks);
@@ -221,7 +227,7 @@ backends = [{backends6}]
             "fragments {label} {target}: {whole}/{QUERIES} whole over UDP from the service \
              address; backends fragmented {fragmented} answers into {created} fragments, the \
              client reassembled {reassembled} from {fragments_in}; dnsteer reply_fragment \
-             +{translated}"
+             +{translated}, fragment_unmatched +{unmatched}"
         );
         if fragmented < QUERIES as u64 {
             failures.push(format!(
@@ -233,6 +239,12 @@ backends = [{backends6}]
             failures.push(format!(
                 "{label} {target}: the client reassembled {reassembled} answers ({reasm_oks}), \
                  got {whole} whole"
+            ));
+        }
+        if unmatched != 0 {
+            failures.push(format!(
+                "{label} {target}: queries.fragment_unmatched +{unmatched}: a later fragment \
+                 went untranslated"
             ));
         }
         if translated != later || later == 0 {
