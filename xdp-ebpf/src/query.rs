@@ -55,9 +55,9 @@ pub fn track(pkt: &Headers, id: [u8; 2], backend: (Addr, [u8; 2]), slot: u32, no
 pub fn answer(pkt: &Headers, id: [u8; 2], rcode: u8) -> Option<QueryValue> {
     let key = QueryKey::new((pkt.src, pkt.sport), (pkt.dst, pkt.dport), id);
     // SAFETY: copied out at once.
-    let value = unsafe { QUERIES.get(&key) }.copied()?;
+    let value = unsafe { QUERIES.get(key) }.copied()?;
     // Counted only by the CPU whose delete took it, should two race.
-    if QUERIES.remove(&key).is_ok() {
+    if QUERIES.remove(key).is_ok() {
         stats::query(QueryEvent::Answered);
         // SAFETY: a plain helper call with no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
