@@ -15,7 +15,7 @@ use serde_json::Value;
 use testbed::{
     HUGE_NAME, HUGE_TXT_BYTES, NetNs, Topology, TopologyConfig,
     dns::{self, KdigReply, Transport},
-    dnsteer::{Dnsteer, binary},
+    dnsteer::{Dnsteer, Launch, binary},
     huge_txt, require_root_tools,
 };
 
@@ -180,8 +180,15 @@ backends = [{backends6}]
         listen6 = quoted(&topo.service_targets6()),
         backends6 = quoted(&topo.backend_targets6()),
     );
-    let dnsteer =
-        Dnsteer::start(&topo.node, &binary().unwrap(), iface, &config).expect("dnsteer run");
+    // Shared mounts: `stats` reads the maps through their pins, by name.
+    let dnsteer = Dnsteer::start_with(
+        Launch::SharedMounts,
+        &topo.node,
+        &binary().unwrap(),
+        iface,
+        &config,
+    )
+    .expect("dnsteer run");
 
     let mut failures = Vec::new();
     let targets = topo

@@ -26,7 +26,7 @@ use std::{
 use serde_json::Value;
 use testbed::{
     DNS_PORT, Topology, TopologyConfig, WHOAMI_NAME,
-    dnsteer::{Dnsteer, binary},
+    dnsteer::{Dnsteer, Launch, binary},
     load::{self, Answer, PacedLoad, QueryRecord},
     require_root_tools,
     responder::{Behaviour, ResponderStats},
@@ -488,8 +488,15 @@ fn query_state_slow_backends_lose_no_answer_below_capacity_and_count_every_loss_
         .sysctl("net.ipv4.ip_local_port_range", "1024 65535")
         .unwrap();
     let iface = topo.config.node_iface.clone();
-    let dnsteer = Dnsteer::start(&topo.node, &binary().unwrap(), &iface, &config(&topo))
-        .expect("dnsteer run");
+    // Shared mounts: `stats` reads the maps through their pins, by name.
+    let dnsteer = Dnsteer::start_with(
+        Launch::SharedMounts,
+        &topo.node,
+        &binary().unwrap(),
+        &iface,
+        &config(&topo),
+    )
+    .expect("dnsteer run");
 
     let mut failures = Vec::new();
     for (family, percent) in STEPS {
