@@ -21,7 +21,8 @@ use xdp_common::{
     backend_slot, backend_state, names, ring_key,
 };
 
-use crate::{config::Protocol, live::BackendView, pins::Instance};
+pub use crate::health::HealthStats;
+use crate::{config::Protocol, datapath::pins::Instance, live::BackendView};
 
 /// Version of the JSON shape; bumped only for incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -161,21 +162,6 @@ pub struct BackendStats {
     /// One entry per possible CPU; only with `--per-cpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_cpu: Option<Vec<CpuCounter>>,
-}
-
-/// A backend's health as `dnsteer run` probes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthStats {
-    /// `up` or `down`. A backend starts up.
-    pub state: String,
-    /// Round trip of the last probe that got a reply, in microseconds.
-    pub last_rtt_us: Option<u64>,
-    /// Why the last probe failed; null when it succeeded.
-    pub last_error: Option<String>,
-    /// Changes between up and down since the backend joined.
-    pub transitions: u64,
-    pub probes_ok: u64,
-    pub probes_failed: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

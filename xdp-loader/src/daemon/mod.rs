@@ -32,17 +32,20 @@ use tokio::{
 use xdp_common::ForwardConf;
 
 use crate::{
-    REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, caps,
     config::{self, Config, Forward, Protocol, XdpModeSetting},
     control::{self, Op, Request, Response},
-    health::{Monitor, ProbeResult},
+    datapath::{
+        REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, caps,
+        maps::{self, KernelMaps},
+        pins::{self, Pins},
+        route,
+    },
+    health::{Monitor, ProbeResult, probe::Transport},
     live::{BackendView, Live},
-    maps::{self, KernelMaps},
-    metrics::{self, Scrape},
-    pins::{self, Pins},
-    probe::Transport,
-    route,
-    stats::{self, Snapshot},
+    observe::{
+        metrics::{self, Scrape},
+        stats::{self, Snapshot},
+    },
 };
 
 /// What `dnsteer run` was asked to do.

@@ -52,7 +52,7 @@ use xdp_common::{
 
 use crate::{
     config::{BackendSpec, Config, Family, Protocol, Select, Service},
-    stats::HealthStats,
+    health::HealthStats,
 };
 
 /// Writes into the kernel's maps, one entry at a time.

@@ -15,7 +15,8 @@ use xdp_common::{
     ServiceConf, names,
 };
 
-use crate::{EBPF_OBJECT, config::Limits, live::Store};
+use super::EBPF_OBJECT;
+use crate::{config::Limits, live::Store};
 
 /// `membarrier(2)`'s command that waits for an RCU grace period on all CPUs
 /// (include/uapi/linux/membarrier.h, Linux 4.3; `synchronize_rcu()` since 4.16).

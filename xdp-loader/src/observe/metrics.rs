@@ -21,7 +21,7 @@ use tokio::{
 };
 use xdp_common::Reason;
 
-use crate::stats::{BackendStats, Snapshot};
+use crate::observe::stats::{BackendStats, Snapshot};
 
 /// The Content-Type header value matching what `encode` writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -599,7 +599,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::stats::{FlowStats, HealthStats, ServiceStats};
+    use crate::observe::stats::{FlowStats, HealthStats, ServiceStats};
 
     const WEIRD: &str = "odd \"svc\" C:\\dir\nline2";
 
@@ -695,7 +695,7 @@ mod tests {
             persistent: false,
             forward: Default::default(),
             capacity: Default::default(),
-            maps: vec![crate::stats::MapStats {
+            maps: vec![crate::observe::stats::MapStats {
                 name: "FLOWS".to_owned(),
                 kind: "lru_hash".to_owned(),
                 max_entries: 65536,
