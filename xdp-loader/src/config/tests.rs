@@ -1,4 +1,3 @@
-
 use std::io::Write as _;
 
 use xdp_common::{MAX_BACKENDS_PER_SERVICE, SERVICE_NAME_LEN};

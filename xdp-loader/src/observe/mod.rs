@@ -2,4 +2,9 @@
 //! JSON) and Prometheus metrics. Observers only read; nothing here writes a map.
 
 pub mod metrics;
+mod read;
 pub mod stats;
+mod text;
+
+#[cfg(test)]
+mod tests;
