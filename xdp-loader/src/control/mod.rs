@@ -16,6 +16,8 @@ use std::{
     time::Duration,
 };
 
+pub mod server;
+
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 

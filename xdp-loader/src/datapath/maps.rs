@@ -2,10 +2,10 @@
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapInfo, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use log::warn;
@@ -83,6 +83,35 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
         (name, key, value, entries)
     })
     .collect()
+}
+
+/// Refuses to adopt pinned maps laid out otherwise than this build and the
+/// config want: a pinned map keeps its size ([flows] size, [limits]), and
+/// another dnsteer version may have other key or value layouts. A map not
+/// pinned yet (new in this version) is created.
+pub fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()> {
+    for &(name, key, value, entries) in wanted {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        if info.max_entries() != entries {
+            bail!(
+                "the persistent data path's map {name} holds {} entries, this config asks for {entries}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)",
+                info.max_entries()
+            );
+        }
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "the persistent data path's map {name} is laid out by another dnsteer version ({}-byte keys, {}-byte values; this one uses {key} and {value}); `dnsteer stop` it and start afresh (its flows are lost)",
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Loads the eBPF object with the default limits and the flow table sized as configured.

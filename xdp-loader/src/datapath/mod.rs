@@ -2,10 +2,14 @@
 //! attaching and pinning its programs, adopting a persistent data path, and
 //! the map store, the only code that writes the maps.
 
+mod attach;
 pub mod caps;
+mod lifecycle;
 pub mod maps;
 pub mod pins;
 pub mod route;
+
+pub use lifecycle::Datapath;
 
 /// The compiled kernel side (both programs and their maps), built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));

@@ -1,4 +1,3 @@
-
 use std::{collections::HashMap, path::Path};
 
 use xdp_common::{PROTO_TCP, PROTO_UDP, addr_of};
