@@ -5,7 +5,10 @@
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, links::{FdLink, PinnedLink}};
+use aya::programs::{
+    SchedClassifier, TcAttachType, Xdp,
+    links::{FdLink, PinnedLink},
+};
 use log::{info, warn};
 use xdp_common::ForwardConf;
 
