@@ -222,7 +222,7 @@ impl Datapath {
                         wanted.insert(iface);
                     }
                     None => warn!(
-                        "service {name}: no route to backend {backend} in the main table; its replies take the stack"
+                        "service {name}: the kernel has no route to backend {backend}; its replies take the stack"
                     ),
                 }
             }
