@@ -17,7 +17,6 @@
 #![no_std]
 #![no_main]
 
-mod bench;
 mod flow;
 mod forward;
 mod icmp;

@@ -13,10 +13,10 @@ use log::{error, info, warn};
 use super::RunOptions;
 use crate::{
     config::{self, Config, Protocol},
-    control::{Op, Request, Response},
+    control::{BackendView, Op, Request, Response},
     datapath::{Datapath, pins},
     health::{Monitor, ProbeResult, probe::Transport},
-    live::{BackendView, Change},
+    live::Change,
     observe::stats::{self, Snapshot},
 };
 
@@ -204,12 +204,20 @@ impl Daemon {
     /// The backends of service `name` with their health, and whether it fails open.
     fn views(&self, name: &str) -> Result<(Vec<BackendView>, bool)> {
         let name = self.datapath.live().resolve_name(name)?;
-        let mut backends = self.datapath.live().list(&name)?;
-        for b in &mut backends {
-            if let Ok(addr) = b.address.parse() {
-                b.health = self.monitor.stats(&name, addr);
-            }
-        }
+        let backends = self
+            .datapath
+            .live()
+            .list(&name)?
+            .into_iter()
+            .map(|member| {
+                let health = member
+                    .address
+                    .parse()
+                    .ok()
+                    .and_then(|addr| self.monitor.stats(&name, addr));
+                BackendView::new(member, health)
+            })
+            .collect();
         Ok((backends, self.datapath.live().fail_open(&name)))
     }
 

@@ -35,7 +35,22 @@
 //! the generation the data path does not read, as always.
 //!
 //! The kernel maps are behind the [`Store`] trait so the ordering above is
-//! unit tested against a recording fake.
+//! unit tested against a recording fake; `datapath::maps::KernelMaps` is the
+//! real one, the only writer of the maps.
+//!
+//! # Where desired state comes in
+//!
+//! The reconciler has three entry points, one per kind of source:
+//!
+//! - [`Live::apply`]: a whole desired state (the config file), diffed against
+//!   what the maps hold; only the difference is written.
+//! - [`Live::change`]: one service's backend set changed ([`Change`]: the
+//!   control socket, or a source such as Kubernetes sending `Change::Set`).
+//! - [`Live::set_health`]: a backend in or out of selection (health probes).
+//!
+//! Sources do not call these themselves: they send events to the daemon
+//! (`daemon::sources`), which applies them one at a time. The steps above live
+//! in `commit.rs`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -43,7 +58,6 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use serde::{Deserialize, Serialize};
 use xdp_common::{
     Backend, Endpoint, FlowSettings, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_WEIGHT, Ring,
     SelectMode, ServiceConf, backend_slot, backend_state, ip_of, ring_key,
@@ -53,10 +67,7 @@ mod commit;
 
 use commit::{conf, source_endpoints};
 
-use crate::{
-    config::{BackendSpec, Config, Family, Protocol, Select, Service},
-    health::HealthStats,
-};
+use crate::config::{BackendSpec, Config, Family, Protocol, Select, Service};
 
 /// Writes into the kernel's maps, one entry at a time.
 pub trait Store {
@@ -82,16 +93,13 @@ pub trait Store {
     fn read_flow_settings(&mut self) -> Result<FlowSettings>;
 }
 
-/// A backend as `dnsteer backends list` and the control socket report it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendView {
+/// A member of a service (active, draining or down), as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
     pub address: String,
     pub weight: u32,
     /// `active`, `draining` or `down` (failed its health checks).
     pub state: String,
-    /// What the health probes say; null without `[service.health]`.
-    #[serde(default)]
-    pub health: Option<HealthStats>,
 }
 
 /// A change to one service's backend set.
@@ -160,9 +168,9 @@ impl ServiceState {
             .collect()
     }
 
-    fn view(&self) -> Vec<BackendView> {
+    fn view(&self) -> Vec<Member> {
         self.members()
-            .map(|(_, s)| BackendView {
+            .map(|(_, s)| Member {
                 address: s.addr.to_string(),
                 weight: s.weight,
                 state: match s.state {
@@ -171,7 +179,6 @@ impl ServiceState {
                     _ => "draining",
                 }
                 .to_owned(),
-                health: None,
             })
             .collect()
     }
@@ -359,7 +366,7 @@ impl<S: Store> Live<S> {
     }
 
     /// Applies one change to service `name` and returns its backends afterwards.
-    pub fn change(&mut self, name: &str, change: &Change) -> Result<(Vec<BackendView>, String)> {
+    pub fn change(&mut self, name: &str, change: &Change) -> Result<(Vec<Member>, String)> {
         let id = self.resolve(name)?;
         let state = self.services[id as usize].as_ref().expect("resolved");
         let name = state.name.clone();
@@ -474,7 +481,7 @@ impl<S: Store> Live<S> {
     }
 
     /// The backends of service `name` (active, draining and down).
-    pub fn list(&self, name: &str) -> Result<Vec<BackendView>> {
+    pub fn list(&self, name: &str) -> Result<Vec<Member>> {
         let id = self.resolve(name)?;
         Ok(self.services[id as usize]
             .as_ref()

@@ -12,8 +12,8 @@ pub use super::{
     read::read,
     text::{address_width, bytes_text, health_text, render},
 };
+use crate::control::BackendView;
 pub use crate::health::HealthStats;
-use crate::live::BackendView;
 
 /// Version of the JSON shape; bumped only for incompatible changes.
 pub const JSON_VERSION: u32 = 1;

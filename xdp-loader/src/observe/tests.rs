@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use xdp_common::Endpoint;
 
 use super::{read::endpoint_string, stats::*};
-use crate::live::BackendView;
+use crate::control::BackendView;
 
 fn backend(address: &str, state: &str, health: Option<HealthStats>) -> BackendStats {
     BackendStats {
