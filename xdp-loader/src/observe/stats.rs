@@ -96,7 +96,8 @@ pub struct MapStats {
 pub struct FlowStats {
     /// Records the table holds at most (two per flow: query and reply).
     pub capacity: u32,
-    /// Records present now.
+    /// Records present now, from the counters: `inserted - deleted`, at most
+    /// `capacity` (the table is not walked).
     pub entries: u64,
     /// Queries that followed their flow's record.
     pub hits: u64,
@@ -110,8 +111,7 @@ pub struct FlowStats {
     pub inserted: u64,
     /// Records deleted because a TCP flow was reset.
     pub deleted: u64,
-    /// Records the full table dropped to make room: `inserted - deleted - entries`
-    /// (exact when no traffic flows while it is read).
+    /// Records the full table dropped to make room: `inserted - deleted - entries`.
     pub evictions: u64,
 }
 
