@@ -14,7 +14,10 @@
 #![no_std]
 #![no_main]
 
-#[expect(dead_code, reason = "the bench programs use ptr_at only")]
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the bench programs use ptr_at only")
+)]
 #[path = "packet.rs"]
 mod packet;
 

@@ -339,6 +339,8 @@ impl fmt::Display for Listen {
         }
     }
 }
+
+/// A config that failed to load or validate; `Display` is the message for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -397,9 +399,6 @@ pub fn check_interface(origin: &Path, interface: &str) -> Result<u32, ConfigErro
         index => Ok(index),
     }
 }
-
-/// Parses a duration: a decimal number and a unit, `ms`, `s`, `m` or `h`
-/// (`"500ms"`, `"1.5s"`, `"5m"`, `"1h"`), or a bare number of seconds (`"30"`).
 
 #[cfg(test)]
 mod tests;

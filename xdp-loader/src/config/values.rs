@@ -77,7 +77,8 @@ impl fmt::Display for BackendSpec {
     }
 }
 
-/// A config that failed to load or validate; `Display` is the message for the user.
+/// Parses a duration: a decimal number and a unit, `ms`, `s`, `m` or `h`
+/// (`"500ms"`, `"1.5s"`, `"5m"`, `"1h"`), or a bare number of seconds (`"30"`).
 /// Exact to the nanosecond, below which it truncates; callers check the range.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     duration_or_overflow(s)?
