@@ -3,7 +3,7 @@
 //! serve metrics; on SIGINT/SIGTERM undo it all.
 //!
 //! The loop here is the only place that changes the running state: it takes
-//! one [`sources::Event`] at a time and runs it on the [`Daemon`] in tokio's
+//! one [`sources::Event`] at a time and runs it on the daemon's state in tokio's
 //! blocking pool, since map writes and RCU grace periods (`membarrier`) block,
 //! and probes, control clients and scrapes must not wait on them.
 

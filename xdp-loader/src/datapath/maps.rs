@@ -86,7 +86,7 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
 }
 
 /// Refuses to adopt pinned maps laid out otherwise than this build and the
-/// config want: a pinned map keeps its size ([flows] size, [limits]), and
+/// config want: a pinned map keeps its size (`[flows] size`, `[limits]`), and
 /// another dnsteer version may have other key or value layouts. A map not
 /// pinned yet (new in this version) is created.
 pub fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()> {
