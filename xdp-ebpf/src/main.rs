@@ -24,7 +24,6 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd, see above")]
 
-mod bench;
 mod flow;
 mod forward;
 mod fragment;
