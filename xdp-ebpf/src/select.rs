@@ -7,8 +7,8 @@ use xdp_common::{
 };
 
 use crate::maps::{
-    ACTIVE_RING, BACKEND_SOURCES, BACKEND_TIMEOUTS, BACKENDS, NTH_STATE, OUTSTANDING, RINGS,
-    SERVICE_CONF, SERVICES,
+    ACTIVE_RING, BACKEND_SOURCES, BACKENDS, NTH_STATE, OUTSTANDING, RINGS, SERVICE_CONF, SERVICES,
+    TIMED_OUT,
 };
 
 /// The service listening on the packet's destination: the exact address first,
@@ -93,7 +93,7 @@ fn load(service: u32, local: u8) -> Option<(u64, u64)> {
     let slot = backend_slot(service, local as u32);
     let weight = BACKENDS.get(slot)?.weight;
     let written = OUTSTANDING.get(slot).copied().unwrap_or(0);
-    let timed_out = BACKEND_TIMEOUTS.get(slot).copied().unwrap_or(0);
+    let timed_out = TIMED_OUT.get(slot).copied().unwrap_or(0);
     let load = written.wrapping_sub(timed_out);
     let load = if (load as i64) < 0 { 0 } else { load };
     Some((load, if weight == 0 { 1 } else { weight as u64 }))

@@ -148,6 +148,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             sighup,
             events.clone(),
         )),
+        tokio::spawn(sources::ticks(events.clone())),
     ]
     .map(AbortOnDrop);
     drop(events);
@@ -192,6 +193,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     .await?;
                 }
                 Event::Probe(result) => blocking(&mut daemon, move |d| d.on_probe(result)).await?,
+                Event::Tick => blocking(&mut daemon, Daemon::on_tick).await?,
             },
             Some(reply) = scrape_requests.recv() => {
                 let body = blocking(&mut daemon, |d| {

@@ -14,6 +14,7 @@ fn backend(address: &str, state: &str, health: Option<HealthStats>) -> BackendSt
         bytes: 740,
         new_flows: 10,
         health,
+        dns: BackendDns::default(),
         per_cpu: None,
     }
 }
@@ -100,6 +101,7 @@ fn add_health_matches_members_by_address_and_skips_removed_slots() {
         reasons_per_cpu: None,
         flows: FlowStats::default(),
         queries: QueryStats::default(),
+        latency_bucket_le_seconds: Vec::new(),
     };
     let text = render(&snapshot, None);
     assert!(text.contains("FAILING OPEN"), "{text}");
@@ -162,6 +164,7 @@ fn ipv6_addresses_read_in_brackets_and_widen_the_table() {
         reasons_per_cpu: None,
         flows: FlowStats::default(),
         queries: QueryStats::default(),
+        latency_bucket_le_seconds: Vec::new(),
         forward: ForwardStats::default(),
         capacity: Capacity::default(),
         maps: Vec::new(),
