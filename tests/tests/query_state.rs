@@ -63,7 +63,7 @@ const STEPS: [(Family, u32); 6] = [
 ];
 
 /// Runs of a step below capacity whose premise a stall of the machine broke.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 4;
 /// A query counts as in flight for dnsteer's insert of another query sent up to this
 /// much earlier on the client's clock (send to XDP is microseconds; generous).
 const SEND_SLACK: Duration = Duration::from_millis(10);
