@@ -98,7 +98,7 @@ pub async fn ticks(events: Events) {
 }
 
 /// How often passive health reads the backends' answers.
-const TICK_INTERVAL: Duration = Duration::from_secs(1);
+const TICK_INTERVAL: Duration = crate::health::passive::TICK;
 
 /// Passes what arrives on `from` to the daemon as `wrap` makes it, until
 /// either side is gone.

@@ -246,7 +246,7 @@ impl Daemon {
                     );
                     self.set_health(&service, backend, false, None);
                 }
-                Transition::Readmit => {
+                Transition::Readmit(out_for) => {
                     let probes_down = self
                         .monitor
                         .stats(&service, backend)
@@ -257,8 +257,8 @@ impl Daemon {
                         );
                     } else {
                         info!(
-                            "service {service}: backend {backend} is up (passive health: ejected {} ago)",
-                            config::human(eject_for)
+                            "service {service}: backend {backend} is up (passive health: out for {:.1}s)",
+                            out_for.as_secs_f64()
                         );
                         self.set_health(&service, backend, true, None);
                     }

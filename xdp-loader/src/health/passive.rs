@@ -9,9 +9,15 @@
 //! resolved queries (answered or timed out), a timeout share or a SERVFAIL
 //! share (of the answers) above its maximum ejects the backend.
 
-use std::{collections::VecDeque, time::Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use crate::config::PassiveCheck;
+
+/// How often the daemon reads the counters (`daemon::sources::ticks`).
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// A backend's cumulative counts, as the kernel and the expiry thread keep them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,8 +32,8 @@ pub struct Counts {
 pub enum Transition {
     /// Out of selection; why, with the numbers.
     Eject(String),
-    /// Back in selection after `eject_for`.
-    Readmit,
+    /// Back in selection after `eject_for`; how long it was out.
+    Readmit(Duration),
 }
 
 /// One backend's recent counts and whether it is ejected.
@@ -35,7 +41,8 @@ pub enum Transition {
 pub struct Tracker {
     /// Samples, oldest first; the first is the window's base.
     samples: VecDeque<(Instant, Counts)>,
-    ejected_until: Option<Instant>,
+    /// When it was ejected, and until when.
+    ejected: Option<(Instant, Instant)>,
     /// Ejections since the backend joined.
     pub ejections: u64,
 }
@@ -43,7 +50,7 @@ pub struct Tracker {
 impl Tracker {
     /// Whether the backend is out of selection for its answers.
     pub fn ejected(&self) -> bool {
-        self.ejected_until.is_some()
+        self.ejected.is_some()
     }
 
     /// Takes the counts read at `now`; says when the verdict changes.
@@ -53,15 +60,18 @@ impl Tracker {
         counts: Counts,
         check: &PassiveCheck,
     ) -> Option<Transition> {
-        if let Some(until) = self.ejected_until {
-            if now < until {
+        if let Some((since, until)) = self.ejected {
+            // Judged once a second: the tick nearest the end readmits it, so
+            // an ejection lasts `eject_for` give or take half a tick, not up
+            // to a tick more.
+            if now + TICK / 2 < until {
                 return None;
             }
             // A fresh window: what it did before its ejection is judged.
-            self.ejected_until = None;
+            self.ejected = None;
             self.samples.clear();
             self.samples.push_back((now, counts));
-            return Some(Transition::Readmit);
+            return Some(Transition::Readmit(now.duration_since(since)));
         }
         // Counters that went back (a slot reused by another backend) restart the window.
         if let Some((_, last)) = self.samples.back()
@@ -101,7 +111,7 @@ impl Tracker {
         } else {
             return None;
         };
-        self.ejected_until = Some(now + check.eject_for);
+        self.ejected = Some((now, now + check.eject_for));
         self.ejections += 1;
         Some(Transition::Eject(why))
     }
@@ -109,8 +119,6 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn check() -> PassiveCheck {
@@ -149,10 +157,13 @@ mod tests {
             None,
             "ejected for 10s"
         );
+        // The tick nearest the end: 10 s less a few milliseconds readmits.
+        let nearly = at(12) - Duration::from_millis(20);
         assert_eq!(
-            t.observe(at(12), counts(80, 60, 0), &check),
-            Some(Transition::Readmit)
+            t.observe(nearly, counts(80, 60, 0), &check),
+            Some(Transition::Readmit(nearly - at(2)))
         );
+        assert_eq!(t.observe(at(12), counts(80, 60, 0), &check), None);
         // Judged afresh: the old SERVFAILs are not counted again.
         assert_eq!(t.observe(at(13), counts(130, 60, 0), &check), None);
         assert_eq!(t.ejections, 1);
