@@ -833,3 +833,136 @@ fn dns_aware_latency_histogram_counts_the_answers_the_client_got() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Passive health and least_outstanding: a backend that stops answering.
+
+/// `[flows] query_timeout`: the expiry thread removes a record this long (and up to a
+/// quarter more, its sweep) after its query, and counts it against the backend.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+const SILENT_RATE: u32 = 600;
+/// Long enough for every record of the silent backend to expire before readmission.
+const SILENT_EJECT_FOR: Duration = Duration::from_secs(4);
+/// Queries counted after the readmission to measure the backend's share.
+const SHARE_FOR: Duration = Duration::from_secs(3);
+/// Its share of those once it answers at once again, as the others do: about 1/3
+/// when its queries in flight went back to none with the timeouts. Were the timed-out
+/// queries still counted in flight, it would win only the draws that pick it twice
+/// (1/9).
+const READMITTED_MIN_SHARE: f64 = 0.2;
+
+#[test]
+fn dns_aware_passive_health_ejects_a_silent_backend_and_least_outstanding_forgets_its_timeouts() {
+    let _serial = exclusive();
+    let topo = topology("da4", [Behaviour::default(); 3]);
+    let config = service_config(
+        &topo.config.node_iface,
+        "least_outstanding",
+        &topo.service_targets(),
+        &topo.backend_targets(),
+    ) + &format!(
+        "\n[service.passive]\nmax_timeout_ratio = 0.2\nwindow = \"{}s\"\nmin_queries = \
+         {PASSIVE_MIN_QUERIES}\neject_for = \"{}s\"\n\n[flows]\nquery_timeout = \"{}ms\"\n",
+        PASSIVE_WINDOW.as_secs(),
+        SILENT_EJECT_FOR.as_secs(),
+        QUERY_TIMEOUT.as_millis()
+    );
+    let dnsteer = start(&topo, &config);
+    let victim = topo.backend_targets()[VICTIM].to_string();
+    let responder = topo.backends[VICTIM].responder().unwrap();
+    let queries = |s: &Snapshot| -> Vec<u64> {
+        topo.backend_targets()
+            .iter()
+            .map(|a| backend(s, &a.to_string()).dns.queries)
+            .collect()
+    };
+
+    let run = WARM_UP + PASSIVE_WINDOW + SILENT_EJECT_FOR + SLACK * 2 + SHARE_FOR + SLACK;
+    let load = PacedLoad {
+        timeout: Duration::from_secs(1),
+        ..PacedLoad::new(topo.service_targets(), WHOAMI_NAME, SILENT_RATE, run)
+    };
+    let (silent_at, down, expired, up, share) = thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            load::run_paced_on_cpus(&topo.client, &load, &SENDER_CPUS, None)
+                .expect("the paced load")
+        });
+        thread::sleep(WARM_UP);
+        let silent_at = Instant::now();
+        responder.set_behaviour(Behaviour::silent());
+        let limit = QUERY_TIMEOUT * 5 / 4 + PASSIVE_WINDOW + SLACK * 2;
+        let down = wait_state(&dnsteer, &victim, "down", limit);
+        // Ejected: once its last records expired, none of its queries is in flight.
+        thread::sleep(QUERY_TIMEOUT * 3 / 2);
+        let expired = backend(&snapshot(&dnsteer), &victim).dns.clone();
+        responder.set_behaviour(Behaviour::default());
+        let up = wait_state(&dnsteer, &victim, "active", SILENT_EJECT_FOR + SLACK * 2);
+        let before = queries(&snapshot(&dnsteer));
+        thread::sleep(SHARE_FOR);
+        let after = queries(&snapshot(&dnsteer));
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert!(
+            !running.is_finished(),
+            "the load ended before the share was measured"
+        );
+        let records = running.join().expect("the load thread");
+        println!(
+            "dns_aware silent backend: client {}",
+            load::summarize(&records)
+        );
+        (silent_at, down, expired, up, delta)
+    });
+    let total: u64 = share.iter().sum();
+    let victim_share = share[VICTIM] as f64 / total.max(1) as f64;
+    println!(
+        "dns_aware silent backend (least_outstanding, max_timeout_ratio 0.2, window {}, \
+         query_timeout {}, eject_for {}): {victim} silent, ejected after {}; its records \
+         expired: queries {} answers {} timeouts {} in_flight {}; answering again, \
+         readmitted {} after the ejection, then took {} of {total} queries ({:.1}%) in {}: \
+         per backend {share:?}",
+        secs(PASSIVE_WINDOW),
+        secs(QUERY_TIMEOUT),
+        secs(SILENT_EJECT_FOR),
+        secs(down - silent_at),
+        expired.queries,
+        expired.answers,
+        expired.timeouts,
+        expired.in_flight,
+        secs(up - down),
+        share[VICTIM],
+        100.0 * victim_share,
+        secs(SHARE_FOR),
+    );
+    let log = dnsteer.log();
+    for line in log.lines().filter(|l| l.contains("passive health")) {
+        println!("dns_aware silent backend log: {line}");
+    }
+    let ejection = down - silent_at;
+    assert!(
+        ejection <= QUERY_TIMEOUT * 5 / 4 + PASSIVE_WINDOW + SLACK,
+        "ejected {} after it went silent, more than query_timeout (and a sweep) + window + \
+         {}",
+        secs(ejection),
+        secs(SLACK)
+    );
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("backend {victim} is DOWN (passive health: "))
+                && l.contains("timed out")
+        ),
+        "the ejection must be logged, naming the timeouts:\n{log}"
+    );
+    assert!(
+        expired.timeouts > 0
+            && expired.in_flight == 0
+            && expired.queries == expired.answers + expired.timeouts,
+        "{victim}: every query it left unanswered must have timed out, none in flight: \
+         {expired:?}"
+    );
+    assert!(
+        victim_share > READMITTED_MIN_SHARE,
+        "least_outstanding gave the readmitted {victim} {:.3} of the queries (per backend \
+         {share:?}), not about 1/3: are its timed-out queries still counted in flight?",
+        victim_share
+    );
+}
