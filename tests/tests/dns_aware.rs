@@ -9,6 +9,12 @@
 //!   once it answers well.
 //! - The latency histogram counts exactly the answers the client got, in the bucket of
 //!   the backends' delay, in `stats --json` and in `/metrics` alike.
+//! - A backend that stops answering is ejected for its timeouts, and once its
+//!   unanswered queries expired least_outstanding gives it its share again.
+//!
+//! Health transitions are timed on the traffic (the client's answers, the responder's
+//! queries): `stats` shows a backend's state only after an RCU grace period, and waits
+//! for the daemon's event loop, which grace periods hold up on a loaded machine.
 //!
 //! The tests run one at a time (their latencies would suffer from each other on two
 //! CPUs) and print one summary line per measurement (the closing note of issue 15
