@@ -158,11 +158,12 @@ const LO_RATE: u32 = 1000;
 const LO_RUN: Duration = Duration::from_secs(5);
 /// The client gives up on a query after this: SLOW_DELAY and ample slack.
 const LO_TIMEOUT: Duration = Duration::from_secs(2);
-/// The slow backend's share under least_outstanding stays under this. Two weighted
-/// draws of three equal backends pick the slow one twice 1/9 of the time (0.11); it
-/// wins no comparison while queries wait there (rate x share x delay, about 20 of
-/// them), and ties only when nothing waits there. Room above 1/9 for a fast responder
-/// stalled by the machine for a while; under nth the share is 1/3.
+/// The slow backend's share under least_outstanding stays under this. The second
+/// draw is made again (up to three times) while it names the first's backend, so
+/// the slow one is its own rival in 1/81 of picks; it wins no comparison while
+/// queries wait there (rate x share x delay), and ties only when nothing waits
+/// there. Room for a fast responder stalled by the machine for a while; under nth
+/// the share is 1/3.
 const LO_MAX_SLOW_SHARE: f64 = 0.2;
 
 /// What one policy did with the load.
@@ -316,7 +317,7 @@ fn dns_aware_least_outstanding_steers_around_a_slow_backend() {
         ms(SLOW_DELAY)
     );
 
-    // least_outstanding: the slow backend only wins when both draws pick it.
+    // least_outstanding: the slow backend only wins when the draws cannot avoid it.
     let lo_share = lo.share(SLOW);
     assert!(
         lo_share < LO_MAX_SLOW_SHARE,
@@ -358,13 +359,13 @@ fn dns_aware_least_outstanding_steers_around_a_slow_backend() {
     );
 }
 
-/// Issue 15 asks for the client's p99 to drop against nth. With the power of two
-/// choices drawing with replacement, 1/9 of the queries (three equal backends) go to
-/// the slow one whatever it has in flight, so everything above the ~89th percentile
-/// waits for it under both policies.
+/// Issue 15 asks for the client's p99 to drop against nth. Drawn with
+/// replacement, two choices would send 1/9 of the queries (three equal
+/// backends) to the slow one whatever it has in flight, and the p99 would wait
+/// for it; least_outstanding draws the second choice again while it names the
+/// first's backend, so the slow one takes a query only when it has as few in
+/// flight as a fast one, or in the 1/81 of picks whose redraws all failed.
 #[test]
-#[ignore = "least_outstanding draws its two choices with replacement: 1/9 of the queries \
-            go to the slow backend of three, so the p99 stays at its delay"]
 fn dns_aware_least_outstanding_cuts_the_p99() {
     let _serial = exclusive();
     let (nth, lo) = compare_policies("da1");
@@ -597,8 +598,9 @@ fn dns_aware_passive_health_ejects_a_servfail_backend_and_readmits_it() {
     );
     for (what, took) in [("first", readmission), ("second", final_readmission)] {
         assert!(
-            took + Duration::from_millis(100) >= EJECT_FOR && took <= EJECT_FOR + SLACK,
-            "the {what} ejection lasted {}, not eject_for {} (to a judging tick more)",
+            // Judged once a second: the tick nearest the end readmits.
+            took + Duration::from_millis(600) >= EJECT_FOR && took <= EJECT_FOR + SLACK,
+            "the {what} ejection lasted {}, not eject_for {} (to half a judging tick less, or more)",
             secs(took),
             secs(EJECT_FOR)
         );
@@ -628,7 +630,7 @@ fn dns_aware_passive_health_ejects_a_servfail_backend_and_readmits_it() {
     }
     let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
     let down_line = format!("service dns: backend {victim} is DOWN (passive health: ");
-    let up_line = format!("service dns: backend {victim} is up (passive health: ejected ");
+    let up_line = format!("service dns: backend {victim} is up (passive health: out for ");
     assert_eq!(
         (lines(&down_line), lines(&up_line)),
         (2, 2),
