@@ -50,8 +50,11 @@ impl BindServer {
         std::fs::write(&zone_path, zone_file(addr, addr6, label))
             .with_context(|| format!("writing {}", zone_path.display()))?;
         let conf_path = dir.path().join("named.conf");
-        std::fs::write(&conf_path, named_conf(dir.path(), addr, addr6, DNS_PORT))
-            .with_context(|| format!("writing {}", conf_path.display()))?;
+        std::fs::write(
+            &conf_path,
+            named_conf(dir.path(), addr, addr6, DNS_PORT, None),
+        )
+        .with_context(|| format!("writing {}", conf_path.display()))?;
         Ok(Self {
             child: None,
             addr,
@@ -101,6 +104,14 @@ impl BindServer {
             .with_context(|| format!("starting `{}`", command_line(&cmd)))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Rewrites the config with BIND's `udp-receive-buffer` (None: the kernel's
+    /// `net.core.rmem_default`); takes effect at the next start.
+    pub(crate) fn set_udp_receive_buffer(&mut self, bytes: Option<u32>) -> Result<()> {
+        let conf_path = self.dir.path().join("named.conf");
+        let conf = named_conf(self.dir.path(), self.addr, self.addr6, DNS_PORT, bytes);
+        std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))
     }
 
     /// SIGTERM, then SIGKILL after a grace period; always reaps the process.
@@ -193,8 +204,17 @@ impl Drop for BindServer {
 
 /// Everything named would otherwise write under /var/cache/bind or /run/named goes to
 /// `dir`, so servers run side by side and leave nothing behind.
-fn named_conf(dir: &Path, addr: Ipv4Addr, addr6: Ipv6Addr, port: u16) -> String {
+fn named_conf(
+    dir: &Path,
+    addr: Ipv4Addr,
+    addr6: Ipv6Addr,
+    port: u16,
+    udp_receive_buffer: Option<u32>,
+) -> String {
     let dir = dir.display();
+    // SO_RCVBUF: the kernel doubles it and caps the request at net.core.rmem_max.
+    let buffer =
+        udp_receive_buffer.map_or(String::new(), |b| format!("    udp-receive-buffer {b};\n"));
     format!(
         r#"options {{
     directory "{dir}";
@@ -206,7 +226,7 @@ fn named_conf(dir: &Path, addr: Ipv4Addr, addr6: Ipv6Addr, port: u16) -> String 
     recursion no;
     dnssec-validation no;
     notify no;
-}};
+{buffer}}};
 
 // No control channel: nothing may reach rndc, and no rndc.key is needed.
 controls {{ }};
@@ -294,10 +314,20 @@ mod tests {
             Ipv4Addr::new(10, 0, 0, 2),
             "2001:db8::2".parse().unwrap(),
             53,
+            None,
         );
         assert!(conf.contains("listen-on port 53 { 10.0.0.2; };"));
         assert!(conf.contains("listen-on-v6 port 53 { 2001:db8::2; };"));
         assert!(conf.contains("pid-file \"/tmp/x/named.pid\""));
         assert!(conf.contains("recursion no;"));
+        assert!(!conf.contains("udp-receive-buffer"));
+        let sized = named_conf(
+            Path::new("/tmp/x"),
+            Ipv4Addr::new(10, 0, 0, 2),
+            "2001:db8::2".parse().unwrap(),
+            53,
+            Some(138_000),
+        );
+        assert!(sized.contains("    notify no;\n    udp-receive-buffer 138000;\n};"));
     }
 }

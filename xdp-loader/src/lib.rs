@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod health;
 pub mod live;
 pub mod maps;

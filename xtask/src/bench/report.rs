@@ -19,11 +19,13 @@ use plotters::{
 };
 
 use super::{
-    BUSY_WARNING, BindMethod, BindStep, FOREIGN_USER, LOSS_LIMIT, MethodResult, Plan, Results,
-    SENT_SHARE, Status, Step,
+    BUSY_WARNING, BindMethod, FOREIGN_USER, LOSS_LIMIT, MethodResult, Plan, Results, SENT_SHARE,
+    Status, Step,
+    bind::{self, BindRuns, Versus},
     load::Latency,
     methods::{self, BASELINE, Kind, REFERENCE, Rules, Target},
     prog_cost::ProgCost,
+    repeat,
 };
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -119,10 +121,6 @@ pub fn new_results(plan: Plan) -> Result<Results> {
             first_line_with(&command_line("kxdpgun", &["--version"]), "version"),
         ),
         (
-            "dnsperf".to_owned(),
-            first_line_with(&command_line("dnsperf", &["-h"]), "Version"),
-        ),
-        (
             "named".to_owned(),
             first_line_with(&command_line("named", &["-v"]), "BIND"),
         ),
@@ -151,6 +149,7 @@ pub fn new_results(plan: Plan) -> Result<Results> {
         notes: Vec::new(),
         methods: Vec::new(),
         bind: Vec::new(),
+        bind_runs: None,
         prog_cost: None,
         elapsed_s: 0.0,
         only: Vec::new(),
@@ -249,17 +248,6 @@ pub fn latency_line(id: &str, l: &Latency) -> String {
         l.sent,
         us(l.p50_us),
         us(l.p99_us)
-    )
-}
-
-pub fn bind_line(id: &str, s: &BindStep) -> String {
-    format!(
-        "  {id} (BIND, dnsperf): offered {:>6}/s: sent {}, answered {} ({:.0}/s), unanswered {}",
-        s.offered,
-        s.burst.sent,
-        s.burst.answered,
-        s.answered_rate,
-        s.burst.unanswered()
     )
 }
 
@@ -695,18 +683,18 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
     let _ = writeln!(md, "## Every method against iptables nth\n");
     let _ = writeln!(
         md,
-        "| method | loss-free rate (q/s) | × iptables nth | peak answered q/s | × iptables nth | CPU µs/query at {} | net of baseline | × iptables nth (net) | p50 µs | p99 µs | busy before | |",
+        "| method | loss-free rate (q/s) | × iptables nth | peak answered q/s | × iptables nth | CPU µs/query at {} | net of baseline | × iptables nth (net) | softirq per CPU | p50 µs | p99 µs | busy before | |",
         opt(s.cpu_rate, |r| format!("{r}/s"))
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
     );
     for m in &results.methods {
         let lat = m.latency.as_ref();
         let _ = writeln!(
             md,
-            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             m.id,
             m.group,
             if matches!(m.status, Status::Measured) {
@@ -720,6 +708,13 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
             s.cpu_cells(m).0,
             s.cpu_cells(m).1,
             opt(s.net_cpu_ratio(m), |r| format!("{r:.2}")),
+            opt(
+                s.cpu_rate
+                    .and_then(|r| m.step_at(r))
+                    .and_then(|st| st.window.as_ref())
+                    .and_then(|w| w.cpu.softirq_split()),
+                |x| x
+            ),
             opt(lat.and_then(|l| l.p50_us), |v| format!("{v:.0}")),
             opt(lat.and_then(|l| l.p99_us), |v| format!("{v:.0}")),
             opt(m.background_busy, |b| format!("{:.0}%", b * 100.0)),
@@ -749,16 +744,112 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
         "\n![answered vs offered]({rate_png})\n\n![CPU per query]({cpu_png})\n"
     );
 
+    repeats_table(&mut md, results);
     targets(&mut md, results, &s);
     limits(&mut md, results);
     conntrack_table(&mut md, results);
-    bind_table(&mut md, results);
+    if let Some(runs) = &results.bind_runs {
+        bind_runs_section(&mut md, runs);
+    } else if !results.bind.is_empty() {
+        bind_table(&mut md, results);
+    }
     if let Some(cost) = &results.prog_cost {
         prog_cost_table(&mut md, cost);
     }
     curves(&mut md, results);
     setups(&mut md, results);
     md
+}
+
+/// The loss-free rates measured again, interleaved, with their spread.
+fn repeats_table(md: &mut String, results: &Results) {
+    let with: Vec<&MethodResult> = results
+        .methods
+        .iter()
+        .filter(|m| !m.repeats.is_empty())
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    let rounds = results.plan.repeat_rounds;
+    let _ = writeln!(md, "## The loss-free rate, repeated\n");
+    let _ = writeln!(
+        md,
+        "After every ladder, each method ran its loss-free rate and the ladder's next rate up once \
+         per round, {rounds} rounds, the methods in a rotated order each round (the same step \
+         length, pass rule and conntrack flush as the ladder). Per round, the loss-free rate is \
+         the higher of the two that passed, the lower passing too; \"<\" when the lower failed. \
+         **vs iptables nth**: beyond noise when the two methods' ranges over the rounds do not \
+         overlap.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| method | rates repeated | loss-free rate per round | median | min–max | passes at each rate | vs iptables nth |\n|---|---|---|---:|---:|---|---|"
+    );
+    let nums = |m: &MethodResult| -> Vec<f64> {
+        repeat::loss_free_per_round(m)
+            .iter()
+            .map(|r| r.map_or(0.0, f64::from))
+            .collect()
+    };
+    let base = results
+        .methods
+        .iter()
+        .find(|m| m.id == REFERENCE)
+        .filter(|m| !m.repeats.is_empty())
+        .map(nums);
+    for m in with {
+        let rates = repeat::candidates(m);
+        let lowest = rates.first().copied().unwrap_or(0);
+        let per = repeat::loss_free_per_round(m);
+        let v = nums(m);
+        let (lo, hi) = bind::range(&v);
+        // Only the loss-free rate repeated: the ladder never failed above it.
+        let at_least = if rates.len() == 1 { "≥ " } else { "" };
+        let show = |x: f64| {
+            if x > 0.0 {
+                format!("{at_least}{x:.0}")
+            } else {
+                format!("< {lowest}")
+            }
+        };
+        let passes = rates
+            .iter()
+            .map(|r| {
+                let at: Vec<&Step> = m
+                    .repeats
+                    .iter()
+                    .filter(|x| x.step.offered == *r)
+                    .map(|x| &x.step)
+                    .collect();
+                format!("{r}: {}/{}", at.iter().filter(|s| s.pass).count(), at.len())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {}–{} | {passes} | {} |",
+            m.id,
+            rates
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            per.iter()
+                .map(|r| r.map_or(format!("< {lowest}"), |r| format!("{at_least}{r}")))
+                .collect::<Vec<_>>()
+                .join(", "),
+            opt(bind::median(&v), show),
+            show(lo),
+            show(hi),
+            if m.id == REFERENCE {
+                "–"
+            } else {
+                versus_text(base.as_ref().and_then(|b| bind::versus(&v, b)), "rate")
+            }
+        );
+    }
+    let _ = writeln!(md);
 }
 
 fn conntrack_max(results: &Results) -> String {
@@ -972,6 +1063,292 @@ fn conntrack_table(md: &mut String, results: &Results) {
     let _ = writeln!(md);
 }
 
+/// `median (min–max)` of shares, in percent.
+fn spread_pct(v: &[f64]) -> String {
+    let Some(m) = bind::median(v) else {
+        return "–".to_owned();
+    };
+    let (lo, hi) = bind::range(v);
+    format!("{:.3}% ({:.3}–{:.3})", m * 100.0, lo * 100.0, hi * 100.0)
+}
+
+fn versus_text(v: Option<Versus>, what: &str) -> &'static str {
+    match (v, what) {
+        (Some(Versus::Higher), "loss") => "**higher, beyond noise**",
+        (Some(Versus::Lower), "loss") => "lower, beyond noise",
+        (Some(Versus::Higher), _) => "higher, beyond noise",
+        (Some(Versus::Lower), _) => "**lower, beyond noise**",
+        (Some(Versus::Within), _) => "within noise",
+        (None, _) => "too few repeats to say",
+    }
+}
+
+fn bind_runs_section(md: &mut String, runs: &BindRuns) {
+    let _ = writeln!(md, "## Real BIND 9 backends\n");
+    let reference = runs.cases.iter().find(|c| c.case.id == REFERENCE);
+    let loads: Vec<f64> = runs
+        .cases
+        .iter()
+        .flat_map(|c| c.steps.iter().map(|s| s.loadavg))
+        .collect();
+    let (load_lo, load_hi) = bind::range(&loads);
+    let _ = writeln!(
+        md,
+        "The XDP responders off, BIND 9 (`named -n 1`, one worker each) answering on the four \
+         backends, kxdpgun from the client sending a fresh flow per query (as in the capacity runs), \
+         {:.1} s per step at {:?} queries/s. {} rounds; in each round every case runs every rate \
+         once, the cases in a rotated order, so that other work on the machine falls on all of \
+         them alike (the 1-minute load average ranged {load_lo:.1}–{load_hi:.1} over the steps). \
+         BIND's receive buffer is the kernel's default (`net.core.rmem_default`) unless the case \
+         says `+buffer`: `udp-receive-buffer {}` in named.conf (the kernel doubles it to {} bytes). \
+         A difference is **beyond noise** when the two cases' ranges over the rounds do not overlap \
+         (5 rounds against 5: Mann–Whitney U = 0, p ≈ 0.008 two-sided); \"higher in k/n\" counts the \
+         rounds in which the case lost more than iptables nth in the same round. The run took {:.0} s.\n",
+        runs.step_s,
+        runs.rates,
+        runs.rounds,
+        runs.raised_buffer,
+        u64::from(runs.raised_buffer) * 2,
+        runs.elapsed_s
+    );
+
+    let _ = writeln!(md, "### How many queries a backend's socket holds\n");
+    let _ = writeln!(
+        md,
+        "Every named stopped (SIGSTOP), {} queries sent through the node under each method: \
+         what the kernel charged named's socket per queued query (the skb's truesize: `ss -m`'s \
+         `r` over the queries queued), its buffer (`rb`), and so how many queries it holds before \
+         it drops (`Udp: RcvbufErrors`).\n",
+        runs.probes.first().map_or(0, |p| p.sent)
+    );
+    let _ = writeln!(
+        md,
+        "| method | bytes per queued query | socket buffer (bytes) | queries it holds | dropped at the sockets |\n|---|---:|---:|---:|---:|"
+    );
+    for p in &runs.probes {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} of {} |",
+            p.case,
+            opt(p.bytes_per_query(), |b| format!("{b:.0}")),
+            p.buffer_bytes.first().copied().unwrap_or(0),
+            opt(p.holds(), |h| format!("{h:.0}")),
+            p.dropped.iter().sum::<u64>(),
+            p.sent
+        );
+    }
+    let _ = writeln!(md);
+
+    let _ = writeln!(
+        md,
+        "### Unanswered queries, median (min–max) over {} rounds\n",
+        runs.rounds
+    );
+    let measured: Vec<&bind::CaseResult> =
+        runs.cases.iter().filter(|c| !c.steps.is_empty()).collect();
+    let mut head = String::from("| offered q/s |");
+    let mut rule = String::from("|---:|");
+    for c in &measured {
+        let _ = write!(head, " {} |", c.case.id);
+        rule.push_str("---:|");
+    }
+    for c in measured.iter().filter(|c| c.case.id != REFERENCE) {
+        let _ = write!(head, " {} vs {REFERENCE} |", c.case.id);
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for &rate in &runs.rates {
+        let mut row = format!("| {rate} |");
+        for c in &measured {
+            let _ = write!(row, " {} |", spread_pct(&c.losses_at(rate)));
+        }
+        let base = reference.map(|r| r.losses_at(rate)).unwrap_or_default();
+        for c in measured.iter().filter(|c| c.case.id != REFERENCE) {
+            let mine = c.losses_at(rate);
+            let higher = reference.map_or(0, |r| {
+                c.steps
+                    .iter()
+                    .filter(|s| s.offered == rate)
+                    .filter(|s| {
+                        r.steps
+                            .iter()
+                            .find(|t| t.round == s.round && t.offered == rate)
+                            .is_some_and(|t| s.loss() > t.loss())
+                    })
+                    .count()
+            });
+            let _ = write!(
+                row,
+                " {}; higher in {higher}/{} |",
+                versus_text(bind::versus(&mine, &base), "loss"),
+                mine.len().min(base.len())
+            );
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(md);
+
+    let _ = writeln!(md, "### Every query answered up to\n");
+    let _ = writeln!(
+        md,
+        "Per round, the highest rate with no query unanswered (and every lower rate of that round \
+         too); \"<\" when the lowest rate already lost some.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| case | per round (q/s) | median | min–max | vs {REFERENCE} |\n|---|---|---:|---:|---|"
+    );
+    let lowest = runs.rates.first().copied().unwrap_or(0);
+    let as_num =
+        |v: &[Option<u32>]| -> Vec<f64> { v.iter().map(|r| r.map_or(0.0, f64::from)).collect() };
+    let text = |r: Option<u32>| r.map_or(format!("< {lowest}"), |r| r.to_string());
+    let base = reference.map(|r| as_num(&r.all_answered_per_round(&runs.rates)));
+    for c in &measured {
+        let per = c.all_answered_per_round(&runs.rates);
+        let nums = as_num(&per);
+        let (lo, hi) = bind::range(&nums);
+        let show = |x: f64| {
+            if x > 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("< {lowest}")
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {}–{} | {} |",
+            c.case.id,
+            per.iter().map(|r| text(*r)).collect::<Vec<_>>().join(", "),
+            opt(bind::median(&nums), show),
+            show(lo),
+            show(hi),
+            if c.case.id == REFERENCE {
+                "–"
+            } else {
+                versus_text(base.as_ref().and_then(|b| bind::versus(&nums, b)), "rate")
+            }
+        );
+    }
+    let _ = writeln!(md);
+
+    let _ = writeln!(
+        md,
+        "### Where the queries were lost, and where the CPU went\n"
+    );
+    let _ = writeln!(
+        md,
+        "Medians over the rounds at each rate. **at the sockets**: `Udp: RcvbufErrors` summed over \
+         the four backends as a share of the unanswered queries (the rest was lost elsewhere or \
+         answered late). **named CPU**: the four named processes' CPU time over the step's wall \
+         time (100% = one CPU). **softirq per CPU**: each CPU's tick-sampled softirq share in \
+         kxdpgun's steady window (kxdpgun runs on cpu0, and an AF_XDP send into a veth runs the \
+         receiving side's processing on the sender's CPU); **softirq µs/query**: all CPUs' softirq \
+         time in the window over the queries sent in it. **busy**: the machine's busy share in that window, everything included.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| case | offered q/s | at the sockets | named CPU | softirq per CPU | softirq µs/query | busy |\n|---|---:|---:|---:|---|---:|---:|"
+    );
+    for c in &measured {
+        for &rate in &runs.rates {
+            let steps: Vec<&bind::Step> = c.steps.iter().filter(|s| s.offered == rate).collect();
+            let lost: u64 = steps.iter().map(|s| s.burst.unanswered()).sum();
+            let at_socket: u64 = steps.iter().flat_map(|s| s.rcvbuf_errors.iter()).sum();
+            let named: Vec<f64> = steps
+                .iter()
+                .map(|s| s.named_cpu_s / s.wall_s.max(1e-9))
+                .collect();
+            let cpus = steps
+                .iter()
+                .filter_map(|s| s.window.as_ref())
+                .map(|w| w.cpu.softirq_per_cpu_s.len())
+                .max()
+                .unwrap_or(0);
+            let split = (0..cpus)
+                .map(|i| {
+                    let v: Vec<f64> = steps
+                        .iter()
+                        .filter_map(|s| s.window.as_ref())
+                        .filter_map(|w| {
+                            Some(w.cpu.softirq_per_cpu_s.get(i)? / w.cpu.wall_s.max(1e-9))
+                        })
+                        .collect();
+                    format!(
+                        "cpu{i} {}",
+                        opt(bind::median(&v), |m| format!("{:.0}%", m * 100.0))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let busy: Vec<f64> = steps
+                .iter()
+                .filter_map(|s| s.window.as_ref())
+                .map(|w| w.cpu.busy_share())
+                .collect();
+            let softirq_us: Vec<f64> = steps
+                .iter()
+                .filter_map(|s| s.window.as_ref())
+                .filter(|w| w.sent > 0)
+                .map(|w| w.cpu.softirq_per_cpu_s.iter().sum::<f64>() * 1e6 / w.sent as f64)
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {rate} | {} | {} | {} | {} | {} |",
+                c.case.id,
+                if lost == 0 {
+                    "–".to_owned()
+                } else {
+                    format!("{:.0}% of {lost}", at_socket as f64 / lost as f64 * 100.0)
+                },
+                opt(bind::median(&named), |m| format!("{:.0}%", m * 100.0)),
+                if split.is_empty() {
+                    "–".to_owned()
+                } else {
+                    split
+                },
+                opt(bind::median(&softirq_us), |m| format!("{m:.1}")),
+                opt(bind::median(&busy), |m| format!("{:.0}%", m * 100.0)),
+            );
+        }
+    }
+    let _ = writeln!(md);
+    for c in runs.cases.iter().filter(|c| c.reason.is_some()) {
+        let _ = writeln!(
+            md,
+            "- `{}`: {}",
+            c.case.id,
+            c.reason
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "<details><summary>Every step of the BIND run</summary>\n"
+    );
+    for c in &measured {
+        let steps: Vec<String> = c
+            .steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "r{} {} → {:.3}% ({} at sockets, load {:.1})",
+                    s.round,
+                    s.offered,
+                    s.loss() * 100.0,
+                    s.rcvbuf_errors.iter().sum::<u64>(),
+                    s.loadavg
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "- `{}`: {}", c.case.id, steps.join("; "));
+    }
+    let _ = writeln!(md, "\n</details>\n");
+}
+
 fn bind_table(md: &mut String, results: &Results) {
     let _ = writeln!(md, "## Real BIND 9 backends\n");
     let _ = writeln!(
@@ -1090,7 +1467,7 @@ fn curves(md: &mut String, results: &Results) {
     let _ = writeln!(md, "## Every step\n");
     let _ = writeln!(
         md,
-        "Offered → sent/s, answered/s (unanswered %), busy CPU µs per query; ✗ a failed step.\n"
+        "Offered → sent/s, answered/s (unanswered %), busy CPU µs per query, each CPU's tick-sampled softirq share of the window; ✗ a failed step.\n"
     );
     for m in results.methods.iter().filter(|m| !m.steps.is_empty()) {
         let steps: Vec<String> = m
@@ -1098,13 +1475,17 @@ fn curves(md: &mut String, results: &Results) {
             .iter()
             .map(|s| {
                 format!(
-                    "{} → {:.0}, {:.0} ({:.2}%{}, {})",
+                    "{} → {:.0}, {:.0} ({:.2}%{}, {}{})",
                     s.offered,
                     s.sent as f64 / s.duration_s.max(1e-9),
                     s.answered as f64 / s.duration_s.max(1e-9),
                     s.loss * 100.0,
                     if s.pass { "" } else { " ✗" },
-                    opt(s.cpu_us_per_query, |c| format!("{c:.2} µs"))
+                    opt(s.cpu_us_per_query, |c| format!("{c:.2} µs")),
+                    s.window
+                        .as_ref()
+                        .and_then(|w| w.cpu.softirq_split())
+                        .map_or(String::new(), |x| format!("; softirq {x}"))
                 )
             })
             .collect();
