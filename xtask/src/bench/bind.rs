@@ -24,6 +24,7 @@ use testbed::{BACKEND_IFACE, NetNs};
 
 use super::{
     INTERRUPTED, MethodResult, Plan, SENT_SHARE, Status, check_interrupt,
+    cpu::{CpuUse, Ticks},
     load::{self, Burst},
     methods::{self, Method},
     put_on, say,
@@ -95,6 +96,10 @@ pub struct Step {
     pub wall_s: f64,
     /// kxdpgun's steady window (per-CPU softirq and busy time in it).
     pub window: Option<load::Window>,
+    /// CPU time over the whole step (kxdpgun's start and wait included): the
+    /// tick-sampled softirq split gets more ticks than in the window.
+    #[serde(default)]
+    pub cpu: CpuUse,
     /// /proc/loadavg's 1-minute figure when the step started.
     pub loadavg: f64,
 }
@@ -361,11 +366,7 @@ pub fn probe_line(p: &Probe) -> String {
 }
 
 pub fn step_line(id: &str, s: &Step) -> String {
-    let split = s
-        .window
-        .as_ref()
-        .and_then(|w| w.cpu.softirq_split())
-        .unwrap_or_default();
+    let split = s.cpu.softirq_split().unwrap_or_default();
     format!(
         "  [{}] {id} (BIND): offered {:>6}/s: sent {}, answered {} ({:.3}% unanswered{}), RcvbufErrors {:?}, named CPU {:.0}%, softirq {split}, load {:.1}",
         s.round,
@@ -391,6 +392,7 @@ fn step(bed: &Bed, queries: &Path, plan: &Plan, round: usize, rate: u32) -> Resu
     let errors0: Vec<u64> = pids.iter().map(|p| rcvbuf_errors(*p)).collect();
     let cpu0: f64 = pids.iter().map(|p| process_cpu_s(*p)).sum();
     let load = loadavg();
+    let ticks = Ticks::now()?;
     let started = Instant::now();
     let (burst, window) = load::kxdpgun(
         &bed.topo.client,
@@ -401,6 +403,7 @@ fn step(bed: &Bed, queries: &Path, plan: &Plan, round: usize, rate: u32) -> Resu
         Duration::from_secs_f64(plan.bind_step_s),
     )?;
     let wall_s = started.elapsed().as_secs_f64();
+    let cpu = CpuUse::between(ticks, Ticks::now()?);
     let named_cpu_s = pids.iter().map(|p| process_cpu_s(*p)).sum::<f64>() - cpu0;
     let rcvbuf_errors = pids
         .iter()
@@ -416,6 +419,7 @@ fn step(bed: &Bed, queries: &Path, plan: &Plan, round: usize, rate: u32) -> Resu
         named_cpu_s,
         wall_s,
         window,
+        cpu,
         loadavg: load,
     })
 }
@@ -647,6 +651,7 @@ mod tests {
             named_cpu_s: 0.0,
             wall_s: 1.0,
             window: None,
+            cpu: CpuUse::default(),
             loadavg: 0.0,
         };
         let r = CaseResult {
