@@ -2,8 +2,9 @@
 //! host makes a backend drop queries that dnsteer steered.
 //!
 //! A query that native XDP passes on a veth reaches the backend in a
-//! page-pool buffer: veth copies every frame with less than 256 bytes of
-//! headroom into one before the program runs, and the skb built from it is
+//! page-pool buffer: veth copies nearly every skb (a kmalloc'd head, a clone,
+//! fragments, or less than 256 bytes of headroom: `veth_convert_skb_to_xdp_buff`)
+//! into one before the program runs, and the skb built from it is
 //! charged 1075 bytes (its truesize) against the backend's socket receive
 //! buffer, where the stack's own skb is charged 832 (docs/BENCHMARKS.md, "How
 //! many queries a backend's socket holds"). With the default 212992-byte
