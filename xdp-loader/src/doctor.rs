@@ -22,6 +22,8 @@ use crate::config::{self, XdpModeSetting};
 /// buffer.
 pub const STACK_TRUESIZE: u64 = 832;
 pub const XDP_VETH_TRUESIZE: u64 = 1075;
+/// The mean in skb (generic) mode on a veth, measured the same way.
+pub const SKB_MODE_TRUESIZE: u64 = 1006;
 
 /// The `udp-receive-buffer` for BIND that holds as many XDP-passed queries as
 /// `rmem_default` holds of the stack's: SO_RCVBUF is doubled by the kernel.
@@ -136,7 +138,8 @@ pub fn receive_buffer_note(iface: &str, mode: XdpModeSetting) -> Option<String> 
         "receive buffers: with native XDP on the veth {iface}, a query reaches its backend charged {XDP_VETH_TRUESIZE} bytes \
          (its skb's truesize) instead of {STACK_TRUESIZE}: a socket with net.core.rmem_default = {rmem} holds {} queries, not {}, \
          and BIND drops the rest (Udp: RcvbufErrors) while named waits for a CPU. Give BIND `udp-receive-buffer {};` or more \
-         (net.core.rmem_max must allow it), or run with xdp_mode = \"skb\"; `dnsteer doctor` and README \"Receive buffers\" say more",
+         (net.core.rmem_max must allow it); xdp_mode = \"skb\" gets part of the way ({SKB_MODE_TRUESIZE} bytes a query). \
+         `dnsteer doctor` and README \"Receive buffers on the backends\" say more",
         rmem / XDP_VETH_TRUESIZE,
         rmem / STACK_TRUESIZE,
         buffer_for(rmem)
@@ -173,10 +176,9 @@ pub fn report(iface: Option<&str>, mode: XdpModeSetting) -> Vec<String> {
             (Some("veth"), true) => out.push(format!(
                 "  native XDP on a veth: queries reach the backends charged {XDP_VETH_TRUESIZE} bytes each, not {STACK_TRUESIZE} (see below)"
             )),
-            (Some("veth"), false) => out.push(
-                "  skb mode on a veth: the skbs stay the stack's; XDP_REDIRECT (forward = \"redirect\") still needs GRO or XDP on the backends' veths"
-                    .to_owned(),
-            ),
+            (Some("veth"), false) => out.push(format!(
+                "  skb mode on a veth: queries reach the backends charged {SKB_MODE_TRUESIZE} bytes each on average, not {STACK_TRUESIZE}"
+            )),
             (Some(_), true) => out.push(
                 "  native XDP: the driver builds the skbs of passed packets from its XDP buffers, and some charge a page or half a page per packet; \
                  measure on a backend: `ss -uamn` with named stopped (SIGSTOP), skmem r / Recv-Q packets"
@@ -191,9 +193,10 @@ pub fn report(iface: Option<&str>, mode: XdpModeSetting) -> Vec<String> {
                 "receive buffers (this namespace): net.core.rmem_default {rmem}, net.core.rmem_max {max}"
             ));
             out.push(format!(
-                "  a socket with the default buffer holds {} queries charged {STACK_TRUESIZE} bytes (no XDP, or skb mode), {} charged {XDP_VETH_TRUESIZE} (native XDP on a veth)",
+                "  a socket with the default buffer holds {} queries charged {STACK_TRUESIZE} bytes (no XDP), {} charged {XDP_VETH_TRUESIZE} (native XDP on a veth), {} charged {SKB_MODE_TRUESIZE} (skb mode on a veth, mean)",
                 rmem / STACK_TRUESIZE,
-                rmem / XDP_VETH_TRUESIZE
+                rmem / XDP_VETH_TRUESIZE,
+                rmem / SKB_MODE_TRUESIZE
             ));
             let want = buffer_for(rmem);
             out.push(format!(

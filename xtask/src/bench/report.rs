@@ -607,6 +607,23 @@ fn markdown(results: &Results, json: &str, rate_png: &str, cpu_png: &str) -> Str
         results.kernel,
         results.elapsed_s / 60.0
     );
+    let busy: Vec<f64> = results
+        .methods
+        .iter()
+        .filter_map(|m| m.background_busy)
+        .collect();
+    if let Some(b) = bind::median(&busy).filter(|b| *b > BUSY_WARNING) {
+        let _ = writeln!(
+            md,
+            "**This run shared the machine with other work**: a median {:.0}% of it was busy just \
+             before each method, with nothing of the bench running. The rates are lower than on a \
+             quiet machine and move from step to step; CPU figures marked † are the busy time less \
+             the window's user time and still hold other programs' system time. Compare methods \
+             through the interleaved repeats (the loss-free rate, repeated; the BIND run's rounds) \
+             and their ranges, not through single steps.\n",
+            b * 100.0
+        );
+    }
     let _ = writeln!(
         md,
         "Versions: {}.\n",
@@ -1518,6 +1535,16 @@ fn bind_mechanism(md: &mut String, runs: &BindRuns) {
          40000 and 50000 queries/s (iptables nth, dnsteer driver and skb modes interleaved); \
          `/proc/net/softnet_stat` counted no drops and one time squeeze \
          in those steps.\n"
+    );
+    let _ = writeln!(
+        md,
+        "A controlled stall, by hand on the same topology (2026-12-01), where the machine's own \
+         noise cannot hide the buffer: every named stopped (SIGSTOP) for 60 ms every 250 ms while \
+         kxdpgun sends 20000 queries/s for 3 s (11 stalls), 3 rounds, the cases interleaved. \
+         Queries dropped at the sockets: iptables nth 2361–3072, dnsteer nth (driver) 5082–7381, \
+         dnsteer nth with `udp-receive-buffer 138000` 2601–3409; per stall and backend 54–70, \
+         116–168 and 59–78. dnsteer's range lies above iptables' (beyond noise); with the buffer \
+         that holds as many of its queries, it overlaps iptables'.\n"
     );
 }
 
