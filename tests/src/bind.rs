@@ -46,6 +46,8 @@ pub(crate) struct BindServer {
     child: Option<Child>,
     addr: Ipv4Addr,
     addr6: Ipv6Addr,
+    /// `max-udp-size` and `edns-udp-size`; None: BIND's default.
+    max_udp_size: Option<u16>,
     dir: TempDir,
 }
 
@@ -64,18 +66,31 @@ impl BindServer {
         std::fs::write(&zone_path, zone_file(addr, addr6, label))
             .with_context(|| format!("writing {}", zone_path.display()))?;
         let conf_path = dir.path().join("named.conf");
-        let mut conf = named_conf(dir.path(), addr, addr6, DNS_PORT);
-        if let Some(size) = max_udp_size {
-            conf = with_udp_size(&conf, size);
-        }
-        std::fs::write(&conf_path, conf)
-            .with_context(|| format!("writing {}", conf_path.display()))?;
-        Ok(Self {
+        let server = Self {
             child: None,
             addr,
             addr6,
+            max_udp_size,
             dir,
-        })
+        };
+        std::fs::write(&conf_path, server.conf(None))
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+        Ok(server)
+    }
+
+    /// The config: `named_conf` with this server's `max-udp-size`, if any.
+    fn conf(&self, udp_receive_buffer: Option<u32>) -> String {
+        let conf = named_conf(
+            self.dir.path(),
+            self.addr,
+            self.addr6,
+            DNS_PORT,
+            udp_receive_buffer,
+        );
+        match self.max_udp_size {
+            Some(size) => with_udp_size(&conf, size),
+            None => conf,
+        }
     }
 
     pub(crate) fn target(&self) -> SocketAddr {
@@ -119,6 +134,14 @@ impl BindServer {
             .with_context(|| format!("starting `{}`", command_line(&cmd)))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Rewrites the config with BIND's `udp-receive-buffer` (None: the kernel's
+    /// `net.core.rmem_default`); takes effect at the next start.
+    pub(crate) fn set_udp_receive_buffer(&mut self, bytes: Option<u32>) -> Result<()> {
+        let conf_path = self.dir.path().join("named.conf");
+        std::fs::write(&conf_path, self.conf(bytes))
+            .with_context(|| format!("writing {}", conf_path.display()))
     }
 
     /// SIGTERM, then SIGKILL after a grace period; always reaps the process.
@@ -211,8 +234,17 @@ impl Drop for BindServer {
 
 /// Everything named would otherwise write under /var/cache/bind or /run/named goes to
 /// `dir`, so servers run side by side and leave nothing behind.
-fn named_conf(dir: &Path, addr: Ipv4Addr, addr6: Ipv6Addr, port: u16) -> String {
+fn named_conf(
+    dir: &Path,
+    addr: Ipv4Addr,
+    addr6: Ipv6Addr,
+    port: u16,
+    udp_receive_buffer: Option<u32>,
+) -> String {
     let dir = dir.display();
+    // SO_RCVBUF: the kernel doubles it and caps the request at net.core.rmem_max.
+    let buffer =
+        udp_receive_buffer.map_or(String::new(), |b| format!("    udp-receive-buffer {b};\n"));
     format!(
         r#"options {{
     directory "{dir}";
@@ -224,7 +256,7 @@ fn named_conf(dir: &Path, addr: Ipv4Addr, addr6: Ipv6Addr, port: u16) -> String 
     recursion no;
     dnssec-validation no;
     notify no;
-}};
+{buffer}}};
 
 // No control channel: nothing may reach rndc, and no rndc.key is needed.
 controls {{ }};
@@ -334,6 +366,7 @@ mod tests {
             Ipv4Addr::new(10, 0, 0, 2),
             "2001:db8::2".parse().unwrap(),
             53,
+            None,
         );
         assert!(conf.contains("listen-on port 53 { 10.0.0.2; };"));
         assert!(conf.contains("listen-on-v6 port 53 { 2001:db8::2; };"));
@@ -342,6 +375,15 @@ mod tests {
         assert!(!conf.contains("max-udp-size"));
         let conf = with_udp_size(&conf, 4096);
         assert!(conf.contains("    max-udp-size 4096;\n    edns-udp-size 4096;\n"));
+        assert!(!conf.contains("udp-receive-buffer"));
+        let sized = named_conf(
+            Path::new("/tmp/x"),
+            Ipv4Addr::new(10, 0, 0, 2),
+            "2001:db8::2".parse().unwrap(),
+            53,
+            Some(138_000),
+        );
+        assert!(sized.contains("    notify no;\n    udp-receive-buffer 138000;\n};"));
     }
 
     #[test]

@@ -419,6 +419,22 @@ impl Topology {
         self.split().1.start(i)
     }
 
+    /// Restarts every backend's named with BIND's `udp-receive-buffer` set to
+    /// `bytes` (None: the kernel's default, `net.core.rmem_default`) and waits
+    /// until each answers.
+    pub fn set_dns_receive_buffer(&mut self, bytes: Option<u32>) -> Result<()> {
+        for i in 0..self.backends.len() {
+            let server = self.backends[i]
+                .dns
+                .as_mut()
+                .context("this topology was built with dns: false")?;
+            server.stop()?;
+            server.set_udp_receive_buffer(bytes)?;
+            self.start_dns(i)?;
+        }
+        Ok(())
+    }
+
     /// The client namespace and the backends' named processes apart, so a load
     /// can run from the client while named is stopped and started.
     pub fn split(&mut self) -> (&NetNs, DnsControl<'_>) {

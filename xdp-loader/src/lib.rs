@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod health;
 pub mod live;
 pub mod observe;

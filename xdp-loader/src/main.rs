@@ -9,6 +9,7 @@ use dnsteer::{
     control::{self, Op, Request},
     daemon::{RunOptions, run},
     datapath::pins::Instance,
+    doctor,
     observe::stats,
 };
 
@@ -64,6 +65,17 @@ enum Command {
         /// The interface; optional when only one instance runs.
         #[arg(long)]
         iface: Option<String>,
+    },
+    /// Check what on this host makes backends drop steered queries (socket
+    /// receive buffers, the interface's driver); run it on the node and in a
+    /// backend's network namespace.
+    Doctor {
+        /// The interface dnsteer steers on (default: the config's, if given).
+        #[arg(long)]
+        iface: Option<String>,
+        /// A dnsteer config to take the interface and `xdp_mode` from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Print where every packet went, from a running instance's pinned maps.
     Stats {
@@ -318,6 +330,7 @@ fn main() -> Result<()> {
             metrics_listen,
             persist,
         } => {
+            doctor::log_at_start(&config, iface.as_deref(), xdp_mode);
             // Two workers: probes keep their timing while the run loop waits out
             // a change's grace periods.
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -334,6 +347,15 @@ fn main() -> Result<()> {
             }))
         }
         Command::Stop { iface } => stop_command(iface),
+        Command::Doctor { iface, config } => {
+            let config = config.map(|p| config::load(&p)).transpose()?;
+            let iface = iface.or_else(|| config.as_ref().map(|c| c.interface.clone()));
+            let mode = config.map_or(XdpModeSetting::Auto, |c| c.xdp_mode);
+            for line in doctor::report(iface.as_deref(), mode) {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Stats {
             iface,
             json,

@@ -140,12 +140,11 @@ fn install(packages: &[&str], what: &str) -> Result<()> {
 /// What `cargo xtask bench` drives besides the test tools: the methods it
 /// compares, the load generators, and the plots' font.
 pub fn bench_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 6] = [
+    const TOOLS: [(&str, &str); 5] = [
         ("iptables", "iptables"),
         ("nft", "nftables"),
         ("conntrack", "conntrack"),
         ("kxdpgun", "knot-dnsutils"),
-        ("dnsperf", "dnsperf"),
         (
             "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
             "fonts-dejavu-core",

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use testbed::NetNs;
 
 /// The aggregate `cpu` line of /proc/stat, in clock ticks, and when it was read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ticks {
     pub at: Instant,
     pub user: u64,
@@ -30,6 +30,8 @@ pub struct Ticks {
     pub softirq: u64,
     /// idle + iowait: measured, not sampled, with NO_HZ.
     pub idle: u64,
+    /// Each CPU's `cpuN` line: (softirq, idle + iowait).
+    pub per_cpu: Vec<(u64, u64)>,
 }
 
 impl Ticks {
@@ -52,6 +54,19 @@ pub fn parse_stat(stat: &str, at: Instant) -> Result<Ticks> {
         .context("parsing /proc/stat")?;
     let field = |i: usize| v.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest time is inside user)
+    let per_cpu = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let f = |i: usize| v.get(i).copied().unwrap_or(0);
+            (f(6), f(3) + f(4))
+        })
+        .collect();
     Ok(Ticks {
         at,
         user: field(0) + field(1),
@@ -59,11 +74,12 @@ pub fn parse_stat(stat: &str, at: Instant) -> Result<Ticks> {
         irq: field(5),
         softirq: field(6),
         idle: field(3) + field(4),
+        per_cpu,
     })
 }
 
 /// CPU time between two samples, in seconds, over all CPUs.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CpuUse {
     pub wall_s: f64,
     pub cpus: usize,
@@ -74,6 +90,13 @@ pub struct CpuUse {
     pub system_s: f64,
     pub irq_s: f64,
     pub softirq_s: f64,
+    /// Each CPU's tick-sampled softirq time, seconds: where the packet
+    /// processing ran (kxdpgun's CPU takes the sending side's softirq work).
+    #[serde(default)]
+    pub softirq_per_cpu_s: Vec<f64>,
+    /// Each CPU's busy time (wall time less its measured idle), seconds.
+    #[serde(default)]
+    pub busy_per_cpu_s: Vec<f64>,
 }
 
 impl CpuUse {
@@ -90,7 +113,31 @@ impl CpuUse {
             system_s: s(a.system, b.system),
             irq_s: s(a.irq, b.irq),
             softirq_s: s(a.softirq, b.softirq),
+            softirq_per_cpu_s: a
+                .per_cpu
+                .iter()
+                .zip(&b.per_cpu)
+                .map(|(x, y)| s(x.0, y.0))
+                .collect(),
+            busy_per_cpu_s: a
+                .per_cpu
+                .iter()
+                .zip(&b.per_cpu)
+                .map(|(x, y)| (wall_s - s(x.1, y.1)).max(0.0))
+                .collect(),
         }
+    }
+
+    /// Each CPU's softirq share of its wall time, in percent, as `cpu0 12%, cpu1 3%`.
+    pub fn softirq_split(&self) -> Option<String> {
+        (!self.softirq_per_cpu_s.is_empty() && self.wall_s > 0.0).then(|| {
+            self.softirq_per_cpu_s
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("cpu{i} {:.0}%", s / self.wall_s * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     /// The sampled kernel share: system + irq + softirq, seconds.
@@ -184,7 +231,12 @@ mod tests {
     fn busy_time_from_measured_idle() {
         let t0 = Instant::now();
         let hz = clock_ticks_per_second();
-        let a = parse_stat("cpu  10 0 20 1000 0 1 5 0 0 0\ncpu0 1 2 3\n", t0).unwrap();
+        let a = parse_stat(
+            "cpu  10 0 20 1000 0 1 5 0 0 0\ncpu0 1 2 3 500 0 0 2\ncpu1 1 2 3 500 0 0 3\n",
+            t0,
+        )
+        .unwrap();
+        assert_eq!(a.per_cpu, vec![(2, 500), (3, 500)]);
         let later = t0 + std::time::Duration::from_secs(1);
         let b = parse_stat("cpu  15 0 40 1100 7 2 25 0 0 0\n", later).unwrap();
         let used = CpuUse::between(a, b);

@@ -1,6 +1,6 @@
 //! The loads: kxdpgun (AF_XDP, a new source port and address walk so every
-//! query is a new flow) for capacity, dnsperf for the run against BIND, and the
-//! test bed's paced generator for round trips.
+//! query is a new flow) for capacity and the run against BIND, and the test
+//! bed's paced generator for round trips.
 
 use std::{
     fs,
@@ -22,7 +22,7 @@ use super::{
     setup::LOADGEN_SOURCES,
 };
 
-/// What one kxdpgun or dnsperf run reported.
+/// What one kxdpgun run reported.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Burst {
     pub sent: u64,
@@ -45,7 +45,7 @@ impl Burst {
     }
 }
 
-/// The query kxdpgun and dnsperf send, as their input file.
+/// The query kxdpgun sends, as its input file.
 pub fn write_query_file(dir: &Path) -> Result<std::path::PathBuf> {
     let path = dir.join("queries.txt");
     fs::write(&path, format!("{WHOAMI_NAME} A\n")).context("writing the query file")?;
@@ -182,63 +182,6 @@ pub fn parse_kxdpgun(out: &str, duration: Duration) -> Result<Vec<Burst>> {
     Ok(totals)
 }
 
-/// dnsperf at `rate` for `duration` against `target` from the client, 64
-/// clients (sockets), 1 s timeout.
-pub fn dnsperf(
-    client: &NetNs,
-    queries: &Path,
-    target: SocketAddr,
-    rate: u32,
-    duration: Duration,
-) -> Result<Burst> {
-    let secs = duration.as_secs().max(1).to_string();
-    let mut cmd = client.command("dnsperf");
-    cmd.args([
-        "-s",
-        &target.ip().to_string(),
-        "-p",
-        &target.port().to_string(),
-    ])
-    .args(["-l", &secs, "-Q", &rate.to_string(), "-c", "64", "-t", "1"])
-    .args(["-q", "10000", "-d"])
-    .arg(queries);
-    let out = cmd.output().context("starting dnsperf")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "dnsperf failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            stdout.trim()
-        );
-    }
-    parse_dnsperf(&stdout).with_context(|| format!("reading dnsperf's output:\n{stdout}"))
-}
-
-/// dnsperf's statistics: `Queries sent: N`, `Queries completed: M (...)`,
-/// `Run time (s): T`.
-pub fn parse_dnsperf(out: &str) -> Result<Burst> {
-    let field = |label: &str| -> Option<&str> {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next())
-    };
-    let sent = field("Queries sent:")
-        .context("no `Queries sent:`")?
-        .parse()?;
-    let answered = field("Queries completed:")
-        .context("no `Queries completed:`")?
-        .parse()?;
-    let duration_s = field("Run time (s):")
-        .context("no `Run time (s):`")?
-        .parse()?;
-    Ok(Burst {
-        sent,
-        answered,
-        duration_s,
-    })
-}
-
 /// Round trips at a steady rate (the test bed's paced generator: a fresh
 /// kernel UDP socket per query), over the queries answered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -309,14 +252,6 @@ mod tests {
         assert_eq!(none.unwrap()[0].loss(), 1.0);
         let failed = parse_kxdpgun("failed to initialize XDP socket\n", Duration::from_secs(1));
         assert!(failed.is_err());
-    }
-
-    #[test]
-    fn reads_dnsperf_statistics() {
-        let out = "Statistics:\n\n  Queries sent:         20000\n  Queries completed:    19998 (99.99%)\n  Queries lost:         2 (0.01%)\n\n  Run time (s):         2.000113\n";
-        let burst = parse_dnsperf(out).unwrap();
-        assert_eq!((burst.sent, burst.answered), (20000, 19998));
-        assert!((burst.duration_s - 2.000113).abs() < 1e-9);
     }
 
     #[test]

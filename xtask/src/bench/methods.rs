@@ -2,7 +2,6 @@
 //! taken off again. Rules go into the node's namespace only.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
     net::{Ipv4Addr, SocketAddr},
@@ -459,48 +458,6 @@ pub fn remove(applied: Applied, node: &NetNs) -> Result<()> {
         Applied::Netfilter => node.run(&["nft", "flush", "ruleset"]).map(drop),
         Applied::Dnsteer(mut d) => d.stop(),
     }
-}
-
-/// How the flows the node holds are spread over the backends: conntrack's
-/// entries by the address that replies, or dnsteer's new flows per backend.
-/// Empty when neither can be read.
-pub fn flows_per_backend(applied: &Applied, node: &NetNs) -> BTreeMap<String, u64> {
-    let mut split = BTreeMap::new();
-    match applied {
-        Applied::Nothing => {}
-        Applied::Netfilter => {
-            let list = node
-                .run(&["conntrack", "-L", "-p", "udp", "--orig-port-dst", "53"])
-                .unwrap_or_default();
-            for line in list.lines() {
-                // The second src= is the reply's source: the backend.
-                if let Some(backend) = line
-                    .split_whitespace()
-                    .filter_map(|f| f.strip_prefix("src="))
-                    .nth(1)
-                {
-                    *split.entry(backend.to_owned()).or_default() += 1;
-                }
-            }
-        }
-        Applied::Dnsteer(d) => {
-            let json: serde_json::Value = d
-                .stats(&["--json"])
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            for b in json["services"][0]["backends"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                if let (Some(addr), Some(n)) = (b["address"].as_str(), b["new_flows"].as_u64()) {
-                    split.insert(addr.to_owned(), n);
-                }
-            }
-        }
-    }
-    split
 }
 
 /// Empties the node's conntrack table, so each step starts from none.

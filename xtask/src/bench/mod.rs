@@ -3,15 +3,18 @@
 //!
 //! - `setup`: the namespaces, the XDP responders, the load generator's route.
 //! - `methods`: the methods as data, and how each is put on the node.
-//! - `load`: kxdpgun, dnsperf and the paced round-trip load.
+//! - `load`: kxdpgun and the paced round-trip load.
 //! - `cpu`: kernel CPU time from /proc/stat, conntrack's counters.
 //! - `prog_cost`: BPF_PROG_TEST_RUN of the XDP program next to a trivial one.
+//! - `bind`: the methods interleaved against real BIND 9.
 //! - `report`: the JSON, docs/BENCHMARKS.md and the plots.
 
+mod bind;
 mod cpu;
 mod load;
 mod methods;
 mod prog_cost;
+mod repeat;
 mod report;
 mod setup;
 
@@ -25,7 +28,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use self::{
-    cpu::{ConntrackStats, CpuUse, Ticks},
+    cpu::{ConntrackStats, CpuUse},
     load::{Burst, Latency, Window},
     methods::{Applied, Kind, Method, Target, Unavailable},
     setup::Bed,
@@ -42,6 +45,10 @@ pub const SENT_SHARE: f64 = 0.95;
 /// and a warning is printed when more than `BUSY_WARNING` of it was busy.
 const BACKGROUND: Duration = Duration::from_secs(1);
 const BUSY_WARNING: f64 = 0.10;
+/// BIND's `udp-receive-buffer` in the BIND run's `+buffer` cases: the kernel
+/// doubles it to a 276000-byte buffer, which holds as many queries charged
+/// 1077 bytes (an XDP-built skb) as the default 212992 bytes holds at 832.
+const BIND_RECEIVE_BUFFER: u32 = 138_000;
 /// The lowest rate the ladder goes down to for a method slower than its start.
 const MIN_RATE: u32 = 1000;
 /// The bench's own processes spend almost no user time (kxdpgun sends from the
@@ -60,9 +67,21 @@ pub struct Plan {
     pub failures_to_stop: usize,
     pub latency_rate: u32,
     pub latency_s: f64,
-    /// dnsperf's rates against BIND.
+    /// Offered rates against BIND, each run once per round.
     pub bind_rates: Vec<u32>,
     pub bind_step_s: f64,
+    /// Rounds of the BIND run: every case at every rate once per round.
+    #[serde(default)]
+    pub bind_rounds: usize,
+    /// BIND's `udp-receive-buffer` in the run's `+buffer` cases, bytes.
+    #[serde(default)]
+    pub bind_receive_buffer: u32,
+    /// Rounds of the repeats at each method's loss-free rate and the rate above.
+    #[serde(default)]
+    pub repeat_rounds: usize,
+    /// Seconds per repeated step.
+    #[serde(default)]
+    pub repeat_step_s: f64,
     pub prog_repeat: u32,
     pub prog_single_packets: u32,
     /// How long to wait, before each method, for the machine to be quiet.
@@ -87,8 +106,12 @@ impl Plan {
                 failures_to_stop: 2,
                 latency_rate: 2000,
                 latency_s: 0.5,
-                bind_rates: vec![2_000],
-                bind_step_s: 1.0,
+                bind_rates: vec![5_000],
+                bind_step_s: 0.5,
+                bind_rounds: 1,
+                bind_receive_buffer: BIND_RECEIVE_BUFFER,
+                repeat_rounds: 1,
+                repeat_step_s: 1.0,
                 prog_repeat: 1_000_000,
                 prog_single_packets: 20_000,
                 quiet_wait_s: 0.0,
@@ -101,18 +124,27 @@ impl Plan {
                 rates: (0..=12)
                     .map(|k| (20_000.0 * 2f64.powf(f64::from(k) / 3.0)).round() as u32)
                     .collect(),
-                step_s: 4.0,
+                step_s: 3.0,
                 failures_to_stop: 2,
                 latency_rate: 2000,
-                latency_s: 5.0,
-                bind_rates: (0..=10)
-                    .map(|k| (5_000.0 * 2f64.powf(f64::from(k) / 2.0)).round() as u32)
-                    .collect(),
-                bind_step_s: 5.0,
+                latency_s: 3.0,
+                // Around the knee of 4 x `named -n 1` on 2 CPUs: 35k answered
+                // and 50k not on a quiet machine (issue 12), lower when it is
+                // shared.
+                bind_rates: vec![24_000, 32_000, 40_000, 48_000],
+                bind_step_s: 1.2,
+                bind_rounds: 5,
+                bind_receive_buffer: BIND_RECEIVE_BUFFER,
+                repeat_rounds: 5,
+                repeat_step_s: 2.0,
                 prog_repeat: 1_000_000,
                 prog_single_packets: 1_000_000,
-                quiet_wait_s: 60.0,
-                foreign_retries: 2,
+                // The machine is shared: waiting for quiet could take the whole
+                // run; how busy it was is recorded instead.
+                quiet_wait_s: 5.0,
+                // On a shared machine other work is in nearly every window: the
+                // step's figure is taken less user time instead of run again.
+                foreign_retries: 0,
             }
         }
     }
@@ -149,6 +181,10 @@ pub struct Step {
     pub cpu_us_per_query: Option<f64>,
     /// The tick-sampled system + irq + softirq share of it, for information.
     pub kernel_us_per_query: Option<f64>,
+    /// Other programs' user time was in the window: `cpu_us_per_query` is
+    /// the busy time less all user time.
+    #[serde(default)]
+    pub cpu_less_user: bool,
     /// Per-CPU-summed conntrack counters that moved (`entries`: at the end).
     pub conntrack: ConntrackStats,
 }
@@ -184,6 +220,9 @@ pub struct MethodResult {
     /// nothing of the bench running (other work on the machine).
     pub background_busy: Option<f64>,
     pub latency: Option<Latency>,
+    /// The loss-free rate and the rate above it again, once per round.
+    #[serde(default)]
+    pub repeats: Vec<repeat::Repeat>,
 }
 
 impl Step {
@@ -211,6 +250,7 @@ impl MethodResult {
             peak_answered_rate: None,
             background_busy: None,
             latency: None,
+            repeats: Vec::new(),
         }
     }
 
@@ -234,7 +274,8 @@ impl MethodResult {
     }
 }
 
-/// The run against real BIND with dnsperf.
+/// The run against real BIND with dnsperf (results written before the
+/// interleaved run).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindMethod {
     pub id: String,
@@ -274,7 +315,13 @@ pub struct Results {
     pub loss_limit: f64,
     pub notes: Vec<String>,
     pub methods: Vec<MethodResult>,
+    /// dnsperf against BIND, one step per rate (results written before the
+    /// interleaved run; empty since).
+    #[serde(default)]
     pub bind: Vec<BindMethod>,
+    /// The interleaved run against BIND.
+    #[serde(default)]
+    pub bind_runs: Option<bind::BindRuns>,
     pub prog_cost: Option<prog_cost::ProgCost>,
     pub elapsed_s: f64,
     /// `--only`: the parts this run was limited to (none: all).
@@ -412,6 +459,22 @@ fn measure(
     }
 
     check_interrupt()?;
+    if plan.repeat_rounds > 0 && !methods.is_empty() {
+        say(&format!(
+            "the loss-free rates again: {} rounds, the methods interleaved",
+            plan.repeat_rounds
+        ));
+        repeat::run(
+            &bed,
+            dnsteer_bin,
+            &queries,
+            plan,
+            &methods,
+            &mut results.methods,
+        )?;
+    }
+
+    check_interrupt()?;
     if results.wants("prog-cost") {
         say("program cost: BPF_PROG_TEST_RUN");
         match prog_cost::measure(
@@ -435,17 +498,11 @@ fn measure(
     if !results.wants("bind") {
         return Ok(());
     }
-    say("real BIND 9 backends (responders off), dnsperf");
+    say("real BIND 9 backends (responders off), the methods interleaved");
     bed.detach_responders()?;
-    for method in methods::all()
-        .into_iter()
-        .filter(|m| m.id == methods::REFERENCE || m.id == "dnsteer-nth")
-    {
-        check_interrupt()?;
-        results
-            .bind
-            .push(run_bind(&bed, dnsteer_bin, &queries, plan, &method)?);
-    }
+    let runs = bind::run(&mut bed, dnsteer_bin, &queries, plan)?;
+    say(&format!("real BIND 9: done in {:.0} s", runs.elapsed_s));
+    results.bind_runs = Some(runs);
     Ok(())
 }
 
@@ -537,6 +594,51 @@ fn run_method(
     Ok(result)
 }
 
+/// Where a method's load goes: the service, or the first backend for the baseline.
+fn load_target(bed: &Bed, method: &Method) -> std::net::SocketAddr {
+    if method.kind == Kind::Baseline {
+        std::net::SocketAddr::from((bed.backend_addrs()[0], testbed::DNS_PORT))
+    } else {
+        bed.service()
+    }
+}
+
+/// One kxdpgun step of `length` at `rate` to `to`, the node's conntrack table
+/// flushed first.
+fn measure_step(
+    bed: &Bed,
+    queries: &Path,
+    length: Duration,
+    to: std::net::SocketAddr,
+    rate: u32,
+) -> Result<Step> {
+    check_interrupt()?;
+    let node = &bed.topo.node;
+    methods::flush_conntrack(node);
+    let ct0 = cpu::conntrack_stats(node);
+    let (burst, window) =
+        load::kxdpgun(&bed.topo.client, queries, to, &bed.node_mac, rate, length)?;
+    let ct = cpu::conntrack_delta(&ct0, &cpu::conntrack_stats(node));
+    let offered_in_full = burst.sent as f64 >= SENT_SHARE * f64::from(rate) * burst.duration_s;
+    Ok(Step {
+        offered: rate,
+        sent: burst.sent,
+        answered: burst.answered,
+        duration_s: burst.duration_s,
+        loss: burst.loss(),
+        offered_in_full,
+        pass: burst.loss() < LOSS_LIMIT && offered_in_full,
+        cpu_us_per_query: window.as_ref().and_then(|w| w.cpu.us_per(w.answered)),
+        kernel_us_per_query: window
+            .as_ref()
+            .filter(|w| w.answered > 0)
+            .map(|w| w.cpu.kernel_s() * 1e6 / w.answered as f64),
+        window,
+        conntrack: ct,
+        cpu_less_user: false,
+    })
+}
+
 fn ladder(
     bed: &Bed,
     queries: &Path,
@@ -545,41 +647,9 @@ fn ladder(
     result: &mut MethodResult,
 ) -> Result<()> {
     let node = &bed.topo.node;
-    let to = if method.kind == Kind::Baseline {
-        std::net::SocketAddr::from((bed.backend_addrs()[0], testbed::DNS_PORT))
-    } else {
-        bed.service()
-    };
+    let to = load_target(bed, method);
     let step = |rate: u32| -> Result<Step> {
-        check_interrupt()?;
-        methods::flush_conntrack(node);
-        let ct0 = cpu::conntrack_stats(node);
-        let (burst, window) = load::kxdpgun(
-            &bed.topo.client,
-            queries,
-            to,
-            &bed.node_mac,
-            rate,
-            plan.step(),
-        )?;
-        let ct = cpu::conntrack_delta(&ct0, &cpu::conntrack_stats(node));
-        let offered_in_full = burst.sent as f64 >= SENT_SHARE * f64::from(rate) * burst.duration_s;
-        let step = Step {
-            offered: rate,
-            sent: burst.sent,
-            answered: burst.answered,
-            duration_s: burst.duration_s,
-            loss: burst.loss(),
-            offered_in_full,
-            pass: burst.loss() < LOSS_LIMIT && offered_in_full,
-            cpu_us_per_query: window.as_ref().and_then(|w| w.cpu.us_per(w.answered)),
-            kernel_us_per_query: window
-                .as_ref()
-                .filter(|w| w.answered > 0)
-                .map(|w| w.cpu.kernel_s() * 1e6 / w.answered as f64),
-            window,
-            conntrack: ct,
-        };
+        let step = measure_step(bed, queries, plan.step(), to, rate)?;
         say(&report::step_line(&method.id, &step));
         Ok(step)
     };
@@ -602,8 +672,14 @@ fn ladder(
             }
         }
         if best.foreign_user_share() > FOREIGN_USER {
-            best.cpu_us_per_query = None;
-            best.kernel_us_per_query = None;
+            // Other programs' user time in the window: the busy time less all
+            // user time (the bench's own is next to none) is the figure kept,
+            // marked as such.
+            best.cpu_us_per_query = best.window.as_ref().and_then(|w| {
+                (w.answered > 0)
+                    .then(|| (w.cpu.busy_s - w.cpu.user_s).max(0.0) * 1e6 / w.answered as f64)
+            });
+            best.cpu_less_user = true;
         }
         Ok(best)
     };
@@ -645,80 +721,4 @@ fn ladder(
     say(&report::latency_line(&method.id, &latency));
     result.latency = Some(latency);
     Ok(())
-}
-
-fn run_bind(
-    bed: &Bed,
-    dnsteer_bin: &Path,
-    queries: &Path,
-    plan: &Plan,
-    method: &Method,
-) -> Result<BindMethod> {
-    let mut scratch = MethodResult::new(method);
-    let mut out = BindMethod {
-        id: method.id.clone(),
-        label: method.label.clone(),
-        status: Status::Measured,
-        reason: None,
-        steps: Vec::new(),
-        all_answered_rate: None,
-        all_answered_is_lower_bound: false,
-        flows_per_backend: Default::default(),
-    };
-    let Some(applied) = put_on(bed, dnsteer_bin, method, &mut scratch) else {
-        out.status = scratch.status;
-        out.reason = scratch.reason;
-        return Ok(out);
-    };
-    let mut outcome = Ok(());
-    for &rate in &plan.bind_rates {
-        if let Err(e) = check_interrupt() {
-            outcome = Err(e);
-            break;
-        }
-        methods::flush_conntrack(&bed.topo.node);
-        let t0 = Ticks::now()?;
-        let burst = match load::dnsperf(
-            &bed.topo.client,
-            queries,
-            bed.service(),
-            rate,
-            Duration::from_secs_f64(plan.bind_step_s),
-        ) {
-            Ok(b) => b,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        };
-        let used = CpuUse::between(t0, Ticks::now()?);
-        let step = BindStep {
-            offered: rate,
-            answered_rate: burst.answered as f64 / burst.duration_s.max(1e-9),
-            burst,
-            cpu: used,
-        };
-        say(&report::bind_line(&method.id, &step));
-        let lost = step.burst.unanswered() > 0;
-        out.steps.push(step);
-        if lost {
-            break;
-        }
-    }
-    out.flows_per_backend = methods::flows_per_backend(&applied, &bed.topo.node);
-    methods::remove(applied, &bed.topo.node)?;
-    if let Err(e) = outcome {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return Err(e);
-        }
-        out.status = Status::Skipped;
-        out.reason = Some(format!("dnsperf could not run: {e:#}"));
-    }
-    let first_loss = out.steps.iter().position(|s| s.burst.unanswered() > 0);
-    out.all_answered_rate = out.steps[..first_loss.unwrap_or(out.steps.len())]
-        .iter()
-        .map(|s| s.offered)
-        .max();
-    out.all_answered_is_lower_bound = first_loss.is_none() && out.all_answered_rate.is_some();
-    Ok(out)
 }
