@@ -9,6 +9,7 @@ pub mod caps;
 pub mod config;
 pub mod control;
 pub mod health;
+pub mod kubernetes;
 pub mod live;
 pub mod maps;
 pub mod metrics;
