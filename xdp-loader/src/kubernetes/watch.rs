@@ -8,12 +8,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::{StreamExt as _, stream};
+use futures::{Stream, StreamExt as _, stream};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, ResourceExt as _,
     runtime::{
-        utils::{self, StreamBackoff},
+        utils,
         watcher::{self, Event},
     },
 };
@@ -69,6 +69,35 @@ impl utils::Backoff for Backoff {
     }
 }
 
+/// Whether a watcher error is `410 Gone`, after which kube's watcher relists.
+fn is_gone(err: &watcher::Error) -> bool {
+    matches!(err, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// Waits a [`Backoff`] after each failure before polling the watcher again,
+/// except after `410 Gone`: the relist that follows is the recovery and
+/// should not wait (kube's `StreamBackoff` would).
+fn with_backoff<K: Send + 'static>(
+    watcher: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send {
+    let state = (watcher.boxed(), Backoff::default(), None::<Duration>);
+    stream::unfold(state, |(mut watcher, mut backoff, delay)| async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let item = watcher.next().await?;
+        let delay = match &item {
+            Ok(_) => {
+                utils::Backoff::reset(&mut backoff);
+                None
+            }
+            Err(err) if is_gone(err) => None,
+            Err(_) => backoff.next(),
+        };
+        Some((item, (watcher, backoff, delay)))
+    })
+}
+
 enum Item {
     Slice(Result<Event<EndpointSlice>, watcher::Error>),
     Service(Result<Event<Service>, watcher::Error>),
@@ -91,18 +120,15 @@ pub async fn watch(
         .labels(&format!("{SERVICE_NAME_LABEL}={}", spec.service))
         .timeout(WATCH_TIMEOUT.as_secs() as u32);
     let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), &spec.namespace);
-    let slices = StreamBackoff::new(
-        watcher::watcher(slice_api, slice_config),
-        Backoff::default(),
-    )
-    .map(Item::Slice)
-    .boxed();
+    let slices = with_backoff(watcher::watcher(slice_api, slice_config))
+        .map(Item::Slice)
+        .boxed();
     let services = if want_listen {
         let config = watcher::Config::default()
             .fields(&format!("metadata.name={}", spec.service))
             .timeout(WATCH_TIMEOUT.as_secs() as u32);
         let api: Api<Service> = Api::namespaced(client, &spec.namespace);
-        StreamBackoff::new(watcher::watcher(api, config), Backoff::default())
+        with_backoff(watcher::watcher(api, config))
             .map(Item::Service)
             .boxed()
     } else {
@@ -132,6 +158,8 @@ struct Tracker {
     service: Option<Service>,
     service_listing: Option<Option<Service>>,
     listen_sent: Option<Vec<SocketAddr>>,
+    /// The last item of each watch (slices, Service) was an error.
+    failing: [bool; 2],
     status: Status,
 }
 
@@ -147,67 +175,72 @@ impl Tracker {
             service: None,
             service_listing: None,
             listen_sent: None,
+            failing: [false; 2],
             status: Status::default(),
         }
     }
 
     fn on(&mut self, item: Item) -> Vec<Update> {
         let mut out = Vec::new();
-        let result = match item {
+        let before = self.status.clone();
+        let (stream, result) = match item {
             Item::Slice(Ok(event)) => {
                 self.on_slice(event, &mut out);
-                Ok(())
+                (0, Ok(()))
             }
             Item::Service(Ok(event)) => {
                 self.on_service(event, &mut out);
-                Ok(())
+                (1, Ok(()))
             }
-            Item::Slice(Err(err)) | Item::Service(Err(err)) => Err(err),
+            Item::Slice(Err(err)) => (0, Err(err)),
+            Item::Service(Err(err)) => (1, Err(err)),
         };
-        let before = self.status.clone();
         match result {
             Ok(()) => {
+                self.failing[stream] = false;
                 self.status.last_sync = Some(SystemTime::now());
-                // Connected once the first complete list is in.
-                if self.listed && !self.status.connected {
-                    self.status.connected = true;
-                    let (active, draining) = counts(self.sent.as_deref().unwrap_or_default());
-                    if self.status.watch_errors == 0 {
-                        info!(
-                            "service {}: {} synced: {active} active, {draining} draining",
-                            self.name, self.spec
-                        );
-                    } else {
-                        info!(
-                            "service {}: watch of {} restored after {} error(s): {active} active, {draining} draining",
-                            self.name, self.spec, self.status.watch_errors
-                        );
-                    }
-                    self.status.last_error = None;
-                }
+            }
+            Err(err) if is_gone(&err) => {
+                self.status.watch_errors += 1;
+                // Not a failure of the connection: kube's watcher relists next.
+                info!(
+                    "service {}: {}: resource version expired (410 Gone), relisting",
+                    self.name, self.spec
+                );
             }
             Err(err) => {
                 self.status.watch_errors += 1;
-                let gone = matches!(&err, watcher::Error::WatchError(status) if status.code == 410);
-                if gone {
-                    // kube's watcher relists from scratch next.
-                    info!(
-                        "service {}: {}: resource version expired (410 Gone), relisting",
-                        self.name, self.spec
-                    );
-                } else if self.status.connected || self.status.watch_errors == 1 {
+                if !self.failing.iter().any(|f| *f) && self.status.last_error.is_none() {
                     let kept = self.sent.as_ref().map_or(0, Vec::len);
                     warn!(
                         "service {}: watching {} failed: {err}; keeping the last {kept} backend(s), retrying with backoff",
                         self.name, self.spec
                     );
-                    self.status.connected = false;
                 } else {
                     debug!("service {}: watching {}: {err}", self.name, self.spec);
                 }
+                self.failing[stream] = true;
                 self.status.last_error = Some(err.to_string());
             }
         }
+        // Connected: a complete list is in and no watch is failing.
+        let connected = self.listed && !self.failing.iter().any(|f| *f);
+        if connected && !self.status.connected {
+            let (active, draining) = counts(self.sent.as_deref().unwrap_or_default());
+            if self.status.watch_errors == 0 {
+                info!(
+                    "service {}: {} synced: {active} active, {draining} draining",
+                    self.name, self.spec
+                );
+            } else {
+                info!(
+                    "service {}: watch of {} restored ({} error(s) so far): {active} active, {draining} draining",
+                    self.name, self.spec, self.status.watch_errors
+                );
+            }
+            self.status.last_error = None;
+        }
+        self.status.connected = connected;
         if self.status != before {
             out.push(Update::Status {
                 service: self.name.clone(),
