@@ -7,6 +7,7 @@
 mod bind;
 pub mod dns;
 pub mod dnsteer;
+pub mod kubeapi;
 pub mod load;
 mod netns;
 mod tempdir;
@@ -17,6 +18,7 @@ pub use bind::{
     BIG_NAME, BIG_TXT_MIN_BYTES, BIG_TXT_RECORDS, DNS_PORT, HEALTH_NAME, WHOAMI_NAME, ZONE,
 };
 pub use netns::NetNs;
+pub use tempdir::TempDir;
 pub use tools::require_root_tools;
 pub use topology::{
     BACKEND_IFACE, BackendHost, CLIENT_IFACE, DnsControl, Topology, TopologyConfig,
