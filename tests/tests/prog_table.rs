@@ -30,9 +30,10 @@ use dnsteer::{
 };
 use xdp_common::{
     Addr, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf,
-    ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, Reason, Ring, SelectMode,
-    ServiceConf, addr_of, backend_slot, backend_state, csum, direction, forward, names,
-    parse::{icmp, ipv6, tcp},
+    ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, QueryEvent, QueryKey, QueryValue,
+    Reason, Ring, SelectMode, ServiceConf, addr_of, backend_slot, backend_state, csum, direction,
+    forward, names,
+    parse::{icmp, icmp6, ipv6, tcp},
     ring_key,
     select::smooth_ring,
 };
@@ -154,9 +155,11 @@ fn a(ip: impl Into<IpAddr>) -> Addr {
     addr_of(ip.into())
 }
 
-/// A DNS query for whoami.example. A; the programs never read it.
+/// A DNS query for whoami.example. A; the programs read only its ID.
 const DNS_QUERY: &[u8] =
     b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06whoami\x07example\x00\x00\x01\x00\x01";
+/// `DNS_QUERY`'s message ID, as it sits in the packet.
+const DNS_QUERY_ID: [u8; 2] = [0xab, 0xcd];
 
 /// A frame under construction: Ethernet, VLAN tags, IPv4 (+options) or IPv6
 /// (+ one extension header), UDP or TCP. The family is the addresses'.
@@ -335,6 +338,12 @@ impl Pkt {
         self
     }
 
+    /// The same UDP query with DNS message ID `id`.
+    fn id(mut self, id: u16) -> Self {
+        self.payload[..2].copy_from_slice(&id.to_be_bytes());
+        self
+    }
+
     /// The answer to this packet: addresses and ports swapped.
     fn answer(&self) -> Self {
         let mut a = self.clone();
@@ -369,8 +378,10 @@ type Events = &'static [(FlowEvent, u64)];
 
 /// No flow lookup at all: not for a service, or not parsed.
 const NO_EVENTS: Events = &[];
-/// A new flow: no record, then its query and reply records inserted.
-const NEW_FLOW: Events = &[(FlowEvent::Miss, 1), (FlowEvent::Inserted, 2)];
+/// A new UDP flow: no affinity record, then one inserted.
+const NEW_FLOW: Events = &[(FlowEvent::Miss, 1), (FlowEvent::Inserted, 1)];
+/// A new TCP connection: no record, then its query and reply records inserted.
+const NEW_CONNECTION: Events = &[(FlowEvent::Miss, 1), (FlowEvent::Inserted, 2)];
 /// A packet of a known flow.
 const HIT: Events = &[(FlowEvent::Hit, 1)];
 /// A lookup that found no record and created none.
@@ -379,11 +390,13 @@ const MISS: Events = &[(FlowEvent::Miss, 1)];
 const HIT_AND_DELETED: Events = &[(FlowEvent::Hit, 1), (FlowEvent::Deleted, 2)];
 /// Both records of a flow deleted by a reset seen on the reply path.
 const DELETED: Events = &[(FlowEvent::Deleted, 2)];
-/// A stale record (idle, or its backend gone) re-pointed at another backend:
-/// the query record is overwritten (not counted), the reply record for the
-/// new backend is new.
-const EXPIRED_REBALANCED: Events = &[(FlowEvent::Expired, 1), (FlowEvent::Inserted, 1)];
-const GONE_REBALANCED: Events = &[(FlowEvent::BackendGone, 1), (FlowEvent::Inserted, 1)];
+/// A stale UDP affinity record (idle, or its backend gone) re-pointed at
+/// another backend: overwritten, not counted as inserted.
+const EXPIRED_REBALANCED: Events = &[(FlowEvent::Expired, 1)];
+const GONE_REBALANCED: Events = &[(FlowEvent::BackendGone, 1)];
+/// The same for a TCP connection's idle record: the query record is
+/// overwritten (not counted), the reply record for the new backend is new.
+const EXPIRED_RECONNECTED: Events = &[(FlowEvent::Expired, 1), (FlowEvent::Inserted, 1)];
 
 /// What a case expects out of the program.
 enum Out {
@@ -543,10 +556,29 @@ impl Loaded {
         map.get(&service, 0).unwrap()
     }
 
+    /// A TCP connection's record.
     fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         let map: HashMap<_, FlowKey, FlowValue> =
             HashMap::try_from(self.ebpf().map(names::FLOWS).unwrap()).unwrap();
         map.get(key, 0).ok()
+    }
+
+    /// A UDP flow's affinity record.
+    fn affinity(&self, key: &FlowKey) -> Option<FlowValue> {
+        let map: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf().map(names::AFFINITY).unwrap()).unwrap();
+        map.get(key, 0).ok()
+    }
+
+    /// A UDP query's record, while it is in flight.
+    fn query_record(&self, key: &QueryKey) -> Option<QueryValue> {
+        let map: HashMap<_, QueryKey, QueryValue> =
+            HashMap::try_from(self.ebpf().map(names::QUERIES).unwrap()).unwrap();
+        map.get(key, 0).ok()
+    }
+
+    fn query_events(&self) -> Vec<u64> {
+        self.counters(names::QUERY_EVENTS, QueryEvent::ALL.len())
     }
 
     fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
@@ -1006,10 +1038,25 @@ fn packets_of_a_flow_stick_to_its_backend() {
         (prog.event(FlowEvent::Hit), prog.event(FlowEvent::Miss)),
         (9, 11)
     );
-    assert_eq!(prog.event(FlowEvent::Inserted), 22, "two records per flow");
+    assert_eq!(
+        prog.event(FlowEvent::Inserted),
+        11,
+        "one affinity record per flow"
+    );
+    // Every packet is a query in flight: the flow's nine repeats carry its
+    // first one's DNS ID, so they rewrite its record rather than add one.
+    let queries = prog.query_events();
+    assert_eq!(
+        (
+            queries[QueryEvent::Inserted as usize],
+            queries[QueryEvent::Retransmitted as usize],
+            queries[QueryEvent::InsertFailed as usize]
+        ),
+        (11, 9, 0)
+    );
 
-    // The two records: the query's names the backend, the reply's the address asked.
-    let query_key = FlowKey {
+    // The affinity record names the backend, the query's record the address asked.
+    let affinity_key = FlowKey {
         src_addr: a(CLIENT),
         dst_addr: a(*VIP.ip()),
         src_port: 42000u16.to_be_bytes(),
@@ -1018,7 +1065,7 @@ fn packets_of_a_flow_stick_to_its_backend() {
         direction: direction::QUERY,
         _pad: [0; 2],
     };
-    let record = prog.flow(&query_key).expect("the query record");
+    let record = prog.affinity(&affinity_key).expect("the affinity record");
     assert_eq!(
         (record.addr, record.port, record.slot, record.flags),
         (
@@ -1028,23 +1075,21 @@ fn packets_of_a_flow_stick_to_its_backend() {
             0
         )
     );
-    let reply_key = FlowKey {
-        src_addr: a(*B[0].ip()),
-        dst_addr: a(CLIENT),
-        src_port: 53u16.to_be_bytes(),
-        dst_port: 42000u16.to_be_bytes(),
-        direction: direction::REPLY,
-        ..query_key
-    };
-    let record = prog.flow(&reply_key).expect("the reply record");
+    assert_eq!(prog.flow(&affinity_key), None, "UDP keeps no TCP records");
+    let query_key = QueryKey::new(
+        (a(*B[0].ip()), 53u16.to_be_bytes()),
+        (a(CLIENT), 42000u16.to_be_bytes()),
+        DNS_QUERY_ID,
+    );
+    let record = prog.query_record(&query_key).expect("the query's record");
     assert_eq!(
-        (record.addr, record.port),
-        (a(*VIP.ip()), 53u16.to_be_bytes())
+        (record.asked, record.asked_port, record.slot),
+        (a(*VIP.ip()), 53u16.to_be_bytes(), backend_slot(DNS_ID, 0))
     );
 }
 
 #[test]
-fn tc_reply_table_translates_from_the_reply_record() {
+fn tc_reply_table_translates_from_the_query_record() {
     pin_to_cpu0();
     let mut prog = Loaded::new(CONFIG);
     // Flows: client:40000 to the alias (B0) and to the wildcard listen, client:40010 to VIP (B1).
@@ -1065,14 +1110,35 @@ fn tc_reply_table_translates_from_the_reply_record() {
     wild_nosum.zero_udp_csum = true;
     let mut options = answer.clone();
     options.options = 8;
+    // Each answer consumes its query's record: the next one needs the query again.
+    let again = |what: &str, p: &Pkt, backend: SocketAddr| {
+        steered(format!("{what}: asked again"), p, backend, HIT)
+    };
     let cases = [
         replied("answer from the backend", &answer, ALIAS, NO_EVENTS),
+        tc(
+            "the same answer again: its query's record is consumed",
+            answer.bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+        again("zero UDP checksum", &alias, B[0].into()),
         replied("zero UDP checksum stays zero", &nosum, ALIAS, NO_EVENTS),
         replied("port translated back too", &wild_answer, WILD, NO_EVENTS),
+        again("wildcard", &wild, WILD_BACKEND.into()),
         replied(
             "zero UDP checksum stays zero, port translated back",
             &wild_nosum,
             WILD,
+            NO_EVENTS,
+        ),
+        again("IPv4 options", &alias, B[0].into()),
+        tc(
+            "an answer with another DNS ID",
+            answer.clone().id(0x1234).bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
             NO_EVENTS,
         ),
         replied("IPv4 options in the answer", &options, ALIAS, NO_EVENTS),
@@ -1082,6 +1148,7 @@ fn tc_reply_table_translates_from_the_reply_record() {
             VIP,
             NO_EVENTS,
         ),
+        again("another backend", &alias, B[0].into()),
         tc(
             "another backend of the service answering the first flow's port",
             answer.clone().from(B[1]).bytes(),
@@ -1122,35 +1189,25 @@ fn tc_reply_table_translates_from_the_reply_record() {
     ];
     prog.check(&cases);
 
-    // Without its reply record the same answer is no longer translated.
-    let mut flows: HashMap<_, FlowKey, FlowValue> =
-        maps::typed(prog.ebpf_mut(), names::FLOWS).unwrap();
-    let reply_key = FlowKey {
-        src_addr: a(*B[0].ip()),
-        dst_addr: a(CLIENT),
-        src_port: 53u16.to_be_bytes(),
-        dst_port: 40000u16.to_be_bytes(),
-        proto: PROTO_UDP,
-        direction: direction::REPLY,
-        _pad: [0; 2],
-    };
-    flows
-        .remove(&reply_key)
-        .expect("the alias flow's reply record");
+    // Without its record the answer is not translated; the query asked again
+    // writes it again, and its answer is.
+    let mut queries: HashMap<_, QueryKey, QueryValue> =
+        maps::typed(prog.ebpf_mut(), names::QUERIES).unwrap();
+    let key = QueryKey::new(
+        (a(*B[0].ip()), 53u16.to_be_bytes()),
+        (a(CLIENT), 40000u16.to_be_bytes()),
+        DNS_QUERY_ID,
+    );
+    queries.remove(&key).expect("the alias query's record");
     prog.check(&[
         tc(
-            "answer whose reply record is gone",
+            "answer whose query's record is gone",
             answer.bytes(),
             Out::Unchanged,
             Some(Reason::ReplyNoFlow),
             NO_EVENTS,
         ),
-        steered(
-            "the flow's next query writes its reply record again",
-            &alias,
-            B[0],
-            &[(FlowEvent::Hit, 1), (FlowEvent::Inserted, 1)],
-        ),
+        again("record gone", &alias, B[0].into()),
         replied(
             "and its answer is translated again",
             &answer,
@@ -1159,11 +1216,11 @@ fn tc_reply_table_translates_from_the_reply_record() {
         ),
     ]);
 
-    // One client port asking two addresses whose flows share a backend: both
-    // answers have one 5-tuple, so the reply record names the address asked last.
-    let to_vip = query(VIP).sport(40030);
-    let to_alias = query(ALIAS).sport(40030);
-    let shared = to_vip.clone().to(B[2]).answer();
+    // One client port asking two addresses whose flows share a backend, both
+    // in flight at once: the answers share a 5-tuple, and the DNS ID tells
+    // which address each must come from.
+    let to_vip = query(VIP).sport(40030).id(0x1111);
+    let to_alias = query(ALIAS).sport(40030).id(0x2222);
     let mut cases = vec![steered("client port 40030 to VIP", &to_vip, B[2], NEW_FLOW)];
     for (port, b) in [(40031, B[3]), (40032, B[0]), (40033, B[1])] {
         cases.push(steered(
@@ -1178,19 +1235,18 @@ fn tc_reply_table_translates_from_the_reply_record() {
             "client port 40030 to the alias, on the same backend",
             &to_alias,
             B[2],
-            &[(FlowEvent::Miss, 1), (FlowEvent::Inserted, 1)],
+            NEW_FLOW,
         ),
         replied(
-            "the shared answer 5-tuple, after the alias query",
-            &shared,
-            ALIAS,
+            "the VIP query's answer, asked first",
+            &to_vip.clone().to(B[2]).answer(),
+            VIP,
             NO_EVENTS,
         ),
-        steered("client port 40030 to VIP again", &to_vip, B[2], HIT),
         replied(
-            "the shared answer 5-tuple, after the VIP query",
-            &shared,
-            VIP,
+            "the alias query's answer, asked last",
+            &to_alias.clone().to(B[2]).answer(),
+            ALIAS,
             NO_EVENTS,
         ),
     ]);
@@ -1222,8 +1278,8 @@ fn idle_flows_expire_and_are_rebalanced() {
     let ack = |p: &Pkt| p.clone().flags(tcp::ACK);
     prog.check(&[
         steered("UDP flow", &udp, B[0], NEW_FLOW),
-        steered("TCP flow", &open, B[1], NEW_FLOW),
-        steered("TCP flow to be closed", &closing, B[0], NEW_FLOW),
+        steered("TCP flow", &open, B[1], NEW_CONNECTION),
+        steered("TCP flow to be closed", &closing, B[0], NEW_CONNECTION),
         steered(
             "its FIN",
             &closing.clone().flags(tcp::FIN | tcp::ACK),
@@ -1290,7 +1346,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
 
     // New flows of "both" alternate T0, T1 (nth); other packets leave the cursor alone.
     let cases = [
-        steered("SYN opens a flow", &syn(44000), T[0], NEW_FLOW),
+        steered("SYN opens a flow", &syn(44000), T[0], NEW_CONNECTION),
         steered("ACK of that flow follows it", &ack(44000), T[0], HIT),
         steered(
             "the query segment follows it",
@@ -1320,7 +1376,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "SYN to a tcp-only service, backend on another port",
             &segment(TCP_VIP, tcp::SYN).sport(44003),
             TCP_BACKEND,
-            NEW_FLOW,
+            NEW_CONNECTION,
         ),
         passed(
             "UDP to a tcp-only service",
@@ -1360,7 +1416,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "SYN of a flow the client resets",
             &syn(44010),
             T[0],
-            NEW_FLOW,
+            NEW_CONNECTION,
         ),
         steered(
             "the client's RST still reaches the backend",
@@ -1386,7 +1442,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "SYN of a flow the backend resets",
             &syn(44011),
             T[1],
-            NEW_FLOW,
+            NEW_CONNECTION,
         ),
         replied(
             "the backend's RST is translated",
@@ -1405,7 +1461,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "SYN of a flow the client closes",
             &syn(44012),
             T[0],
-            NEW_FLOW,
+            NEW_CONNECTION,
         ),
         steered("the client's FIN", &syn(44012).flags(fin), T[0], HIT),
         steered(
@@ -1418,7 +1474,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "a new SYN on the closing flow's ports",
             &syn(44012),
             T[1],
-            EXPIRED_REBALANCED,
+            EXPIRED_RECONNECTED,
         ),
         steered("the new connection's ACK", &ack(44012), T[1], HIT),
         // FIN from the backend marks the client's record too.
@@ -1426,7 +1482,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "SYN of a flow the backend closes",
             &syn(44013),
             T[0],
-            NEW_FLOW,
+            NEW_CONNECTION,
         ),
         replied(
             "the backend's FIN is translated",
@@ -1438,7 +1494,7 @@ fn tcp_flows_start_at_syn_and_end_at_rst_or_fin() {
             "a new SYN after the backend's FIN",
             &syn(44013),
             T[1],
-            EXPIRED_REBALANCED,
+            EXPIRED_RECONNECTED,
         ),
     ];
     prog.check(&cases);
@@ -1546,7 +1602,7 @@ fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
     // A connection on T0 closes; the client reuses its port for a new one, which
     // (its record closing) is balanced anew, to T1.
     prog.check(&[
-        steered("first connection", &syn, T[0], NEW_FLOW),
+        steered("first connection", &syn, T[0], NEW_CONNECTION),
         replied(
             "T0 closes it",
             &from_t0(tcp::FIN | tcp::ACK),
@@ -1557,7 +1613,7 @@ fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
             "second connection on the same ports",
             &syn,
             T[1],
-            EXPIRED_REBALANCED,
+            EXPIRED_RECONNECTED,
         ),
     ]);
     // A retransmitted FIN of the first connection still has T0's reply record,
@@ -1597,12 +1653,24 @@ fn late_fin_or_rst_from_a_former_backend_leaves_the_new_flow_alone() {
 /// (unused, or the next-hop MTU), quoting `quote`: an IPv4 packet, as much of it
 /// as the sender kept. Checksums from scratch.
 fn icmp_error(from: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    icmp_error_to(from, CLIENT, icmp_type, code, rest, quote)
+}
+
+/// The same, from `from` to `to`.
+fn icmp_error_to(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     f.extend_from_slice(&[0x45, 0xc0]);
     f.extend_from_slice(&((20 + 8 + quote.len()) as u16).to_be_bytes());
     f.extend_from_slice(&[0x56, 0x78, 0, 0, 64, icmp::PROTO, 0, 0]);
     f.extend_from_slice(&from.octets());
-    f.extend_from_slice(&CLIENT.octets());
+    f.extend_from_slice(&to.octets());
     let c = csum::ipv4_header(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&[icmp_type, code, 0, 0]);
@@ -1672,7 +1740,7 @@ fn tc_icmp_errors_about_steered_flows_are_translated_like_replies() {
             "TCP flow, backend on another port",
             &syn,
             TCP_BACKEND,
-            NEW_FLOW,
+            NEW_CONNECTION,
         ),
         steered("UDP flow with IPv4 options", &opts, B[1], NEW_FLOW),
     ]);
@@ -1729,12 +1797,12 @@ fn tc_icmp_errors_about_steered_flows_are_translated_like_replies() {
             VIP,
         ),
         (
-            "quote of the IPv4 header and 8 bytes only",
+            "quote of the IPv4 header, 8 UDP bytes and the DNS ID",
             *WILD_BACKEND.ip(),
             icmp::DEST_UNREACH,
             icmp::PORT_UNREACH,
             no_mtu,
-            wild_q[..28].to_vec(),
+            wild_q[..30].to_vec(),
             WILD,
         ),
         (
@@ -1820,6 +1888,18 @@ fn tc_icmp_errors_about_steered_flows_are_translated_like_replies() {
             ),
         ),
         (
+            // A UDP query is found by its DNS ID, past the 8 bytes RFC 792
+            // requires (RFC 1812 routers and Linux quote up to 576 bytes).
+            "UDP quote of the IPv4 header and 8 bytes only",
+            icmp_error(
+                *WILD_BACKEND.ip(),
+                icmp::DEST_UNREACH,
+                icmp::PORT_UNREACH,
+                no_mtu,
+                &wild_q[..28],
+            ),
+        ),
+        (
             "quote cut inside the UDP header",
             icmp_error(
                 *B[0].ip(),
@@ -1894,6 +1974,383 @@ fn tc_icmp_errors_about_steered_flows_are_translated_like_replies() {
     }
 }
 
+/// `p`'s datagram (untagged, IPv4 without options or IPv6 without extension
+/// headers) cut after `first_len` payload bytes (a multiple of 8) into two
+/// fragments, as a backend's stack sends a large answer: IPv4 with
+/// identification `id`, IPv6 with a fragment header carrying it.
+fn fragmented(p: &Pkt, id: u32, first_len: usize) -> [Vec<u8>; 2] {
+    let f = p.bytes();
+    let ipv6 = f[12..14] == [0x86, 0xdd];
+    let (l3, l4) = if ipv6 { (14, 54) } else { (14, 34) };
+    let payload = &f[l4..];
+    let pieces = [
+        (0, &payload[..first_len], true),
+        (first_len, &payload[first_len..], false),
+    ];
+    pieces.map(|(offset, chunk, more)| {
+        let mut out = f[..l4].to_vec();
+        if ipv6 {
+            out[l3 + 4..l3 + 6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+            out[l3 + ipv6::NEXT] = ipv6::FRAGMENT;
+            out.extend_from_slice(&[PROTO_UDP, 0]);
+            let word = ((offset / 8) as u16) << 3 | more as u16;
+            out.extend_from_slice(&word.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+        } else {
+            out[l3 + 2..l3 + 4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            out[l3 + 4..l3 + 6].copy_from_slice(&(id as u16).to_be_bytes());
+            let word = (more as u16) << 13 | (offset / 8) as u16;
+            out[l3 + 6..l3 + 8].copy_from_slice(&word.to_be_bytes());
+            out[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+            let c = csum::ipv4_header(&out[l3..l4]);
+            out[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        out.extend_from_slice(chunk);
+        out
+    })
+}
+
+/// The same answer, 2000 bytes longer: it no longer fits one frame.
+fn large(p: Pkt) -> Pkt {
+    let mut p = p;
+    p.payload.extend(std::iter::repeat_n(b'x', 2000));
+    p
+}
+
+/// Fragmented answers (EDNS buffers over the MTU): the first fragment is
+/// translated from its query's record like a whole answer, later ones from
+/// the record it leaves, IPv4 and IPv6.
+#[test]
+fn tc_fragmented_answers_are_translated_from_their_first_fragment() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let q4 = query(VIP).sport(47000);
+    let q6 = query(ALIAS6).sport(47001);
+    prog.check(&[
+        steered("IPv4 query", &q4, B[0], NEW_FLOW),
+        steered("IPv6 query", &q6, B6[0], NEW_FLOW),
+    ]);
+    let a4 = large(q4.clone().to(B[0]).answer());
+    let a6 = large(q6.clone().to(B6[0]).answer());
+    let (f4, want4) = (
+        fragmented(&a4, 0x4242, 1480),
+        fragmented(&a4.clone().from(VIP), 0x4242, 1480),
+    );
+    let (f6, want6) = (
+        fragmented(&a6, 0x0102_0304, 1448),
+        fragmented(&a6.clone().from(ALIAS6), 0x0102_0304, 1448),
+    );
+    let queries = prog.query_events();
+    let [first4, second4] = f4.clone();
+    let [first6, second6] = f6.clone();
+    let [want_first4, want_second4] = want4;
+    let [want_first6, want_second6] = want6;
+    prog.check(&[
+        tc(
+            "a later fragment before its first",
+            second4.clone(),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+        tc(
+            "first fragment of an IPv4 answer",
+            first4.clone(),
+            Out::Packet(want_first4),
+            Some(Reason::ReplyRewritten),
+            NO_EVENTS,
+        ),
+        tc(
+            "its last fragment",
+            second4.clone(),
+            Out::Packet(want_second4.clone()),
+            Some(Reason::ReplyFragment),
+            NO_EVENTS,
+        ),
+        tc(
+            "the last fragment again (a duplicate)",
+            second4.clone(),
+            Out::Packet(want_second4),
+            Some(Reason::ReplyFragment),
+            NO_EVENTS,
+        ),
+        tc(
+            "the first fragment again: its query's record is consumed",
+            first4,
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+        tc(
+            "a later fragment of another datagram",
+            fragmented(&a4, 0x4243, 1480)[1].clone(),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+        tc(
+            "first fragment of an IPv6 answer",
+            first6,
+            Out::Packet(want_first6),
+            Some(Reason::ReplyRewritten),
+            NO_EVENTS,
+        ),
+        tc(
+            "its last fragment",
+            second6,
+            Out::Packet(want_second6),
+            Some(Reason::ReplyFragment),
+            NO_EVENTS,
+        ),
+    ]);
+    let now = prog.query_events();
+    let moved = |e: QueryEvent| now[e as usize] - queries[e as usize];
+    assert_eq!(
+        (
+            moved(QueryEvent::Answered),
+            moved(QueryEvent::FragmentUnmatched)
+        ),
+        (2, 2),
+        "two answers; two later fragments without their first"
+    );
+    // A TCP segment is never fragmented by a stack that does PMTU discovery;
+    // fragments of other protocols are not ours.
+    let mut tcp_fragment = f4[1].clone();
+    tcp_fragment[14 + 9] = PROTO_TCP;
+    tcp_fragment[24..26].copy_from_slice(&[0, 0]);
+    let c = csum::ipv4_header(&tcp_fragment[14..34]);
+    tcp_fragment[24..26].copy_from_slice(&c.to_be_bytes());
+    prog.check(&[tc(
+        "a TCP fragment",
+        tcp_fragment,
+        Out::Unchanged,
+        None,
+        NO_EVENTS,
+    )]);
+}
+
+/// An ICMPv6 error from `from` to `to`, `icmp_type`/`code` with `rest`, quoting
+/// `quote` (an IPv6 packet, as much as the sender kept). Checksum from scratch.
+fn icmp6_error(
+    from: Ipv6Addr,
+    to: Ipv6Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((8 + quote.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[icmp6::PROTO, 64]);
+    f.extend_from_slice(&from.octets());
+    f.extend_from_slice(&to.octets());
+    f.extend_from_slice(&[icmp_type, code, 0, 0]);
+    f.extend_from_slice(&rest);
+    f.extend_from_slice(quote);
+    let c = csum::ipv6_l4(from.octets(), to.octets(), icmp6::PROTO, &f[54..]);
+    f[56..58].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// An IPv4 `quote` made to come from `backend`, its IPv4 header checksum from
+/// scratch; its UDP or TCP checksum stays as the answer left.
+fn quote_from(quote: &[u8], backend: SocketAddrV4) -> Vec<u8> {
+    let mut q = quote.to_vec();
+    let ihl = (q[0] & 0x0f) as usize * 4;
+    q[12..16].copy_from_slice(&backend.ip().octets());
+    q[ihl..ihl + 2].copy_from_slice(&backend.port().to_be_bytes());
+    q[10..12].copy_from_slice(&[0, 0]);
+    let c = csum::ipv4_header(&q[..ihl]);
+    q[10..12].copy_from_slice(&c.to_be_bytes());
+    q
+}
+
+/// An IPv6 `quote`'s source (`source`) or destination set to `to`.
+fn quote6_with(quote: &[u8], to: SocketAddrV6, source: bool) -> Vec<u8> {
+    let mut q = quote.to_vec();
+    let (addr, port) = if source { (8, 40) } else { (24, 42) };
+    q[addr..addr + 16].copy_from_slice(&to.ip().octets());
+    q[port..port + 2].copy_from_slice(&to.port().to_be_bytes());
+    q
+}
+
+/// Path MTU discovery through dnsteer: an error about an answer, sent by a
+/// router on the client's side to the service address the answer came from,
+/// goes on to the backend that sent it, as if the answer had come from there.
+#[test]
+fn xdp_icmp_errors_about_answers_are_translated_towards_the_backend() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let udp = query(VIP).sport(47200);
+    let syn = segment(TCP_VIP, tcp::SYN).sport(47201);
+    let udp6 = query(VIP6).sport(47202);
+    prog.check(&[
+        steered("UDP flow", &udp, B[0], NEW_FLOW),
+        steered("TCP connection", &syn, TCP_BACKEND, NEW_CONNECTION),
+        steered("IPv6 UDP flow", &udp6, B6[0], NEW_FLOW),
+    ]);
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let router6 = Ipv6Addr::new(0x2001, 0xdb8, 0xfe, 0, 0, 0, 0, 1);
+    let mtu = [0, 0, 0x05, 0x00];
+    // The answers as they left: service address to client.
+    let answer = udp.answer().bytes()[14..].to_vec();
+    let tcp_answer = syn.clone().flags(tcp::ACK | PSH).answer().bytes()[14..].to_vec();
+    let answer6 = udp6.answer().bytes()[14..].to_vec();
+    let to_vip = |quote: &[u8]| {
+        icmp_error_to(
+            router,
+            *VIP.ip(),
+            icmp::DEST_UNREACH,
+            icmp::FRAG_NEEDED,
+            mtu,
+            quote,
+        )
+    };
+    let translated = |what: &str, input: Vec<u8>, want: Vec<u8>| {
+        case(
+            what,
+            input,
+            Out::Packet(want),
+            Some(Reason::IcmpToBackend),
+            NO_EVENTS,
+        )
+    };
+    let untouched = |what: &str, input: Vec<u8>| passed(what, input, Reason::NotService, NO_EVENTS);
+    prog.check(&[
+        translated(
+            "fragmentation needed about a UDP answer",
+            to_vip(&answer),
+            icmp_error_to(
+                router,
+                *B[0].ip(),
+                icmp::DEST_UNREACH,
+                icmp::FRAG_NEEDED,
+                mtu,
+                &quote_from(&answer, B[0]),
+            ),
+        ),
+        translated(
+            "fragmentation needed about a TCP answer, its first 8 bytes quoted",
+            icmp_error_to(
+                router,
+                *TCP_VIP.ip(),
+                icmp::DEST_UNREACH,
+                icmp::FRAG_NEEDED,
+                mtu,
+                &tcp_answer[..28],
+            ),
+            icmp_error_to(
+                router,
+                *TCP_BACKEND.ip(),
+                icmp::DEST_UNREACH,
+                icmp::FRAG_NEEDED,
+                mtu,
+                &quote_from(&tcp_answer[..28], TCP_BACKEND),
+            ),
+        ),
+        translated(
+            "packet too big about an IPv6 answer",
+            icmp6_error(router6, *VIP6.ip(), icmp6::PACKET_TOO_BIG, 0, mtu, &answer6),
+            icmp6_error(
+                router6,
+                *B6[0].ip(),
+                icmp6::PACKET_TOO_BIG,
+                0,
+                mtu,
+                &quote6_with(&answer6, B6[0], true),
+            ),
+        ),
+        untouched(
+            "about a client port with no flow",
+            to_vip(&query(VIP).sport(47299).answer().bytes()[14..]),
+        ),
+        untouched(
+            "sent to another address than the quote's source",
+            icmp_error_to(
+                router,
+                *ALIAS.ip(),
+                icmp::DEST_UNREACH,
+                icmp::FRAG_NEEDED,
+                mtu,
+                &answer,
+            ),
+        ),
+        untouched(
+            "an echo request to the service address",
+            icmp_error_to(router, *VIP.ip(), 8, 0, [0, 1, 0, 1], b"ping payload"),
+        ),
+        untouched(
+            "an IPv6 quote cut inside its UDP header",
+            icmp6_error(
+                router6,
+                *VIP6.ip(),
+                icmp6::PACKET_TOO_BIG,
+                0,
+                mtu,
+                &answer6[..44],
+            ),
+        ),
+    ]);
+
+    // And towards the client, ICMPv6 as ICMP: the backend's port unreachable
+    // about the query it got (the query's record found by its DNS ID).
+    let forwarded6 = udp6.clone().to(B6[0]).bytes()[14..].to_vec();
+    let unreachable = |from: Ipv6Addr, quote: &[u8]| {
+        icmp6_error(from, CLIENT6, icmp6::DEST_UNREACH, 4, [0; 4], quote)
+    };
+    prog.check(&[
+        tc(
+            "ICMPv6 port unreachable from the backend",
+            unreachable(*B6[0].ip(), &forwarded6),
+            Out::Packet(unreachable(
+                *VIP6.ip(),
+                &quote6_with(&forwarded6, VIP6, false),
+            )),
+            Some(Reason::IcmpRewritten),
+            NO_EVENTS,
+        ),
+        tc(
+            "ICMPv6 time exceeded from a router, quote cut after the DNS ID",
+            icmp6_error(
+                router6,
+                CLIENT6,
+                icmp6::TIME_EXCEEDED,
+                0,
+                [0; 4],
+                &forwarded6[..50],
+            ),
+            Out::Packet(icmp6_error(
+                *VIP6.ip(),
+                CLIENT6,
+                icmp6::TIME_EXCEEDED,
+                0,
+                [0; 4],
+                &quote6_with(&forwarded6, VIP6, false)[..50],
+            )),
+            Some(Reason::IcmpRewritten),
+            NO_EVENTS,
+        ),
+        tc(
+            "ICMPv6 quoting 8 UDP bytes: no DNS ID to find the query by",
+            unreachable(*B6[0].ip(), &forwarded6[..48]),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+        tc(
+            "ICMPv6 about another client port",
+            unreachable(
+                *B6[0].ip(),
+                &query(VIP6).sport(47298).to(B6[0]).bytes()[14..],
+            ),
+            Out::Unchanged,
+            None,
+            NO_EVENTS,
+        ),
+    ]);
+}
+
 /// The UDP or TCP checksum of an untagged IPv6 frame without extension headers,
 /// from scratch: 0 when valid.
 fn ipv6_l4_checksum(frame: &[u8]) -> u16 {
@@ -1937,7 +2394,7 @@ fn xdp_ipv6_table_steers_new_flows_and_leaves_the_rest_alone() {
             NEW_FLOW,
         ),
         steered("the first flow again keeps its backend", &first, B6[0], HIT),
-        steered("TCP SYN", &syn, B6[2], NEW_FLOW),
+        steered("TCP SYN", &syn, B6[2], NEW_CONNECTION),
         steered(
             "the TCP query segment follows it",
             &syn.clone().flags(tcp::ACK | PSH).with_tcp_query(),
@@ -2148,8 +2605,8 @@ fn tc_ipv6_replies_are_translated_from_the_reply_record() {
         steered("UDP flow", &udp, B6[0], NEW_FLOW),
         steered("UDP flow to the second address", &alias, B6[1], NEW_FLOW),
         steered("wildcard flow", &wild, WILD6_BACKEND, NEW_FLOW),
-        steered("TCP flow", &syn, B6[2], NEW_FLOW),
-        steered("TCP flow the backend resets", &reset, B6[3], NEW_FLOW),
+        steered("TCP flow", &syn, B6[2], NEW_CONNECTION),
+        steered("TCP flow the backend resets", &reset, B6[3], NEW_CONNECTION),
     ]);
     let answer = udp.clone().to(B6[0]).answer();
     let syn_ack = syn.clone().flags(tcp::SYN | tcp::ACK).to(B6[2]).answer();
@@ -2178,6 +2635,14 @@ fn tc_ipv6_replies_are_translated_from_the_reply_record() {
             VIP6,
             NO_EVENTS,
         ),
+        tc(
+            "the same answer again: its query's record is consumed",
+            answer.bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+        steered("the query asked again", &udp, B6[0], HIT),
         replied(
             "answer behind a VLAN tag",
             &answer.clone().tagged(&[0x8100]),
@@ -2236,6 +2701,7 @@ fn tc_ipv6_replies_are_translated_from_the_reply_record() {
         ),
     ];
     prog.check(&cases);
+    prog.check(&[steered("the query asked again", &udp, B6[0], HIT)]);
     for p in [&answer, &syn_ack] {
         let (_, out) = prog.run(TC_PROGRAM, &p.bytes());
         assert_eq!(ipv6_l4_checksum(&out), 0, "reply checksum from scratch");
@@ -2294,14 +2760,17 @@ fn ipv4_and_ipv6_flows_share_one_run_and_stick() {
     ));
     prog.check(&cases);
 
-    // The IPv6 flow's records, keyed by 16-byte addresses.
-    let query_key = FlowKey::new(
+    // The IPv6 flow's affinity record and its query's record, keyed by
+    // 16-byte addresses.
+    let affinity_key = FlowKey::new(
         (a(CLIENT6), 54000u16.to_be_bytes()),
         (a(*VIP6.ip()), 53u16.to_be_bytes()),
         PROTO_UDP,
         direction::QUERY,
     );
-    let record = prog.flow(&query_key).expect("the IPv6 query record");
+    let record = prog
+        .affinity(&affinity_key)
+        .expect("the IPv6 affinity record");
     assert_eq!(
         (record.addr, record.port, record.slot),
         (
@@ -2310,25 +2779,33 @@ fn ipv4_and_ipv6_flows_share_one_run_and_stick() {
             backend_slot(DNS6_ID, 0)
         )
     );
-    let reply_key = FlowKey::new(
+    let query_key = QueryKey::new(
         (a(*B6[0].ip()), 53u16.to_be_bytes()),
         (a(CLIENT6), 54000u16.to_be_bytes()),
-        PROTO_UDP,
-        direction::REPLY,
+        DNS_QUERY_ID,
     );
     assert_eq!(
-        prog.flow(&reply_key).expect("the IPv6 reply record").addr,
-        a(*VIP6.ip())
+        prog.query_record(&query_key),
+        None,
+        "consumed by the answer"
+    );
+    prog.check(&[steered("IPv6 flow, asked again", &flow6, B6[0], HIT)]);
+    let record = prog
+        .query_record(&query_key)
+        .expect("the IPv6 query's record");
+    assert_eq!(
+        (record.asked, record.asked_port, record.slot),
+        (a(*VIP6.ip()), 53u16.to_be_bytes(), backend_slot(DNS6_ID, 0))
     );
     let len = flow6.bytes().len() as u64;
     assert_eq!(
         prog.backend_stats(DNS6_ID, B6[0]),
         BackendCounter {
-            packets: 9,
-            bytes: 9 * len,
+            packets: 10,
+            bytes: 10 * len,
             new_flows: 2
         },
-        "the flow's eight packets and new flow 4"
+        "the flow's nine packets and new flow 4"
     );
 }
 
@@ -2424,6 +2901,7 @@ fn tc_reply_in_translates_takes_a_hop_and_redirects() {
             "{what}: FORWARD_EVENTS"
         );
     }
+    prog.check(&[steered("IPv6 query again", &q6, backend6, HIT)]);
     let (_, out) = prog.run(REPLY_IN_PROGRAM, &q6.clone().to(backend6).answer().bytes());
     assert_eq!(&out[22..38], &vip6.ip().octets(), "IPv6 source");
     assert_eq!(
@@ -2440,4 +2918,83 @@ fn tc_reply_in_translates_takes_a_hop_and_redirects() {
     let (action, out) = prog.run(REPLY_IN_PROGRAM, &last_hop);
     assert_eq!((action, &out), (TC_ACT_OK, &last_hop), "hop limit 1");
     assert_eq!(prog.reasons(), reasons, "hop limit 1: REASONS");
+}
+
+const SMALL_CONFIG: &str = r#"
+interface = "lo"
+
+[flows]
+size = 1024
+
+[[service]]
+name = "dns"
+listen = ["192.0.2.10:53"]
+backends = ["10.100.13.2:53", "10.100.13.3:53"]
+"#;
+
+/// The query table holds exactly `[flows] size` queries in flight, written
+/// and answered on both CPUs: a plain hash's capacity is global (the LRU the
+/// table replaced kept per-CPU free lists and evicted long before it was
+/// full). One query more is steered without a record, counted, and its
+/// answer leaves untranslated; an answer frees a place.
+#[test]
+fn query_table_holds_its_size_across_cpus_and_counts_what_does_not_fit() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let prog = Loaded::new(SMALL_CONFIG);
+    let size = 1024u16;
+    let asked = |i: u16| query(VIP).sport(20000 + i).id(i);
+    // Round robin over two backends, whichever CPU runs the query.
+    let backend = |p: &Pkt| prog.steer(p);
+    let mut answers = Vec::new();
+    for i in 0..size {
+        common::pin_to_cpu(usize::from(i) % cpus);
+        let q = asked(i);
+        let to = backend(&q);
+        answers.push(q.to(to).answer());
+    }
+    let events = prog.query_events();
+    assert_eq!(
+        (
+            events[QueryEvent::Inserted as usize],
+            events[QueryEvent::InsertFailed as usize]
+        ),
+        (u64::from(size), 0),
+        "{size} queries in flight fit a table of {size}"
+    );
+    // One more: steered all the same, without a record.
+    common::pin_to_cpu(0);
+    let extra = asked(size);
+    let to = backend(&extra);
+    let extra_answer = extra.clone().to(to).answer();
+    assert_eq!(prog.query_events()[QueryEvent::InsertFailed as usize], 1);
+    prog.check(&[tc(
+        "the answer to the query that found the table full",
+        extra_answer.bytes(),
+        Out::Unchanged,
+        Some(Reason::ReplyNoFlow),
+        NO_EVENTS,
+    )]);
+    // Answered on the other CPU than their queries: every record is found.
+    for (i, answer) in answers.iter().enumerate() {
+        common::pin_to_cpu((i + 1) % cpus);
+        let (_, out) = prog.run(TC_PROGRAM, &answer.bytes());
+        assert_eq!(
+            out,
+            answer.clone().from(VIP).bytes(),
+            "answer {i}: translated"
+        );
+    }
+    let events = prog.query_events();
+    assert_eq!(
+        events[QueryEvent::Answered as usize],
+        u64::from(size),
+        "every answer consumed its record"
+    );
+    // The table is empty again: the next query fits.
+    common::pin_to_cpu(1 % cpus);
+    prog.steer(&asked(size + 1));
+    assert_eq!(
+        prog.query_events()[QueryEvent::Inserted as usize],
+        u64::from(size) + 1
+    );
 }

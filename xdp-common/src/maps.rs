@@ -26,9 +26,13 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const FORWARD: &str = "FORWARD";
     pub const FORWARD_EVENTS: &str = "FORWARD_EVENTS";
+    pub const QUERIES: &str = "QUERIES";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const QUERY_EVENTS: &str = "QUERY_EVENTS";
 
     /// Every map the loader pins, in a fixed order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
         SERVICES,
         SERVICE_CONF,
         RINGS,
@@ -43,6 +47,10 @@ pub mod names {
         REASONS,
         FORWARD,
         FORWARD_EVENTS,
+        QUERIES,
+        AFFINITY,
+        FRAGMENTS,
+        QUERY_EVENTS,
     ];
 }
 
@@ -63,8 +71,11 @@ pub const MAX_WEIGHT: u32 = 100;
 const _: () = assert!(MAX_BACKENDS_PER_SERVICE * MAX_WEIGHT <= RING_SIZE);
 /// Two rings (generations) per service.
 pub const RING_ENTRIES: u32 = MAX_SERVICES * 2;
-/// Default flow table capacity in entries (one per direction of a flow).
+/// Default capacity of each state table (`[flows] size`): UDP queries in
+/// flight, UDP flow affinity records, TCP connection records (two per connection).
 pub const FLOW_CAPACITY: u32 = 65536;
+/// Fragmented answers whose later fragments are being translated at once.
+pub const FRAGMENT_CAPACITY: u32 = 8192;
 /// Bytes of a service name kept in the kernel, NUL-padded.
 pub const SERVICE_NAME_LEN: usize = 32;
 
@@ -418,6 +429,131 @@ pub struct FlowSettings {
 }
 const _: () = assert!(core::mem::size_of::<FlowSettings>() == 24);
 
+/// `QUERIES` key: a UDP query in flight, as its answer will be seen (backend
+/// to client), told apart from other queries on the same ports by its DNS
+/// message ID. The answer consumes the record, so the table holds only the
+/// queries a backend has not answered yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QueryKey {
+    pub backend: Addr,
+    pub client: Addr,
+    pub backend_port: [u8; 2],
+    pub client_port: [u8; 2],
+    /// The DNS message ID as it sits in the packet; 0 for a datagram too
+    /// short to carry one.
+    pub id: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<QueryKey>() == 40);
+
+impl QueryKey {
+    #[inline(always)]
+    pub const fn new(backend: (Addr, [u8; 2]), client: (Addr, [u8; 2]), id: [u8; 2]) -> Self {
+        Self {
+            backend: backend.0,
+            client: client.0,
+            backend_port: backend.1,
+            client_port: client.1,
+            id,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// `QUERIES` value: where the answer must appear to come from, and when the
+/// query was sent on (for the query timeout and the answer's latency).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueryValue {
+    /// `bpf_ktime_get_ns` when the query was steered.
+    pub sent_ns: u64,
+    /// The service address the client asked.
+    pub asked: Addr,
+    pub asked_port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// The backend's slot.
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<QueryValue>() == 32);
+
+/// `FRAGMENTS` key: one fragmented datagram, as its later fragments (which
+/// carry no ports) identify it: source, destination and fragment ID (IPv4's
+/// 16 bits, IPv6's 32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragmentKey>() == 40);
+
+/// `FRAGMENTS` value: the source address the datagram's first fragment was
+/// given, which every later fragment gets too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentValue {
+    pub src: Addr,
+}
+const _: () = assert!(core::mem::size_of::<FragmentValue>() == 16);
+
+/// What happened to a UDP query's record: the index into the per-CPU
+/// `QUERY_EVENTS` counters. Queries in flight are `inserted - answered -
+/// timed_out` (the loader removes and counts records past the query timeout).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryEvent {
+    /// A query's record was written: it is in flight.
+    Inserted = 0,
+    /// An answer found its query's record and consumed it.
+    Answered = 1,
+    /// A query found a record under its key already (a retransmission with
+    /// the same ID from the same port): the record was rewritten, nothing added.
+    Retransmitted = 2,
+    /// The table was full: the query was steered without a record, so its
+    /// answer leaves untranslated (and counts as `reply_no_flow`).
+    InsertFailed = 3,
+    /// A later fragment of an answer whose first fragment was not seen (or
+    /// whose fragment record was evicted): left untranslated.
+    FragmentUnmatched = 4,
+    /// Kept by the loader (CPU 0's slot): records it removed unanswered
+    /// after the query timeout.
+    TimedOut = 5,
+    /// Kept by the loader (CPU 0's slot): the most queries in flight it has
+    /// seen (sampled every 100 ms), a gauge rather than a count.
+    PeakInFlight = 6,
+}
+
+pub const QUERY_EVENT_COUNT: u32 = 7;
+
+impl QueryEvent {
+    pub const ALL: [QueryEvent; QUERY_EVENT_COUNT as usize] = [
+        QueryEvent::Inserted,
+        QueryEvent::Answered,
+        QueryEvent::Retransmitted,
+        QueryEvent::InsertFailed,
+        QueryEvent::FragmentUnmatched,
+        QueryEvent::TimedOut,
+        QueryEvent::PeakInFlight,
+    ];
+
+    /// The stable name used in `dnsteer stats` text and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            QueryEvent::Inserted => "inserted",
+            QueryEvent::Answered => "answered",
+            QueryEvent::Retransmitted => "retransmitted",
+            QueryEvent::InsertFailed => "insert_failed",
+            QueryEvent::FragmentUnmatched => "fragment_unmatched",
+            QueryEvent::TimedOut => "timed_out",
+            QueryEvent::PeakInFlight => "peak_in_flight",
+        }
+    }
+}
+
 /// What happened to a flow record: the index into the per-CPU `FLOW_EVENTS` counters.
 ///
 /// The kernel does not report LRU evictions; `dnsteer stats` derives them as
@@ -555,9 +691,16 @@ pub enum Reason {
     /// An IPv6 packet with an extension header (or AH, ESP) before its transport
     /// header: not parsed further (left alone).
     Ipv6Ext = 9,
+    /// A later fragment of a translated answer, given the source its first
+    /// fragment was given.
+    ReplyFragment = 10,
+    /// An ICMP or ICMPv6 error about an answer (fragmentation needed, packet
+    /// too big, ..) sent to a service address, translated towards the backend
+    /// that sent the answer.
+    IcmpToBackend = 11,
 }
 
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 12;
 
 impl Reason {
     /// Every reason, in index order.
@@ -572,6 +715,8 @@ impl Reason {
         Reason::TcpNoFlow,
         Reason::IcmpRewritten,
         Reason::Ipv6Ext,
+        Reason::ReplyFragment,
+        Reason::IcmpToBackend,
     ];
 
     /// The stable name used in `dnsteer stats` text and JSON.
@@ -587,6 +732,8 @@ impl Reason {
             Reason::TcpNoFlow => "tcp_no_flow",
             Reason::IcmpRewritten => "icmp_rewritten",
             Reason::Ipv6Ext => "ipv6_ext",
+            Reason::ReplyFragment => "reply_fragment",
+            Reason::IcmpToBackend => "icmp_to_backend",
         }
     }
 }
@@ -604,6 +751,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowSettings {}
+    unsafe impl aya::Pod for super::QueryKey {}
+    unsafe impl aya::Pod for super::QueryValue {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentValue {}
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6
-//! (without extension headers), UDP or TCP; and ICMP errors quoting an IPv4 UDP
-//! or TCP packet.
+//! (without extension headers), UDP or TCP; the DNS message ID after a UDP
+//! header; fragments of an IPv4 or IPv6 datagram; and ICMP or ICMPv6 errors
+//! quoting an IPv4 or IPv6 UDP or TCP packet.
 //!
 //! Written once over the [`Packet`] trait so the kernel side (bounds checked
 //! against `data_end`) and the host (a byte slice) run the same code: what the
@@ -38,6 +39,10 @@ pub mod ipv4 {
     pub const DST: usize = 16;
     /// More-fragments flag and fragment offset; either set means a fragment.
     pub const FRAG_MASK: u16 = 0x3fff;
+    /// The "more fragments" flag and the fragment offset (in 8-byte units).
+    pub const MORE_FRAGMENTS: u16 = 0x2000;
+    pub const OFFSET_MASK: u16 = 0x1fff;
+    pub const ID: usize = 4;
 }
 
 /// Field offsets inside the IPv6 header (RFC 8200 3), and which next-header
@@ -50,6 +55,9 @@ pub mod ipv6 {
     pub const NEXT: usize = 6;
     pub const SRC: usize = 8;
     pub const DST: usize = 24;
+    /// The fragment header's next header value, and the header's length (RFC 8200 4.5).
+    pub const FRAGMENT: u8 = 44;
+    pub const FRAGMENT_HLEN: usize = 8;
     /// IANA's "IPv6 Extension Header Types" (RFC 7045 lists them): hop-by-hop
     /// options, routing, fragment, ESP, AH, destination options, mobility,
     /// HIP, shim6, and the two experimental values.
@@ -104,6 +112,19 @@ pub mod icmp {
     pub const FRAG_NEEDED: u8 = 4;
 }
 
+/// ICMPv6 (RFC 4443): the error messages translated like their flows.
+pub mod icmp6 {
+    pub const PROTO: u8 = 58;
+    pub const DEST_UNREACH: u8 = 1;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const TIME_EXCEEDED: u8 = 3;
+    /// The checksum's offset, as in ICMP.
+    pub const CHECK: usize = 2;
+}
+
+/// Bytes of a DNS message's ID (RFC 1035 4.1.1), the first field after the UDP header.
+pub const DNS_ID_LEN: usize = 2;
+
 /// Read access to a packet's bytes.
 #[expect(
     clippy::len_without_is_empty,
@@ -114,6 +135,13 @@ pub trait Packet {
     fn len(&self) -> usize;
     /// `N` bytes at `offset`, or `None` when they run past the end.
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The 16 bytes at `offset` as an address's words. The kernel side reads
+    /// them as words: a 16-byte array would cost the BPF stack a slot per byte.
+    #[inline(always)]
+    fn addr(&self, offset: usize) -> Option<Addr> {
+        self.bytes::<16>(offset).map(addr_from_octets)
+    }
 }
 
 impl Packet for [u8] {
@@ -223,6 +251,8 @@ pub struct IcmpError4 {
     /// The outer IPv4 header checksum and the ICMP checksum, as they are.
     pub ip_check: [u8; 2],
     pub icmp_check: [u8; 2],
+    /// Offset of the end of the outer datagram: how far the quote may be read.
+    pub end: usize,
     pub quoted: Quoted4,
 }
 
@@ -352,8 +382,8 @@ struct Network {
 fn ipv6_at<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Network, Skip> {
     // Read in three pieces rather than as one 40-byte copy: BPF stack is scarce.
     let head = p.bytes::<{ ipv6::SRC }>(off).ok_or(Skip::Malformed)?;
-    let src = p.bytes::<16>(off + ipv6::SRC).ok_or(Skip::Malformed)?;
-    let dst = p.bytes::<16>(off + ipv6::DST).ok_or(Skip::Malformed)?;
+    let src = p.addr(off + ipv6::SRC).ok_or(Skip::Malformed)?;
+    let dst = p.addr(off + ipv6::DST).ok_or(Skip::Malformed)?;
     if head[0] >> 4 != 6 {
         return Err(Skip::Malformed);
     }
@@ -367,8 +397,8 @@ fn ipv6_at<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Network, Skip> {
         payload,
         proto: head[ipv6::NEXT],
         ipv6: true,
-        src: addr_from_octets(src),
-        dst: addr_from_octets(dst),
+        src,
+        dst,
     })
 }
 
@@ -504,6 +534,7 @@ pub fn icmp_error4<P: Packet + ?Sized>(p: &P) -> Result<IcmpError4, IcmpSkip> {
         dst: ip.dst,
         ip_check: ip.check,
         icmp_check: [hdr[icmp::CHECK], hdr[icmp::CHECK + 1]],
+        end,
         quoted: Quoted4 {
             l3: inner_l3,
             l4: inner_l4,
@@ -513,6 +544,229 @@ pub fn icmp_error4<P: Packet + ?Sized>(p: &P) -> Result<IcmpError4, IcmpSkip> {
             dst: inner.dst,
             sport: [ports[0], ports[1]],
             dport: [ports[2], ports[3]],
+        },
+    })
+}
+
+/// The DNS message ID of the UDP datagram `pkt`, as it sits in the packet;
+/// `[0, 0]` for a datagram too short to carry one (the query and its answer
+/// then share that key, as they share every other).
+#[inline(always)]
+pub fn dns_id<P: Packet + ?Sized>(p: &P, pkt: &Headers) -> [u8; DNS_ID_LEN] {
+    match p.bytes::<{ UDP_HLEN + DNS_ID_LEN }>(pkt.l4) {
+        Some(b) if be16([b[udp::LEN], b[udp::LEN + 1]]) as usize >= UDP_HLEN + DNS_ID_LEN => {
+            [b[UDP_HLEN], b[UDP_HLEN + 1]]
+        }
+        _ => [0, 0],
+    }
+}
+
+/// The DNS message ID of a UDP datagram quoted by an ICMP error whose
+/// transport header is at `l4`, when the quote reaches it before `end`.
+#[inline(always)]
+pub fn quoted_dns_id<P: Packet + ?Sized>(p: &P, l4: usize, end: usize) -> Option<[u8; 2]> {
+    let at = l4 + UDP_HLEN;
+    let id = p.bytes::<DNS_ID_LEN>(at)?;
+    (at + DNS_ID_LEN <= end).then_some(id)
+}
+
+/// A fragment of an IPv4 datagram, or of an IPv6 one whose fragment header
+/// follows the fixed header directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// Offset of the IPv4 or IPv6 header.
+    pub l3: usize,
+    pub ipv6: bool,
+    /// The datagram's protocol: IPv4's, or the fragment header's next header.
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// The identification: IPv4's 16 bits or IPv6's 32.
+    pub id: u32,
+    /// Offset 0: the fragment that carries the transport header, at `l4`.
+    pub first: bool,
+    /// More fragments follow.
+    pub more: bool,
+    /// Offset of the fragment's payload (the transport header in the first).
+    pub l4: usize,
+    /// Bytes from `l4` to the end of the fragment.
+    pub payload: usize,
+}
+
+/// Parses a fragment of an IPv4 or IPv6 datagram; `None` for a whole
+/// datagram or anything malformed. Whole datagrams go through `headers`,
+/// which refuses fragments.
+#[inline(always)]
+pub fn fragment<P: Packet + ?Sized>(p: &P) -> Option<Fragment> {
+    let (ethertype, l3) = ethertype(p).ok()?;
+    if ethertype == ETH_P_IPV6 {
+        let ip = ipv6_at(p, l3).ok()?;
+        if ip.proto != ipv6::FRAGMENT {
+            return None;
+        }
+        // Read before the length check, which would let the compiler drop
+        // the bounds check the verifier needs.
+        let fh = p.bytes::<{ ipv6::FRAGMENT_HLEN }>(ip.l4)?;
+        if ip.payload < ipv6::FRAGMENT_HLEN {
+            return None;
+        }
+        let offset_flags = be16([fh[2], fh[3]]);
+        let first = offset_flags >> 3 == 0;
+        let more = offset_flags & 1 != 0;
+        // An atomic fragment (offset 0, no more: RFC 6946) is a whole datagram.
+        if first && !more {
+            return None;
+        }
+        return Some(Fragment {
+            l3,
+            ipv6: true,
+            proto: fh[0],
+            src: ip.src,
+            dst: ip.dst,
+            id: u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]),
+            first,
+            more,
+            l4: ip.l4 + ipv6::FRAGMENT_HLEN,
+            payload: ip.payload - ipv6::FRAGMENT_HLEN,
+        });
+    }
+    if ethertype != ETH_P_IPV4 {
+        return None;
+    }
+    let ip = p.bytes::<IPV4_MIN_HLEN>(l3)?;
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let tot_len = be16([ip[ipv4::TOT_LEN], ip[ipv4::TOT_LEN + 1]]) as usize;
+    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || tot_len < ihl || l3 + tot_len > p.len() {
+        return None;
+    }
+    let frag = be16([ip[ipv4::FRAG], ip[ipv4::FRAG + 1]]);
+    let first = frag & ipv4::OFFSET_MASK == 0;
+    let more = frag & ipv4::MORE_FRAGMENTS != 0;
+    if first && !more {
+        return None;
+    }
+    Some(Fragment {
+        l3,
+        ipv6: false,
+        proto: ip[ipv4::PROTO],
+        src: ipv4_mapped(addr(&ip, ipv4::SRC)),
+        dst: ipv4_mapped(addr(&ip, ipv4::DST)),
+        id: be16([ip[ipv4::ID], ip[ipv4::ID + 1]]) as u32,
+        first,
+        more,
+        l4: l3 + ihl,
+        payload: tot_len - ihl,
+    })
+}
+
+/// An ICMPv6 error (destination unreachable, packet too big, time exceeded)
+/// about an IPv6 UDP datagram or TCP segment whose header follows the quoted
+/// fixed header directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpError6 {
+    /// Offset of the outer IPv6 header.
+    pub l3: usize,
+    /// Offset of the ICMPv6 header.
+    pub icmp: usize,
+    pub icmp_type: u8,
+    pub code: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// The ICMPv6 checksum, as it is (it covers a pseudo-header with `src` and `dst`).
+    pub icmp_check: [u8; 2],
+    /// Offset of the end of the outer datagram: how far the quote may be read.
+    pub end: usize,
+    pub quoted: Quoted6,
+}
+
+/// The packet an ICMPv6 error quotes: its fixed header and first
+/// `QUOTED_L4_LEN` transport bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted6 {
+    pub l3: usize,
+    pub l4: usize,
+    /// `PROTO_UDP` or `PROTO_TCP`.
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// Parses an Ethernet frame carrying an ICMPv6 destination unreachable, packet
+/// too big or time exceeded message down to the first `QUOTED_L4_LEN` bytes of
+/// the UDP datagram or TCP segment it quotes.
+#[inline(always)]
+pub fn icmp_error6<P: Packet + ?Sized>(p: &P) -> Result<IcmpError6, IcmpSkip> {
+    let (ethertype, l3) = ethertype(p).map_err(IcmpSkip::Outer)?;
+    if ethertype != ETH_P_IPV6 {
+        return Err(IcmpSkip::Outer(Skip::NotIp));
+    }
+    let ip = ipv6_at(p, l3).map_err(IcmpSkip::Outer)?;
+    if ip.proto != icmp6::PROTO {
+        return Err(IcmpSkip::NotIcmpError);
+    }
+    let at = ip.l4;
+    let end = at + ip.payload;
+    let hdr = p
+        .bytes::<ICMP_HLEN>(at)
+        .filter(|_| at + ICMP_HLEN <= end)
+        .ok_or(IcmpSkip::Outer(Skip::Malformed))?;
+    let icmp_type = hdr[icmp::TYPE];
+    if !matches!(
+        icmp_type,
+        icmp6::DEST_UNREACH | icmp6::PACKET_TOO_BIG | icmp6::TIME_EXCEEDED
+    ) {
+        return Err(IcmpSkip::NotIcmpError);
+    }
+    let inner_l3 = at + ICMP_HLEN;
+    let inner_l4 = inner_l3 + IPV6_HLEN;
+    // Every read comes before the comparisons with `end`: from those the
+    // compiler would prove the reads in bounds and drop the checks the
+    // verifier needs to see. The quote is cut short: its payload length
+    // cannot be checked.
+    // Byte arrays become address words at once: the BPF stack cannot afford
+    // a slot per byte for long.
+    let head = p
+        .bytes::<{ ipv6::SRC }>(inner_l3)
+        .ok_or(IcmpSkip::Quoted(Skip::Malformed))?;
+    let (version, proto) = (head[0] >> 4, head[ipv6::NEXT]);
+    let src = p
+        .addr(inner_l3 + ipv6::SRC)
+        .ok_or(IcmpSkip::Quoted(Skip::Malformed))?;
+    let dst = p
+        .addr(inner_l3 + ipv6::DST)
+        .ok_or(IcmpSkip::Quoted(Skip::Malformed))?;
+    let ports = p
+        .bytes::<QUOTED_L4_LEN>(inner_l4)
+        .ok_or(IcmpSkip::Quoted(Skip::Malformed))?;
+    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    if inner_l4 + QUOTED_L4_LEN > end || version != 6 {
+        return Err(IcmpSkip::Quoted(Skip::Malformed));
+    }
+    if proto != PROTO_UDP && proto != PROTO_TCP {
+        return Err(IcmpSkip::Quoted(Skip::NotUdpOrTcp));
+    }
+    if is_ipv4_mapped(&src) || is_ipv4_mapped(&dst) {
+        return Err(IcmpSkip::Quoted(Skip::Mapped));
+    }
+    Ok(IcmpError6 {
+        l3,
+        icmp: at,
+        icmp_type,
+        code: hdr[icmp::CODE],
+        src: ip.src,
+        dst: ip.dst,
+        icmp_check: [hdr[icmp::CHECK], hdr[icmp::CHECK + 1]],
+        end,
+        quoted: Quoted6 {
+            l3: inner_l3,
+            l4: inner_l4,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
         },
     })
 }
@@ -1066,6 +1320,186 @@ mod tests {
         // The ICMP error parser is IPv4 only.
         assert_eq!(
             icmp_error4(base.as_slice()),
+            Err(IcmpSkip::Outer(Skip::NotIp))
+        );
+    }
+
+    #[test]
+    fn dns_id_after_the_udp_header_or_zero() {
+        let f = frame(&[], 0, &[0xab, 0xcd, 1, 0]);
+        let pkt = headers(f.as_slice()).unwrap();
+        assert_eq!(dns_id(f.as_slice(), &pkt), [0xab, 0xcd]);
+        // One payload byte: no ID, whatever padding follows the datagram.
+        let mut short = frame(&[], 0, &[0xab]);
+        short.extend_from_slice(&[0xcd; 8]);
+        let pkt = headers(short.as_slice()).unwrap();
+        assert_eq!(dns_id(short.as_slice(), &pkt), [0, 0]);
+        let f = frame6(&[], PROTO_UDP, &udp6(&[0x12, 0x34]));
+        let pkt = headers(f.as_slice()).unwrap();
+        assert_eq!(dns_id(f.as_slice(), &pkt), [0x12, 0x34]);
+    }
+
+    /// `f` (an IPv4 frame from `frame`) as a fragment: flags and offset `word`, identification `id`.
+    fn as_fragment4(mut f: Vec<u8>, word: u16, id: u16) -> Vec<u8> {
+        f[14 + ipv4::ID..14 + ipv4::ID + 2].copy_from_slice(&id.to_be_bytes());
+        f[14 + ipv4::FRAG..14 + ipv4::FRAG + 2].copy_from_slice(&word.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let f = frame(&[], 0, &[0xab, 0xcd, 1, 0]);
+        assert_eq!(fragment(f.as_slice()), None, "a whole datagram");
+        let first = as_fragment4(f.clone(), ipv4::MORE_FRAGMENTS, 0x4242);
+        assert_eq!(headers(first.as_slice()), Err(Skip::Fragment));
+        let got = fragment(first.as_slice()).unwrap();
+        assert_eq!(
+            (
+                got.l3, got.ipv6, got.proto, got.id, got.first, got.more, got.l4
+            ),
+            (14, false, PROTO_UDP, 0x4242, true, true, 34)
+        );
+        assert_eq!(
+            (got.src, got.dst, got.payload),
+            (
+                ipv4_mapped([192, 0, 2, 100]),
+                ipv4_mapped([192, 0, 2, 10]),
+                12
+            )
+        );
+        let last = fragment(as_fragment4(f.clone(), 185, 0x4242).as_slice()).unwrap();
+        assert_eq!((last.first, last.more, last.id), (false, false, 0x4242));
+        let middle = fragment(as_fragment4(f.clone(), ipv4::MORE_FRAGMENTS | 1, 7).as_slice());
+        assert_eq!(middle.map(|m| (m.first, m.more)), Some((false, true)));
+        // DF alone is no fragment; neither is a cut or inconsistent header.
+        assert_eq!(
+            fragment(as_fragment4(f.clone(), 0x4000, 1).as_slice()),
+            None
+        );
+        let cut = as_fragment4(f.clone(), ipv4::MORE_FRAGMENTS, 1);
+        assert_eq!(fragment(&cut[..30]), None);
+        let mut long = cut.clone();
+        long[14 + ipv4::TOT_LEN + 1] += 40;
+        assert_eq!(fragment(long.as_slice()), None);
+    }
+
+    /// An IPv6 frame whose fragment header (offset `offset`, more `more`,
+    /// identification `id`) precedes `data`.
+    fn fragment6(offset: u16, more: bool, id: u32, data: &[u8]) -> Vec<u8> {
+        let mut l4 = std::vec![PROTO_UDP, 0];
+        l4.extend_from_slice(&(offset << 3 | more as u16).to_be_bytes());
+        l4.extend_from_slice(&id.to_be_bytes());
+        l4.extend_from_slice(data);
+        frame6(&[], ipv6::FRAGMENT, &l4)
+    }
+
+    #[test]
+    fn ipv6_fragments() {
+        let first = fragment6(0, true, 0x0102_0304, &udp6(&[0xab, 0xcd]));
+        assert_eq!(headers(first.as_slice()), Err(Skip::Ipv6Ext));
+        let got = fragment(first.as_slice()).unwrap();
+        assert_eq!(
+            (
+                got.ipv6,
+                got.proto,
+                got.id,
+                got.first,
+                got.more,
+                got.l4,
+                got.payload
+            ),
+            (true, PROTO_UDP, 0x0102_0304, true, true, 62, 10)
+        );
+        assert_eq!(got.dst, addr_from_octets(VIP6));
+        let last = fragment(fragment6(181, false, 9, b"tail").as_slice()).unwrap();
+        assert_eq!(
+            (last.first, last.more, last.id, last.l4),
+            (false, false, 9, 62)
+        );
+        // An atomic fragment (RFC 6946) is a whole datagram; other extension
+        // headers are not walked; a fragment header cut short is nothing.
+        assert_eq!(
+            fragment(fragment6(0, false, 1, &udp6(b"q")).as_slice()),
+            None
+        );
+        assert_eq!(fragment(frame6(&[], 60, &udp6(b"q")).as_slice()), None);
+        let cut = fragment6(0, true, 1, &[]);
+        assert_eq!(fragment(&cut[..cut.len() - 4]), None);
+    }
+
+    /// An ICMPv6 message `icmp_type`/`code` quoting `quote`, in an IPv6 frame.
+    fn icmp6_frame(icmp_type: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+        let mut m = std::vec![icmp_type, code, 0xaa, 0xbb, 0, 0, 0x05, 0x00];
+        m.extend_from_slice(quote);
+        frame6(&[], icmp6::PROTO, &m)
+    }
+
+    #[test]
+    fn icmpv6_errors_about_udp_and_tcp() {
+        // The quote: the answer as it left, VIP6:53 -> CLIENT6:40000.
+        let mut quoted = frame6(&[], PROTO_UDP, &udp6(&[0xab, 0xcd]))[14..].to_vec();
+        quoted[8..24].copy_from_slice(&VIP6);
+        quoted[24..40].copy_from_slice(&CLIENT6);
+        for icmp_type in [
+            icmp6::DEST_UNREACH,
+            icmp6::PACKET_TOO_BIG,
+            icmp6::TIME_EXCEEDED,
+        ] {
+            let f = icmp6_frame(icmp_type, 0, &quoted);
+            let e = icmp_error6(f.as_slice()).unwrap();
+            assert_eq!(
+                (e.l3, e.icmp, e.icmp_type, e.icmp_check),
+                (14, 54, icmp_type, [0xaa, 0xbb])
+            );
+            assert_eq!(e.end, f.len());
+            let q = &e.quoted;
+            assert_eq!((q.l3, q.l4, q.proto), (62, 102, PROTO_UDP));
+            assert_eq!(
+                (q.src, q.dst, q.sport, q.dport),
+                (
+                    addr_from_octets(VIP6),
+                    addr_from_octets(CLIENT6),
+                    [0x9c, 0x40],
+                    [0, 53]
+                )
+            );
+            assert_eq!(quoted_dns_id(f.as_slice(), q.l4, e.end), Some([0xab, 0xcd]));
+        }
+        // Cut after 8 UDP bytes: parsed, but without a DNS ID.
+        let f = icmp6_frame(icmp6::PACKET_TOO_BIG, 0, &quoted[..48]);
+        let e = icmp_error6(f.as_slice()).unwrap();
+        assert_eq!(quoted_dns_id(f.as_slice(), e.quoted.l4, e.end), None);
+        for cut in [0, 8, 39, 40, 47] {
+            let f = icmp6_frame(icmp6::DEST_UNREACH, 4, &quoted[..cut]);
+            assert_eq!(
+                icmp_error6(f.as_slice()),
+                Err(IcmpSkip::Quoted(Skip::Malformed)),
+                "quote cut at {cut}"
+            );
+        }
+        let tcp = frame6(&[], PROTO_TCP, &tcp6([0x50, 0x12]))[14..].to_vec();
+        let f = icmp6_frame(icmp6::DEST_UNREACH, 1, &tcp);
+        assert_eq!(icmp_error6(f.as_slice()).unwrap().quoted.proto, PROTO_TCP);
+        // Echo requests, ICMPv6 about ICMPv6, IPv4 and mapped quotes are not ours.
+        assert_eq!(
+            icmp_error6(icmp6_frame(128, 0, &quoted).as_slice()),
+            Err(IcmpSkip::NotIcmpError)
+        );
+        let mut about_icmp = quoted.clone();
+        about_icmp[6] = icmp6::PROTO;
+        assert_eq!(
+            icmp_error6(icmp6_frame(1, 0, &about_icmp).as_slice()),
+            Err(IcmpSkip::Quoted(Skip::NotUdpOrTcp))
+        );
+        let mut mapped = quoted.clone();
+        mapped[8..24].copy_from_slice(&crate::maps::octets(&ipv4_mapped([192, 0, 2, 10])));
+        assert_eq!(
+            icmp_error6(icmp6_frame(1, 0, &mapped).as_slice()),
+            Err(IcmpSkip::Quoted(Skip::Mapped))
+        );
+        let v4 = frame(&[], 0, b"q");
+        assert_eq!(
+            icmp_error6(v4.as_slice()),
             Err(IcmpSkip::Outer(Skip::NotIp))
         );
     }

@@ -1,23 +1,26 @@
 //! Flow affinity: the first packet of a flow picks a backend, every later one
-//! follows it, and the reply finds the address the client asked.
+//! follows it; and, for TCP, the reply finds the address the client asked.
 //!
-//! Each flow has two `FLOWS` records, written when its first packet is steered:
+//! A TCP connection has two `FLOWS` records, written when its SYN is steered:
 //! the query record (client -> service address, naming the backend) and the
-//! reply record (backend -> client, naming the service address). A query record
-//! is kept while its backend exists and the flow is not idle for longer than its
-//! protocol's timeout; otherwise the next packet is balanced as a new flow, as
-//! iptables' `--state NEW` did. TCP flows start only at a SYN, a FIN shortens
-//! the record's life to the closing timeout, and an RST ends it at once.
+//! reply record (backend -> client, naming the service address). A UDP flow
+//! (a client port asking a service address) has one `AFFINITY` record naming
+//! its backend; its answers are translated from per-query records instead
+//! (`query.rs`), so losing an affinity record costs only a new pick. A record
+//! is kept while its backend exists and the flow is not idle for longer than
+//! its protocol's timeout; otherwise the next packet is balanced as a new flow,
+//! as iptables' `--state NEW` did. TCP flows start only at a SYN, a FIN
+//! shortens the record's life to the closing timeout, and an RST ends it at once.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use xdp_common::{
-    Addr, FLOW_CLOSING, FlowEvent, FlowKey, FlowSettings, FlowValue, Reason, direction,
+    Addr, FLOW_CLOSING, FlowEvent, FlowKey, FlowSettings, FlowValue, PROTO_TCP, Reason, direction,
     parse::{Headers, tcp},
     same_addr,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOW_SETTINGS, FLOWS},
+    maps::{AFFINITY, BACKENDS, FLOW_SETTINGS, FLOWS},
     select, stats,
 };
 
@@ -33,6 +36,62 @@ pub struct Target {
 /// The backend for this query: its flow's while that is usable, else a new pick.
 #[inline(always)]
 pub fn query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
+    if pkt.is_tcp() {
+        tcp_query(pkt, service, now)
+    } else {
+        udp_query(pkt, service, now)
+    }
+}
+
+/// A UDP query follows its flow's `AFFINITY` record while that is usable.
+#[inline(always)]
+fn udp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
+    let key = FlowKey::new(
+        (pkt.src, pkt.sport),
+        (pkt.dst, pkt.dport),
+        pkt.proto,
+        direction::QUERY,
+    );
+    let record = AFFINITY.get_ptr_mut(key);
+    if let Some(record) = record {
+        // SAFETY: a pointer into the map's value, valid for this program run.
+        let value = unsafe { *record };
+        match stale(&value, pkt, now) {
+            None => {
+                stats::flow(FlowEvent::Hit);
+                unsafe { (*record).last_seen = now };
+                return Ok(Target {
+                    slot: value.slot,
+                    addr: value.addr,
+                    port: value.port,
+                    new_flow: false,
+                });
+            }
+            Some(event) => stats::flow(event),
+        }
+    } else {
+        stats::flow(FlowEvent::Miss);
+    }
+    let (slot, backend) = select::backend(service, pkt.ipv6).ok_or(Reason::NoBackend)?;
+    let value = FlowValue::new(now, backend.addr, backend.port, slot);
+    if record.is_none() && AFFINITY.insert(key, value, BPF_NOEXIST as u64).is_ok() {
+        stats::flow(FlowEvent::Inserted);
+    } else {
+        // Full or raced: the LRU evicts instead of failing; an error would
+        // only cost the flow its affinity.
+        let _ = AFFINITY.insert(key, value, BPF_ANY as u64);
+    }
+    Ok(Target {
+        slot,
+        addr: backend.addr,
+        port: backend.port,
+        new_flow: true,
+    })
+}
+
+/// A TCP segment follows its connection's `FLOWS` record; only a SYN opens one.
+#[inline(always)]
+fn tcp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
     let key = FlowKey::new(
         (pkt.src, pkt.sport),
         (pkt.dst, pkt.dport),
@@ -72,7 +131,7 @@ pub fn query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
     }
     // A TCP segment without its flow belongs to a connection dnsteer did not
     // open: no backend has it, so it is not worth creating state for.
-    if pkt.is_tcp() && !pkt.is_syn() {
+    if !pkt.is_syn() {
         return Err(Reason::TcpNoFlow);
     }
     let (slot, backend) = select::backend(service, pkt.ipv6).ok_or(Reason::NoBackend)?;
@@ -90,8 +149,8 @@ pub fn query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
     })
 }
 
-/// The service address a backend's packet must appear to come from, if it
-/// belongs to a flow dnsteer steered.
+/// The service address a backend's TCP segment must appear to come from, if
+/// it belongs to a connection dnsteer steered.
 #[inline(always)]
 pub fn reply(pkt: &Headers) -> Option<FlowValue> {
     let key = FlowKey::new(
@@ -129,16 +188,31 @@ pub fn reply(pkt: &Headers) -> Option<FlowValue> {
     Some(value)
 }
 
-/// The service address the client asked, from the reply record of the flow
-/// between `backend` and `client`; a lookup only, for ICMP errors about it.
+/// The service address the client asked, from the reply record of the TCP
+/// connection between `backend` and `client`; a lookup only, for ICMP errors
+/// about it.
 #[inline(always)]
-pub fn asked(backend: (Addr, [u8; 2]), client: (Addr, [u8; 2]), proto: u8) -> Option<FlowValue> {
-    let key = FlowKey::new(backend, client, proto, direction::REPLY);
+pub fn asked(backend: (Addr, [u8; 2]), client: (Addr, [u8; 2])) -> Option<FlowValue> {
+    let key = FlowKey::new(backend, client, PROTO_TCP, direction::REPLY);
     // SAFETY: copied out at once.
     unsafe { FLOWS.get(key) }.copied()
 }
 
-/// Makes sure the flow's reply record names the address this query asked.
+/// The backend a flow from `client` to the service address `asked` goes to,
+/// from its TCP query record or UDP affinity record; a lookup only, for ICMP
+/// errors about its answers.
+#[inline(always)]
+pub fn backend_of(client: (Addr, [u8; 2]), asked: (Addr, [u8; 2]), proto: u8) -> Option<FlowValue> {
+    let key = FlowKey::new(client, asked, proto, direction::QUERY);
+    // SAFETY: copied out at once.
+    if proto == PROTO_TCP {
+        unsafe { FLOWS.get(key) }.copied()
+    } else {
+        unsafe { AFFINITY.get(key) }.copied()
+    }
+}
+
+/// Makes sure the connection's reply record names the address this segment asked.
 ///
 /// It may not: a client that reuses its port for another service address
 /// sharing this backend overwrote it (the reply 5-tuple is the same), or the

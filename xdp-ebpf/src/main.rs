@@ -2,11 +2,13 @@
 //!
 //! - `dnsteer_steer` (XDP, ingress of the configured interface): rewrites the
 //!   destination of an IPv4 or IPv6 UDP or TCP packet to a listen address towards its flow's
-//!   backend (a new flow picks one from the service's ring) and hands it to the
-//!   stack (XDP_PASS), which forwards it.
+//!   backend (a new flow picks one from the service's ring), records a UDP
+//!   query until its answer comes, and hands it to the stack (XDP_PASS), which
+//!   forwards it. ICMP errors about answers are translated towards their backend.
 //! - `dnsteer_reply` (TC, egress of the same interface): rewrites the source of a
-//!   backend's reply back to the address the client asked, from the flow's record,
-//!   and translates ICMP errors about a steered flow the same way.
+//!   backend's reply back to the address the client asked, from the query's
+//!   record (UDP, fragmented answers included) or the connection's (TCP), and
+//!   translates ICMP errors about a steered query the same way.
 //! - With `forward = "redirect"`, steered queries leave through the FIB's next
 //!   hop without the stack, and `dnsteer_reply_in` (TC, ingress of the
 //!   interfaces the backends are routed through) translates replies there and
@@ -20,33 +22,48 @@
 mod bench;
 mod flow;
 mod forward;
+mod fragment;
 mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod query;
 mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{__sk_buff, TC_ACT_OK, xdp_action, xdp_md},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use xdp_common::{
-    Reason,
-    parse::{self, Packet as _, Skip},
+    Addr, Reason,
+    parse::{self, Headers, Packet as _, Skip},
 };
 
 #[xdp]
 pub fn dnsteer_steer(ctx: XdpContext) -> u32 {
-    let (reason, action) = steer(&ctx);
+    let (reason, action) = match steer(ctx.ctx) {
+        Rest::Done(done) => done,
+        Rest::Icmp | Rest::Fragment => (
+            icmp_in(ctx.ctx).unwrap_or(Reason::NotService),
+            xdp_action::XDP_PASS,
+        ),
+    };
     stats::count(reason);
     action
 }
+
 #[classifier]
 pub fn dnsteer_reply(ctx: TcContext) -> i32 {
-    if let Some(reason) = reply(&ctx) {
+    let skb = ctx.skb.skb;
+    let reason = match reply(skb) {
+        Rest::Done(reason) => reason,
+        Rest::Icmp => icmp_out(skb),
+        Rest::Fragment => fragment_out(skb),
+    };
+    if let Some(reason) = reason {
         stats::count(reason);
     }
     TC_ACT_OK
@@ -63,12 +80,27 @@ pub fn dnsteer_reply_in(ctx: TcContext) -> i32 {
     }
 }
 
+/// What a program's main path leaves to a rarer one.
+///
+/// The rare paths run as BPF-to-BPF calls from a thin entry point: each
+/// subprogram has a stack frame of its own, and the verifier's 512 bytes bound
+/// the deepest call chain, not the sum of every path inlined into one frame.
+enum Rest<T> {
+    Done(T),
+    /// Not UDP or TCP: perhaps an ICMP or ICMPv6 error about a flow.
+    Icmp,
+    /// A fragment: perhaps of an answer.
+    Fragment,
+}
+
 /// The reason to count and the action: `XDP_PASS` unless the fast path sent it.
-#[inline(always)]
-fn steer(ctx: &XdpContext) -> (Reason, u32) {
-    let pass = |reason| (reason, xdp_action::XDP_PASS);
+#[inline(never)]
+fn steer(ctx: *mut xdp_md) -> Rest<(Reason, u32)> {
+    let ctx = &XdpContext::new(ctx);
+    let pass = |reason| Rest::Done((reason, xdp_action::XDP_PASS));
     let pkt = match parse::headers(&packet::Xdp(ctx)) {
         Ok(pkt) => pkt,
+        Err(Skip::NotUdpOrTcp) => return Rest::Icmp,
         Err(skip) => return pass(skip.reason()),
     };
     let Some(service) = select::service(&pkt) else {
@@ -80,11 +112,15 @@ fn steer(ctx: &XdpContext) -> (Reason, u32) {
         Ok(target) => target,
         Err(reason) => return pass(reason),
     };
+    if !pkt.is_tcp() {
+        let id = parse::dns_id(&packet::Xdp(ctx), &pkt);
+        query::track(&pkt, id, (target.addr, target.port), target.slot, now);
+    }
     if nat::to_backend(ctx, &pkt, &target.addr, target.port).is_none() {
         return pass(Reason::Malformed);
     }
     stats::backend(target.slot, packet::Xdp(ctx).len() as u64, target.new_flow);
-    (Reason::Steered, forward::query(ctx, &pkt))
+    Rest::Done((Reason::Steered, forward::query(ctx, &pkt)))
 }
 
 /// The fast path's reply side; `None` leaves the packet to the stack and the
@@ -93,10 +129,11 @@ fn steer(ctx: &XdpContext) -> (Reason, u32) {
 fn reply_in(ctx: &TcContext) -> Option<(Reason, i32)> {
     let client_ifindex = forward::enabled()?;
     let pkt = parse::headers(&packet::Tc(ctx)).ok()?;
-    // Checked before the record is read: a FIN or RST acts on it once.
+    // Checked before the record is read: a FIN or RST acts on it once, and
+    // an answer consumes its query's record.
     let word = forward::ttl_left(ctx, &pkt)?;
-    let asked = flow::reply(&pkt)?;
-    if nat::to_service(ctx, &pkt, &asked.addr, asked.port).is_err() {
+    let (addr, port) = asked(ctx, &pkt)?;
+    if nat::to_service(ctx, &pkt, &addr, port).is_err() {
         return Some((Reason::Malformed, TC_ACT_OK));
     }
     Some((
@@ -105,23 +142,79 @@ fn reply_in(ctx: &TcContext) -> Option<(Reason, i32)> {
     ))
 }
 
-#[inline(always)]
-fn reply(ctx: &TcContext) -> Option<Reason> {
-    // Anything that is not a well-formed IPv4 or IPv6 UDP or TCP packet (or an
-    // ICMP error about an IPv4 one) is not a reply of ours and is not counted
-    // here: egress carries all of the node's traffic.
-    let pkt = match parse::headers(&packet::Tc(ctx)) {
+#[inline(never)]
+fn reply(skb: *mut __sk_buff) -> Rest<Option<Reason>> {
+    let ctx = &TcContext::new(skb);
+    // Anything that is not a well-formed IPv4 or IPv6 UDP or TCP packet, a
+    // fragment of one, or an ICMP error about one is not a reply of ours and
+    // is not counted here: egress carries all of the node's traffic.
+    let p = packet::Tc(ctx);
+    let pkt = match parse::headers(&p) {
         Ok(pkt) => pkt,
-        Err(Skip::NotUdpOrTcp) => return icmp::error(ctx),
-        Err(_) => return None,
+        Err(Skip::NotUdpOrTcp) => return Rest::Icmp,
+        Err(Skip::Fragment | Skip::Ipv6Ext) => return Rest::Fragment,
+        Err(_) => return Rest::Done(None),
     };
-    let Some(asked) = flow::reply(&pkt) else {
-        return select::backend_source(&pkt).then_some(Reason::ReplyNoFlow);
+    let Some((addr, port)) = asked(ctx, &pkt) else {
+        return Rest::Done(select::backend_source(&pkt).then_some(Reason::ReplyNoFlow));
     };
-    Some(match nat::to_service(ctx, &pkt, &asked.addr, asked.port) {
+    Rest::Done(Some(match nat::to_service(ctx, &pkt, &addr, port) {
         Ok(()) => Reason::ReplyRewritten,
         Err(_) => Reason::Malformed,
-    })
+    }))
+}
+
+/// The service address and port a backend's packet must come from: a TCP
+/// segment's from its connection's reply record, a UDP answer's from its
+/// query's record, which the answer consumes.
+#[inline(always)]
+fn asked(ctx: &TcContext, pkt: &Headers) -> Option<(Addr, [u8; 2])> {
+    if pkt.is_tcp() {
+        let record = flow::reply(pkt)?;
+        return Some((record.addr, record.port));
+    }
+    let record = query::answer(pkt, parse::dns_id(&packet::Tc(ctx), pkt))?;
+    Some((record.asked, record.asked_port))
+}
+
+/// An ICMP or ICMPv6 error arriving for a service address.
+#[inline(always)]
+fn icmp_in(ctx: *mut xdp_md) -> Option<Reason> {
+    icmp_in4(ctx).or_else(|| icmp_in6(ctx))
+}
+
+#[inline(never)]
+fn icmp_in4(ctx: *mut xdp_md) -> Option<Reason> {
+    icmp::to_backend4(&XdpContext::new(ctx))
+}
+
+#[inline(never)]
+fn icmp_in6(ctx: *mut xdp_md) -> Option<Reason> {
+    icmp::to_backend6(&XdpContext::new(ctx))
+}
+
+/// An ICMP or ICMPv6 error leaving for a client.
+#[inline(always)]
+fn icmp_out(skb: *mut __sk_buff) -> Option<Reason> {
+    icmp_out4(skb).or_else(|| icmp_out6(skb))
+}
+
+#[inline(never)]
+fn icmp_out4(skb: *mut __sk_buff) -> Option<Reason> {
+    icmp::error4(&TcContext::new(skb))
+}
+
+#[inline(never)]
+fn icmp_out6(skb: *mut __sk_buff) -> Option<Reason> {
+    icmp::error6(&TcContext::new(skb))
+}
+
+/// A fragment leaving for a client.
+#[inline(never)]
+fn fragment_out(skb: *mut __sk_buff) -> Option<Reason> {
+    let ctx = TcContext::new(skb);
+    let frag = parse::fragment(&packet::Tc(&ctx))?;
+    fragment::reply(&ctx, &frag)
 }
 
 #[unsafe(link_section = "license")]

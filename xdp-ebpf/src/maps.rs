@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use xdp_common::{
     BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT,
-    FORWARD_EVENT_COUNT, FlowKey, FlowSettings, FlowValue, ForwardConf, MAX_BACKEND_SOURCES,
-    MAX_LISTENERS, MAX_SERVICES, REASON_COUNT, RING_ENTRIES, Ring, ServiceConf,
+    FORWARD_EVENT_COUNT, FRAGMENT_CAPACITY, FlowKey, FlowSettings, FlowValue, ForwardConf,
+    FragmentKey, FragmentValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES,
+    QUERY_EVENT_COUNT, QueryKey, QueryValue, REASON_COUNT, RING_ENTRIES, Ring, ServiceConf,
 };
 
 /// Listen address (or `*`, address 0), port and protocol -> service id.
@@ -46,11 +47,34 @@ pub static BACKEND_SOURCES: HashMap<Endpoint, u32> =
 #[map]
 pub static NTH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
-/// Flow affinity and reply translation: one record per direction of a flow.
-/// Shared by all CPUs, since a reply may leave on another CPU than its query
-/// arrived on. The loader sets the capacity from `[flows] size`.
+/// TCP connections: one record per direction, for affinity and reply
+/// translation. Shared by all CPUs, since a reply may leave on another CPU
+/// than its query arrived on. The loader sets the capacity from `[flows] size`.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOW_CAPACITY, 0);
+
+/// UDP flow affinity: which backend a client port's queries to a service
+/// address go to while it keeps asking. Losing a record costs only a new pick,
+/// never an answer, so an LRU fits.
+#[map]
+pub static AFFINITY: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(FLOW_CAPACITY, 0);
+
+/// UDP queries in flight, each consumed by its answer. A plain hash, not an
+/// LRU: a full table refuses a new query's record (counted) rather than evict
+/// one whose answer is still coming. The loader removes records older than
+/// the query timeout.
+#[map]
+pub static QUERIES: HashMap<QueryKey, QueryValue> = HashMap::with_max_entries(FLOW_CAPACITY, 0);
+
+/// Later fragments of a translated answer -> the source its first fragment got.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
+    LruHashMap::with_max_entries(FRAGMENT_CAPACITY, 0);
+
+/// `QueryEvent` -> count, per CPU.
+#[map]
+pub static QUERY_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(QUERY_EVENT_COUNT, 0);
 
 /// `[0]`: the idle timeouts.
 #[map]

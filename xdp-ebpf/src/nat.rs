@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use xdp_common::{
     Addr, csum, ipv4_of,
-    parse::{Headers, ipv4, ipv6, udp},
+    parse::{Fragment, Headers, ipv4, ipv6, udp},
 };
 
 use crate::packet::ptr_at;
@@ -133,4 +133,20 @@ pub fn to_service(
         ctx.store(pkt.l4 + udp::SPORT, &port, 0)?;
     }
     Ok(())
+}
+
+/// Gives a later fragment of a translated answer the source its first fragment
+/// got. It carries no transport header, so only the address changes, and with
+/// it IPv4's header checksum.
+#[inline(always)]
+pub fn fragment_to_service(ctx: &TcContext, frag: &Fragment, addr: &Addr) -> Result<(), c_long> {
+    if frag.ipv6 {
+        return ctx.store(frag.l3 + ipv6::SRC, addr, 0);
+    }
+    let (from, to) = (
+        u32::from_ne_bytes(ipv4_of(&frag.src)) as u64,
+        u32::from_ne_bytes(ipv4_of(addr)) as u64,
+    );
+    ctx.l3_csum_replace(frag.l3 + ipv4::CHECK, from, to, 4)?;
+    ctx.store(frag.l3 + ipv4::SRC, &ipv4_of(addr), 0)
 }

@@ -1,9 +1,13 @@
 //! Bounds-checked packet access: the only place that turns offsets into pointers.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-use xdp_common::parse::Packet;
+use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
+};
+use xdp_common::{Addr, parse::Packet};
 
 /// A pointer to a `T` at `offset` in an XDP frame, or `None` past `data_end`.
 #[inline(always)]
@@ -29,6 +33,12 @@ impl Packet for Xdp<'_> {
         // SAFETY: `ptr_at` checked that all N bytes lie inside the frame.
         ptr_at::<[u8; N]>(self.0, offset).map(|p| unsafe { p.read_unaligned() })
     }
+
+    #[inline(always)]
+    fn addr(&self, offset: usize) -> Option<Addr> {
+        // SAFETY: as above; the words are in packet order, as `Addr` holds them.
+        ptr_at::<Addr>(self.0, offset).map(|p| unsafe { p.read_unaligned() })
+    }
 }
 
 /// An skb, read through `bpf_skb_load_bytes` so non-linear data reads too.
@@ -43,5 +53,68 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.0.load::<[u8; N]>(offset).ok()
+    }
+
+    #[inline(always)]
+    fn addr(&self, offset: usize) -> Option<Addr> {
+        self.0.load::<Addr>(offset).ok()
+    }
+}
+
+/// An XDP frame read and written through `bpf_xdp_load_bytes` and
+/// `bpf_xdp_store_bytes` (Linux 5.18) into aligned buffers: slower than
+/// direct access, but an address read this way costs four stack words rather
+/// than sixteen bytes, which the rare paths' frames need.
+pub struct XdpCopy<'a>(pub &'a XdpContext);
+
+impl XdpCopy<'_> {
+    /// A `T` read at `offset`.
+    #[inline(always)]
+    pub fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut value = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes exactly `size_of::<T>()` bytes into `value`
+        // or fails; any bit pattern is a valid `T` for the plain types read here.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                value.as_mut_ptr() as *mut c_void,
+                size_of::<T>() as u32,
+            )
+        };
+        // SAFETY: written in full when the helper succeeds.
+        (rc == 0).then(|| unsafe { value.assume_init() })
+    }
+
+    /// Writes `value` at `offset`.
+    #[inline(always)]
+    pub fn store<T: Copy>(&self, offset: usize, value: &T) -> Option<()> {
+        // SAFETY: the helper reads `size_of::<T>()` bytes from `value`.
+        let rc = unsafe {
+            bpf_xdp_store_bytes(
+                self.0.ctx,
+                offset as u32,
+                value as *const T as *mut c_void,
+                size_of::<T>() as u32,
+            )
+        };
+        (rc == 0).then_some(())
+    }
+}
+
+impl Packet for XdpCopy<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.load(offset)
+    }
+
+    #[inline(always)]
+    fn addr(&self, offset: usize) -> Option<Addr> {
+        self.load(offset)
     }
 }

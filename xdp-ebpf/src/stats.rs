@@ -1,8 +1,8 @@
 //! Per-CPU counters: plain adds, no atomics, summed by userspace.
 
-use xdp_common::{FlowEvent, ForwardEvent, Reason};
+use xdp_common::{FlowEvent, ForwardEvent, QueryEvent, Reason};
 
-use crate::maps::{BACKEND_STATS, FLOW_EVENTS, FORWARD_EVENTS, REASONS};
+use crate::maps::{BACKEND_STATS, FLOW_EVENTS, FORWARD_EVENTS, QUERY_EVENTS, REASONS};
 
 #[inline(always)]
 pub fn count(reason: Reason) {
@@ -15,6 +15,14 @@ pub fn count(reason: Reason) {
 #[inline(always)]
 pub fn flow(event: FlowEvent) {
     if let Some(counter) = FLOW_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: as above.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn query(event: QueryEvent) {
+    if let Some(counter) = QUERY_EVENTS.get_ptr_mut(event as u32) {
         // SAFETY: as above.
         unsafe { *counter += 1 };
     }

@@ -35,6 +35,9 @@ pub const MAX_FLOW_SIZE: u32 = 1 << 24;
 pub const MIN_FLOW_TIMEOUT: Duration = Duration::from_millis(100);
 /// The longest flow timeout.
 pub const MAX_FLOW_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest a UDP query's record waits for its answer: no DNS client waits
+/// this long, and a longer wait only keeps dead records in the table.
+pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The most services `[limits] services` may ask for: each costs two rings of
 /// 8 KiB and 64 backend slots in the kernel.
 pub const MAX_LIMIT_SERVICES: u32 = 16384;
@@ -179,11 +182,14 @@ pub struct BackendSpec {
     pub weight: u32,
 }
 
-/// The flow-affinity table: how many flows it holds and how long it keeps them.
+/// The state tables: how much they hold and how long they keep it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowSettings {
-    /// The LRU table's capacity in entries.
+    /// Each table's capacity in entries: UDP queries in flight, UDP flows'
+    /// affinity records, TCP connection records (two per connection).
     pub size: u32,
+    /// How long a UDP query's record waits for its answer.
+    pub query_timeout: Duration,
     /// How long a UDP flow without packets keeps its backend.
     pub udp_idle_timeout: Duration,
     /// How long a TCP flow without packets keeps its backend.
@@ -196,6 +202,7 @@ impl Default for FlowSettings {
     fn default() -> Self {
         Self {
             size: DEFAULT_FLOW_SIZE,
+            query_timeout: Duration::from_secs(5),
             udp_idle_timeout: Duration::from_secs(30),
             tcp_idle_timeout: Duration::from_secs(300),
             tcp_closing_timeout: Duration::from_secs(10),
@@ -665,6 +672,7 @@ struct RawBackend {
 #[serde(deny_unknown_fields)]
 struct RawFlows {
     size: Option<toml::Value>,
+    query_timeout: Option<toml::Value>,
     udp_idle_timeout: Option<toml::Value>,
     tcp_idle_timeout: Option<toml::Value>,
     tcp_closing_timeout: Option<toml::Value>,
@@ -1077,6 +1085,12 @@ impl Origin<'_> {
         };
         Ok(FlowSettings {
             size,
+            query_timeout: self.duration(
+                "flows.query_timeout",
+                raw.query_timeout,
+                default.query_timeout,
+                (MIN_FLOW_TIMEOUT, MAX_QUERY_TIMEOUT),
+            )?,
             udp_idle_timeout: self.timeout(
                 "flows.udp_idle_timeout",
                 raw.udp_idle_timeout,
@@ -1587,6 +1601,7 @@ backends = ["[fd00::2]:53"]
             config.flows,
             FlowSettings {
                 size: 65536,
+                query_timeout: Duration::from_secs(5),
                 udp_idle_timeout: Duration::from_secs(30),
                 tcp_idle_timeout: Duration::from_secs(300),
                 tcp_closing_timeout: Duration::from_secs(10),
@@ -1667,6 +1682,7 @@ backends = ["[fd00::2]:53"]
             parse_str(&text).unwrap().flows,
             FlowSettings {
                 size: 1024,
+                query_timeout: Duration::from_secs(5),
                 udp_idle_timeout: Duration::from_millis(1500),
                 tcp_idle_timeout: Duration::from_secs(600),
                 tcp_closing_timeout: Duration::from_millis(500),
@@ -1694,6 +1710,15 @@ backends = ["[fd00::2]:53"]
                 tcp_idle_timeout: Duration::from_secs(3600),
                 ..FlowSettings::default()
             }
+        );
+        let settings = parse_str(&flows("query_timeout = \"750ms\""))
+            .unwrap()
+            .flows;
+        assert_eq!(settings.query_timeout, Duration::from_millis(750));
+        let err = parse_str(&flows("query_timeout = \"11m\"")).unwrap_err();
+        assert!(
+            err.to_string().contains("flows.query_timeout") && err.to_string().contains("10m"),
+            "{err}"
         );
         // `[flows]` may come before the services.
         let text = BASE.replacen("[[service]]", "[flows]\nsize = 2048\n[[service]]", 1);

@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod config;
 pub mod control;
+pub mod expiry;
 pub mod health;
 pub mod kubernetes;
 pub mod live;

@@ -10,8 +10,9 @@ use aya::{
 };
 use log::warn;
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FORWARD_EVENT_COUNT, FlowKey,
-    FlowSettings, FlowValue, ForwardConf, MAX_BACKENDS_PER_SERVICE, REASON_COUNT, Ring,
+    Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FORWARD_EVENT_COUNT, FRAGMENT_CAPACITY,
+    FlowKey, FlowSettings, FlowValue, ForwardConf, FragmentKey, FragmentValue,
+    MAX_BACKENDS_PER_SERVICE, QUERY_EVENT_COUNT, QueryKey, QueryValue, REASON_COUNT, Ring,
     ServiceConf, names,
 };
 
@@ -29,7 +30,7 @@ pub fn write_forward(ebpf: &mut Ebpf, conf: &ForwardConf) -> Result<()> {
 
 /// Each map's capacity in entries for these limits and flow table size; the
 /// maps not listed have a fixed size.
-pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 9] {
+pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 11] {
     let services = limits.services;
     let slots = services * MAX_BACKENDS_PER_SERVICE;
     [
@@ -42,7 +43,10 @@ pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 
         (names::BACKEND_STATS, slots),
         // Replies are recognised by (backend address, port, protocol).
         (names::BACKEND_SOURCES, slots * 2),
+        // `[flows] size` sizes each state table.
         (names::FLOWS, flow_capacity),
+        (names::AFFINITY, flow_capacity),
+        (names::QUERIES, flow_capacity),
     ]
 }
 
@@ -69,6 +73,22 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
         (names::REASONS, u32s, size_of::<u64>()),
         (names::FORWARD, u32s, size_of::<ForwardConf>()),
         (names::FORWARD_EVENTS, u32s, size_of::<u64>()),
+        (
+            names::QUERIES,
+            size_of::<QueryKey>(),
+            size_of::<QueryValue>(),
+        ),
+        (
+            names::AFFINITY,
+            size_of::<FlowKey>(),
+            size_of::<FlowValue>(),
+        ),
+        (
+            names::FRAGMENTS,
+            size_of::<FragmentKey>(),
+            size_of::<FragmentValue>(),
+        ),
+        (names::QUERY_EVENTS, u32s, size_of::<u64>()),
     ]
     .into_iter()
     .map(|(name, key, value)| {
@@ -77,6 +97,8 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
             names::FLOW_EVENTS => FLOW_EVENT_COUNT,
             names::REASONS => REASON_COUNT,
             names::FORWARD_EVENTS => FORWARD_EVENT_COUNT,
+            names::FRAGMENTS => FRAGMENT_CAPACITY,
+            names::QUERY_EVENTS => QUERY_EVENT_COUNT,
             _ => fixed(name, 0),
         };
         (name, key, value, entries)

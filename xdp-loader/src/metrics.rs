@@ -181,7 +181,7 @@ impl Collector for SnapshotCollector {
         scalar(
             out,
             "dnsteer_flow_table_entries",
-            "Records in the flow table (two per flow: query and reply)",
+            "Flow records: one per UDP flow (affinity), two per TCP connection",
             ConstGauge::new(flows.entries),
         )?;
         scalar(
@@ -209,6 +209,40 @@ impl Collector for SnapshotCollector {
             "dnsteer_flow_table_evictions",
             "Records the full flow table dropped to make room",
             ConstCounter::new(flows.evictions),
+        )?;
+
+        let queries = &snap.queries;
+        scalar(
+            out,
+            "dnsteer_queries_in_flight",
+            "UDP queries waiting for their answers (records in the query table)",
+            ConstGauge::new(queries.in_flight),
+        )?;
+        scalar(
+            out,
+            "dnsteer_queries_peak_in_flight",
+            "The most UDP queries in flight at once, sampled every 100 ms",
+            ConstGauge::new(queries.peak_in_flight),
+        )?;
+        scalar(
+            out,
+            "dnsteer_query_table_capacity",
+            "UDP queries in flight the query table holds at most ([flows] size)",
+            ConstGauge::new(queries.capacity),
+        )?;
+        family(
+            out,
+            "dnsteer_query_events",
+            "UDP query records: inserted, answered, retransmitted, timed_out, insert_failed (table full: the answer is lost), fragment_unmatched",
+            [
+                ("inserted", queries.inserted),
+                ("answered", queries.answered),
+                ("retransmitted", queries.retransmitted),
+                ("timed_out", queries.timed_out),
+                ("insert_failed", queries.insert_failed),
+                ("fragment_unmatched", queries.fragment_unmatched),
+            ]
+            .map(|(event, n)| ([("event", event)], ConstCounter::new(n))),
         )?;
 
         family(
@@ -719,6 +753,17 @@ mod tests {
                 deleted: 4,
                 evictions: 14,
             },
+            queries: crate::stats::QueryStats {
+                capacity: 65536,
+                in_flight: 3,
+                peak_in_flight: 40,
+                inserted: 100,
+                answered: 95,
+                retransmitted: 1,
+                timed_out: 2,
+                insert_failed: 0,
+                fragment_unmatched: 0,
+            },
         }
     }
 
@@ -1016,6 +1061,10 @@ mod tests {
             ("dnsteer_flow_table_capacity", "gauge"),
             ("dnsteer_flow_events_total", "counter"),
             ("dnsteer_flow_table_evictions_total", "counter"),
+            ("dnsteer_queries_in_flight", "gauge"),
+            ("dnsteer_queries_peak_in_flight", "gauge"),
+            ("dnsteer_query_table_capacity", "gauge"),
+            ("dnsteer_query_events_total", "counter"),
             ("dnsteer_map_capacity_entries", "gauge"),
             ("dnsteer_map_memory_bytes", "gauge"),
         ]

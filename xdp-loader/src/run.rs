@@ -35,6 +35,7 @@ use crate::{
     REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, caps,
     config::{self, Config, Forward, Protocol, XdpModeSetting},
     control::{self, Op, Request, Response},
+    expiry::Sweeper,
     health::{Monitor, ProbeResult},
     live::{BackendView, Live},
     maps::{self, KernelMaps},
@@ -90,6 +91,8 @@ pub struct Instance {
     failing_open: BTreeSet<String>,
     /// Interfaces whose ingress runs the fast path's reply program.
     reply_ins: BTreeSet<String>,
+    /// Removes the records of queries nobody answered.
+    sweeper: Sweeper,
 }
 
 impl Instance {
@@ -223,6 +226,7 @@ impl Instance {
         pins.persist = persist;
         // From here on packets read the maps: changes wait out grace periods.
         live.store_mut().attached = true;
+        let sweeper = Sweeper::start(&live.store_mut().ebpf, config.flows.query_timeout)?;
         let mut instance = Instance {
             live,
             _links: links,
@@ -232,6 +236,7 @@ impl Instance {
             monitor,
             failing_open: BTreeSet::new(),
             reply_ins,
+            sweeper,
         };
         instance.sync_fast_path()?;
         instance.sync_health();
@@ -304,6 +309,14 @@ impl Instance {
                 }
             }
             Err(err) => error!("reload ({why}) failed part way: {err:#}"),
+        }
+        if new.flows.query_timeout != self.config.flows.query_timeout {
+            info!(
+                "reload ({why}): flows.query_timeout {} -> {}",
+                config::human(self.config.flows.query_timeout),
+                config::human(new.flows.query_timeout)
+            );
+            self.sweeper.set_timeout(new.flows.query_timeout);
         }
         self.config = new;
         if let Err(err) = self.sync_fast_path() {
@@ -530,6 +543,16 @@ fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()>
         }
         let info =
             MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        // Counters and settings have sizes of this build's own, not the config's.
+        let sized_by_config = maps::capacities(&config::Limits::default(), 0)
+            .iter()
+            .any(|(sized, _)| *sized == name);
+        if info.max_entries() != entries && !sized_by_config {
+            bail!(
+                "the persistent data path's map {name} holds {} entries, this dnsteer version uses {entries}: it was laid out by another version; `dnsteer stop` it and start afresh (its flows are lost)",
+                info.max_entries()
+            );
+        }
         if info.max_entries() != entries {
             bail!(
                 "the persistent data path's map {name} holds {} entries, this config asks for {entries}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)",

@@ -17,11 +17,11 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapType, PerCpuA
 use serde::{Deserialize, Serialize};
 use xdp_common::{
     ANY_IPV4, ANY_IPV6, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue,
-    ForwardConf, ForwardEvent, MAX_BACKENDS_PER_SERVICE, Reason, Ring, SelectMode, ServiceConf,
-    backend_slot, backend_state, names, ring_key,
+    ForwardConf, ForwardEvent, MAX_BACKENDS_PER_SERVICE, QueryEvent, Reason, Ring, SelectMode,
+    ServiceConf, backend_slot, backend_state, names, ring_key,
 };
 
-use crate::{config::Protocol, live::BackendView, pins::Instance};
+use crate::{config::Protocol, expiry, live::BackendView, pins::Instance};
 
 /// Version of the JSON shape; bumped only for incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// The flow affinity table.
     #[serde(default)]
     pub flows: FlowStats,
+    /// UDP queries in flight: the records their answers need.
+    #[serde(default)]
+    pub queries: QueryStats,
     /// How steered packets leave the node, and what the fast path did.
     #[serde(default)]
     pub forward: ForwardStats,
@@ -121,6 +124,31 @@ pub struct FlowStats {
     /// Records the full table dropped to make room: `inserted - deleted - entries`
     /// (exact when no traffic flows while it is read).
     pub evictions: u64,
+}
+
+/// The UDP query table: queries waiting for their answers, and what became
+/// of the others, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryStats {
+    /// Queries in flight the table holds at most (`[flows] size`).
+    pub capacity: u32,
+    /// Queries in flight now: `inserted - answered - timed_out`.
+    pub in_flight: u64,
+    /// The most in flight at once, sampled every 100 ms by `dnsteer run`.
+    pub peak_in_flight: u64,
+    /// Queries whose record was written.
+    pub inserted: u64,
+    /// Answers that found their query's record (and consumed it).
+    pub answered: u64,
+    /// Queries repeated with the same DNS ID from the same port while in flight.
+    pub retransmitted: u64,
+    /// Records removed unanswered after `[flows] query_timeout`.
+    pub timed_out: u64,
+    /// Queries steered without a record because the table was full: their
+    /// answers leave untranslated (`reply_no_flow`) and are lost.
+    pub insert_failed: u64,
+    /// Later fragments of an answer whose first fragment was not seen.
+    pub fragment_unmatched: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +355,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         reasons: totals,
         reasons_per_cpu: per_cpu.then_some(split),
         flows: flows(instance)?,
+        queries: queries(instance)?,
         forward,
         capacity,
         memory_bytes: maps.iter().map(|m| m.memory_bytes).sum(),
@@ -419,6 +448,25 @@ pub fn add_health(service: &mut ServiceStats, fail_open: bool, views: &[BackendV
     }
 }
 
+fn queries(instance: &Instance) -> Result<QueryStats> {
+    let events: PerCpuArray<MapData, u64> = typed(instance, names::QUERY_EVENTS)?;
+    let count = |event| expiry::read(&events, event);
+    let capacity = instance
+        .map_info(names::QUERIES)
+        .map_or(0, |i| i.max_entries());
+    Ok(QueryStats {
+        capacity,
+        in_flight: expiry::in_flight(&events)?,
+        peak_in_flight: count(QueryEvent::PeakInFlight)?,
+        inserted: count(QueryEvent::Inserted)?,
+        answered: count(QueryEvent::Answered)?,
+        retransmitted: count(QueryEvent::Retransmitted)?,
+        timed_out: count(QueryEvent::TimedOut)?,
+        insert_failed: count(QueryEvent::InsertFailed)?,
+        fragment_unmatched: count(QueryEvent::FragmentUnmatched)?,
+    })
+}
+
 fn flows(instance: &Instance) -> Result<FlowStats> {
     let events: PerCpuArray<MapData, u64> = typed(instance, names::FLOW_EVENTS)?;
     let count = |event: FlowEvent| -> Result<u64> {
@@ -428,10 +476,14 @@ fn flows(instance: &Instance) -> Result<FlowStats> {
             .iter()
             .sum())
     };
-    let table: HashMap<MapData, FlowKey, FlowValue> = typed(instance, names::FLOWS)?;
-    // Keys only: a walk of at most `capacity` get-next-key calls.
-    let entries = table.keys().filter(Result::is_ok).count() as u64;
-    let capacity = table.map().info().map_or(0, |i| i.max_entries());
+    // UDP affinity and TCP connection records.
+    let (mut entries, mut capacity) = (0, 0);
+    for name in [names::AFFINITY, names::FLOWS] {
+        let table: HashMap<MapData, FlowKey, FlowValue> = typed(instance, name)?;
+        // Keys only: a walk of at most `capacity` get-next-key calls.
+        entries += table.keys().filter(Result::is_ok).count() as u64;
+        capacity += table.map().info().map_or(0, |i| i.max_entries());
+    }
     let (inserted, deleted) = (count(FlowEvent::Inserted)?, count(FlowEvent::Deleted)?);
     Ok(FlowStats {
         capacity,
@@ -606,6 +658,20 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         f.inserted,
         f.deleted
     );
+    let q = &now.queries;
+    let _ = writeln!(
+        s,
+        "queries  {} in flight of {} (peak {})  answered {}  timed out {}  insert failed {}  (inserted {}, retransmitted {}, fragment unmatched {})",
+        q.in_flight,
+        q.capacity,
+        q.peak_in_flight,
+        q.answered,
+        q.timed_out,
+        q.insert_failed,
+        q.inserted,
+        q.retransmitted,
+        q.fragment_unmatched
+    );
     if now.forward.mode == "redirect" {
         let events: Vec<String> = now
             .forward
@@ -735,6 +801,7 @@ mod tests {
             reasons: BTreeMap::new(),
             reasons_per_cpu: None,
             flows: FlowStats::default(),
+            queries: QueryStats::default(),
         };
         let text = render(&snapshot, None);
         assert!(text.contains("FAILING OPEN"), "{text}");
@@ -796,6 +863,7 @@ mod tests {
             reasons: BTreeMap::new(),
             reasons_per_cpu: None,
             flows: FlowStats::default(),
+            queries: QueryStats::default(),
             forward: ForwardStats::default(),
             capacity: Capacity::default(),
             maps: Vec::new(),

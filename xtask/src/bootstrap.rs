@@ -96,13 +96,15 @@ pub fn toolchain() -> Result<()> {
 
 /// The programs the demo and the end-to-end tests drive, from Debian's packages.
 pub fn test_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 5] = [
+    const TOOLS: [(&str, &str); 6] = [
         ("ip", "iproute2"),
         ("sysctl", "procps"),
         ("named", "bind9"),
         ("kdig", "knot-dnsutils"),
         // Turns on GRO on the backends' veths, which XDP_REDIRECT into a veth needs.
         ("ethtool", "ethtool"),
+        // Writes a map of another layout where the restarts test pins one.
+        ("bpftool", "bpftool"),
     ];
     let missing: Vec<&str> = TOOLS
         .iter()

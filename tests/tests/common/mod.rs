@@ -26,10 +26,17 @@ pub fn moved<T: Copy>(all: &[T], before: &[u64], after: &[u64]) -> Vec<(T, u64)>
 /// Keeps this thread on one CPU, so per-CPU state (the nth cursor, the
 /// counters read back) is one sequence.
 pub fn pin_to_cpu0() {
+    pin_to_cpu(0);
+}
+
+/// Runs the calling thread on CPU `cpu` only: BPF_PROG_TEST_RUN runs the
+/// program there, with that CPU's per-CPU map slots.
+#[allow(dead_code, reason = "not every test binary runs on more than one CPU")]
+pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         assert_eq!(
             libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
             0

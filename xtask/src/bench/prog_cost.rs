@@ -1,21 +1,27 @@
-//! What dnsteer's XDP program costs per packet, through BPF_PROG_TEST_RUN, next
+//! What dnsteer's programs cost per packet, through BPF_PROG_TEST_RUN, next
 //! to the trivial XDP_PASS program measured in the same run (the floor).
 //!
-//! The program measured is the one `dnsteer run` loaded and attached, with the
-//! maps it filled, found by its id on the interface. Two ways of running it:
+//! The programs measured are the ones `dnsteer run` loaded and attached, with
+//! the maps it filled: the XDP program found by its id on the interface, the
+//! TC reply program by its name among the programs sharing its maps. Two ways
+//! of running them:
 //!
 //! - `repeat`: one call with `repeat` = 1,000,000; the kernel runs the program
 //!   over the same buffer and reports the mean. The buffer is not restored
 //!   between iterations, so a case must leave it as it found it: a non-matching
 //!   packet does, and so does a query to a service whose only backend is the
 //!   service address itself (the rewrite writes the same bytes back), which
-//!   after its first packet takes the flow-table hit every time.
+//!   after its first packet follows its flow's affinity record every time; its
+//!   query's record is there already too (the same DNS ID: a retransmission).
 //! - `single`: one call per packet with repeat = 1 (the kernel's timer then
 //!   also counts its own overhead, which is why the floor is measured the same
-//!   way). This is the only way to give every packet a new flow: each has a
-//!   source address and port of its own, so each misses the flow table, picks a
-//!   backend and writes two records; past 32,768 flows the default 65,536-record
-//!   LRU table is full and every insert evicts, as on a busy node.
+//!   way). This is how every packet gets a state of its own: a new query from
+//!   a source address and port of its own (a new flow: affinity miss, a pick,
+//!   an affinity record and a query record written), or a new DNS ID on the
+//!   same port (a flow hit: the affinity record followed, a query record
+//!   written). After each query its answer runs through the TC reply program
+//!   (timed as `reply`), which consumes the record, so the query table holds
+//!   one query in flight, as it does when backends answer.
 //!
 //! Every case checks dnsteer's own counters moved as intended, so a case that
 //! did not do what its name says fails the bench instead of reporting numbers.
@@ -23,7 +29,7 @@
 use std::{borrow::Cow, net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::programs::{ProgramInfo, TestRun, TestRunOptions, Xdp, loaded_programs};
+use aya::programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp, loaded_programs};
 use aya_obj::programs::XdpAttachType;
 use serde::{Deserialize, Serialize};
 use testbed::{NetNs, dnsteer::Dnsteer};
@@ -32,6 +38,7 @@ use super::{load::percentile, setup::xdp_prog_id};
 
 const IFACE: &str = "pc0";
 const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const SERVICE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// A service whose one backend is its own address and port.
@@ -71,8 +78,20 @@ pub struct ProgCost {
 /// An Ethernet + IPv4 + UDP frame carrying a DNS query for whoami.example. A,
 /// with both checksums computed from scratch.
 pub fn query_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    const DNS: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06whoami\x07example\x00\x00\x01\x00\x01";
-    let udp_len = 8 + DNS.len();
+    query_frame_with_id(src, sport, dst, dport, 0x1234)
+}
+
+/// The same with DNS message ID `id`.
+pub fn query_frame_with_id(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    id: u16,
+) -> Vec<u8> {
+    let mut dns = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06whoami\x07example\x00\x00\x01\x00\x01".to_vec();
+    dns[..2].copy_from_slice(&id.to_be_bytes());
+    let udp_len = 8 + dns.len();
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
     ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
@@ -85,7 +104,7 @@ pub fn query_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<
     udp.extend_from_slice(&dport.to_be_bytes());
     udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(DNS);
+    udp.extend_from_slice(&dns);
     let mut pseudo = Vec::with_capacity(12);
     pseudo.extend_from_slice(&src.octets());
     pseudo.extend_from_slice(&dst.octets());
@@ -123,6 +142,9 @@ struct Counters {
     not_service: u64,
     hits: u64,
     misses: u64,
+    reply_rewritten: u64,
+    queries_inserted: u64,
+    queries_answered: u64,
 }
 
 fn counters(dnsteer: &Dnsteer) -> Result<Counters> {
@@ -133,6 +155,9 @@ fn counters(dnsteer: &Dnsteer) -> Result<Counters> {
         not_service: n(&json["reasons"]["not_service"]),
         hits: n(&json["flows"]["hits"]),
         misses: n(&json["flows"]["misses"]),
+        reply_rewritten: n(&json["reasons"]["reply_rewritten"]),
+        queries_inserted: n(&json["queries"]["inserted"]),
+        queries_answered: n(&json["queries"]["answered"]),
     })
 }
 
@@ -151,6 +176,87 @@ fn run_once(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, f64)> {
         result.return_value
     );
     Ok((result.duration.as_nanos() as f64, wall))
+}
+
+/// Runs `frame`'s query through the XDP program, then its answer (the output
+/// turned around: from the backend to the client) through the TC reply
+/// program; the kernel's figures for each.
+fn query_then_answer(prog: &Xdp, reply: &SchedClassifier, frame: &[u8]) -> Result<(f64, f64)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN (query)")?;
+    ensure!(
+        result.return_value == XDP_PASS,
+        "the query: the program returned {} instead of XDP_PASS",
+        result.return_value
+    );
+    out.truncate(result.data_size_out as usize);
+    let query_ns = result.duration.as_nanos() as f64;
+    // Untagged IPv4 without options: addresses at 26 and 30, ports at 34 and
+    // 36. Swapping them keeps both checksums valid.
+    let answer = {
+        let mut a = out;
+        let (src, dst) = (a[26..30].to_vec(), a[30..34].to_vec());
+        a[26..30].copy_from_slice(&dst);
+        a[30..34].copy_from_slice(&src);
+        let (sport, dport) = (a[34..36].to_vec(), a[36..38].to_vec());
+        a[34..36].copy_from_slice(&dport);
+        a[36..38].copy_from_slice(&sport);
+        a
+    };
+    let result = reply
+        .test_run(TestRunOptions {
+            data_in: Some(&answer),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN (answer)")?;
+    ensure!(
+        result.return_value == TC_ACT_OK,
+        "the answer: the reply program returned {} instead of TC_ACT_OK",
+        result.return_value
+    );
+    Ok((query_ns, result.duration.as_nanos() as f64))
+}
+
+/// `packets` queries, each followed by its answer: the query case and the reply case.
+fn query_and_reply(
+    name: &str,
+    prog: &Xdp,
+    reply: &SchedClassifier,
+    packets: u32,
+    frame: impl Fn(u32) -> Vec<u8>,
+) -> Result<(Case, Case)> {
+    let (mut queries, mut replies) = (Vec::new(), Vec::new());
+    for i in 0..packets {
+        let (q, r) = query_then_answer(prog, reply, &frame(i))?;
+        queries.push(q);
+        replies.push(r);
+    }
+    Ok((
+        single_from(name, dnsteer_lib_name(), queries),
+        single_from("reply", REPLY_PROGRAM, replies),
+    ))
+}
+
+/// A `single` case from its per-call figures.
+fn single_from(name: &str, program: &str, mut each: Vec<f64>) -> Case {
+    let mean = each.iter().sum::<f64>() / (each.len().max(1) as f64);
+    each.sort_by(f64::total_cmp);
+    Case {
+        name: name.to_owned(),
+        program: program.to_owned(),
+        mode: "single".to_owned(),
+        packets: each.len() as u64,
+        ns_per_packet: mean,
+        median_ns: percentile(&each, 0.5),
+        wall_ns_per_packet: None,
+        checked: String::new(),
+    }
 }
 
 fn repeat_case(name: &str, program: &str, prog: &Xdp, frame: &[u8], repeat: u32) -> Result<Case> {
@@ -178,18 +284,7 @@ fn single_case(
     for i in 0..packets {
         each.push(run_once(prog, &frame(i), 1)?.0);
     }
-    let mean = each.iter().sum::<f64>() / f64::from(packets.max(1));
-    each.sort_by(f64::total_cmp);
-    Ok(Case {
-        name: name.to_owned(),
-        program: program.to_owned(),
-        mode: "single".to_owned(),
-        packets: u64::from(packets),
-        ns_per_packet: mean,
-        median_ns: percentile(&each, 0.5),
-        wall_ns_per_packet: None,
-        checked: String::new(),
-    })
+    Ok(single_from(name, program, each))
 }
 
 /// The XDP program `dnsteer run` attached to `iface` in `ns`.
@@ -208,6 +303,36 @@ fn attached_program(ns: &NetNs) -> Result<Xdp> {
 
 fn dnsteer_lib_name() -> &'static str {
     "dnsteer_steer"
+}
+
+/// The TC reply program's name, as the kernel keeps it.
+const REPLY_PROGRAM: &str = "dnsteer_reply";
+
+/// The TC reply program of the `dnsteer run` in `ns`: the one of that name
+/// that shares a map with the XDP program attached there.
+fn reply_program(ns: &NetNs) -> Result<SchedClassifier> {
+    let id = xdp_prog_id(ns, IFACE)?;
+    let programs: Vec<ProgramInfo> = loaded_programs().filter_map(Result::ok).collect();
+    let maps = programs
+        .iter()
+        .find(|p| p.id() == id)
+        .with_context(|| format!("program {id} is not loaded"))?
+        .map_ids()?
+        .unwrap_or_default();
+    let info = programs
+        .into_iter()
+        .find(|p| {
+            p.name_as_str() == Some(REPLY_PROGRAM)
+                && p.map_ids()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|ids| ids.iter().any(|m| maps.contains(m)))
+        })
+        .with_context(|| format!("no {REPLY_PROGRAM} program shares the maps of program {id}"))?;
+    Ok(SchedClassifier::from_program_info(
+        info,
+        Cow::Borrowed(REPLY_PROGRAM),
+    )?)
 }
 
 fn config(with_self: bool) -> String {
@@ -246,7 +371,7 @@ pub fn measure(
         Ok(d) => (d, true),
         Err(e) => {
             skipped.push((
-                "flow hit (repeat)".to_owned(),
+                "query, flow hit, same ID (repeat)".to_owned(),
                 format!("dnsteer refused a service whose backend is its own address: {e:#}"),
             ));
             (
@@ -286,7 +411,13 @@ pub fn measure(
         let hit = query_frame(CLIENT, 40001, SELF_SERVICE, 53);
         run_once(&prog, &hit, 1)?; // makes the flow
         let before = counters(&dnsteer)?;
-        let mut case = repeat_case("flow hit", dnsteer_lib_name(), &prog, &hit, repeat)?;
+        let mut case = repeat_case(
+            "query, flow hit, same ID",
+            dnsteer_lib_name(),
+            &prog,
+            &hit,
+            repeat,
+        )?;
         let after = counters(&dnsteer)?;
         let (steered, hits) = (after.steered - before.steered, after.hits - before.hits);
         if steered != u64::from(repeat) || hits != u64::from(repeat) {
@@ -307,50 +438,77 @@ pub fn measure(
     case.checked = "returns XDP_PASS".to_owned();
     cases.push(case);
 
+    let reply = reply_program(&ns)?;
     progress(&format!(
-        "single runs: matching query, a new flow each, {single_packets} packets"
+        "single runs: new query (a new flow each) and its reply, {single_packets} packets"
     ));
     let before = counters(&dnsteer)?;
-    let mut case = single_case(
-        "matching query, new flow",
-        dnsteer_lib_name(),
-        &prog,
-        single_packets,
-        |i| {
+    let (mut case, mut reply_case) =
+        query_and_reply("new query", &prog, &reply, single_packets, |i| {
             // A source address per 50,000 ports: no 5-tuple twice.
             let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i / 50_000);
             query_frame(src, 10_000 + (i % 50_000) as u16, SERVICE, 53)
-        },
-    )?;
+        })?;
     let after = counters(&dnsteer)?;
-    let (steered, misses) = (after.steered - before.steered, after.misses - before.misses);
-    ensure!(
-        steered == u64::from(single_packets) && misses == u64::from(single_packets),
-        "new flows: steered +{steered}, misses +{misses}, want {single_packets} each"
+    let n = u64::from(single_packets);
+    let (steered, misses, inserted) = (
+        after.steered - before.steered,
+        after.misses - before.misses,
+        after.queries_inserted - before.queries_inserted,
     );
-    case.checked = format!("steered +{steered}, flow misses +{misses}");
+    ensure!(
+        steered == n && misses == n && inserted == n,
+        "new queries: steered +{steered}, flow misses +{misses}, query records +{inserted}, want {n} each"
+    );
+    case.checked = format!("steered +{steered}, flow misses +{misses}, query records +{inserted}");
+    let (rewritten, answered) = (
+        after.reply_rewritten - before.reply_rewritten,
+        after.queries_answered - before.queries_answered,
+    );
+    ensure!(
+        rewritten == n && answered == n,
+        "replies to new queries: reply_rewritten +{rewritten}, answered +{answered}, want {n} each"
+    );
+    reply_case.name = "reply to a new query".to_owned();
+    reply_case.checked =
+        format!("reply_rewritten +{rewritten}, query records consumed +{answered}");
     cases.push(case);
+    cases.push(reply_case);
 
     progress(&format!(
-        "single runs: matching query, flow hit, {single_packets} packets"
+        "single runs: query on a known flow (a new DNS ID each) and its reply, {single_packets} packets"
     ));
-    run_once(&prog, &query, 1)?; // the flow of this client port
+    // The flow of this client port, its query answered.
+    query_then_answer(&prog, &reply, &query)?;
     let before = counters(&dnsteer)?;
-    let mut case = single_case(
-        "matching query, flow hit",
-        dnsteer_lib_name(),
-        &prog,
-        single_packets,
-        |_| query.clone(),
-    )?;
+    let (mut case, mut reply_case) =
+        query_and_reply("query, flow hit", &prog, &reply, single_packets, |i| {
+            query_frame_with_id(CLIENT, 40000, SERVICE, 53, (i % 65_536) as u16)
+        })?;
     let after = counters(&dnsteer)?;
-    let (steered, hits) = (after.steered - before.steered, after.hits - before.hits);
-    ensure!(
-        steered == u64::from(single_packets) && hits == u64::from(single_packets),
-        "flow hits: steered +{steered}, hits +{hits}, want {single_packets} each"
+    let (steered, hits, inserted) = (
+        after.steered - before.steered,
+        after.hits - before.hits,
+        after.queries_inserted - before.queries_inserted,
     );
-    case.checked = format!("steered +{steered}, flow hits +{hits}");
+    ensure!(
+        steered == n && hits == n && inserted == n,
+        "flow hits: steered +{steered}, hits +{hits}, query records +{inserted}, want {n} each"
+    );
+    case.checked = format!("steered +{steered}, flow hits +{hits}, query records +{inserted}");
+    let (rewritten, answered) = (
+        after.reply_rewritten - before.reply_rewritten,
+        after.queries_answered - before.queries_answered,
+    );
+    ensure!(
+        rewritten == n && answered == n,
+        "replies: reply_rewritten +{rewritten}, answered +{answered}, want {n} each"
+    );
+    reply_case.name = "reply".to_owned();
+    reply_case.checked =
+        format!("reply_rewritten +{rewritten}, query records consumed +{answered}");
     cases.push(case);
+    cases.push(reply_case);
 
     progress(&format!(
         "single runs: non-matching packet, {single_packets} packets"

@@ -782,10 +782,12 @@ fn targets(md: &mut String, results: &Results, s: &Summary) {
     let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
     let find = |id: &str| results.methods.iter().find(|m| m.id == id);
     if let Some(cost) = &results.prog_cost {
-        for (case, floor) in [
-            ("flow hit", "repeat"),
-            ("matching query, new flow", "single"),
-            ("matching query, flow hit", "single"),
+        // A query that needs new state may cost more than one that finds it.
+        for (case, floor, target) in [
+            ("query, flow hit, same ID", "repeat", 4.0),
+            ("new query", "single", 8.0),
+            ("query, flow hit", "single", 4.0),
+            ("reply", "single", 4.0),
         ] {
             let c = cost
                 .cases
@@ -800,12 +802,12 @@ fn targets(md: &mut String, results: &Results, s: &Summary) {
                 .map(|(c, f)| c.ns_per_packet / f.ns_per_packet.max(1e-9));
             let _ = writeln!(
                 md,
-                "| XDP program ≤ 5× XDP_PASS ({case}, {floor} mode) | {} | {} |",
+                "| program ≤ {target}× XDP_PASS ({case}, {floor} mode) | {} | {} |",
                 opt(c.zip(f).zip(ratio), |((c, f), r)| format!(
                     "{:.1} ns vs {:.1} ns: {r:.1}×",
                     c.ns_per_packet, f.ns_per_packet
                 )),
-                verdict(ratio.map(|r| r <= 5.0))
+                verdict(ratio.map(|r| r <= target))
             );
         }
     }
@@ -1041,18 +1043,21 @@ fn bind_rate_text(b: &BindMethod) -> String {
 }
 
 fn prog_cost_table(md: &mut String, cost: &ProgCost) {
-    let _ = writeln!(md, "## XDP program cost (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(md, "## Program cost (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         md,
-        "`dnsteer_steer` as `dnsteer run` loaded and filled it, next to `bench_pass` (returns \
-         XDP_PASS, touches nothing) in the same run. `repeat` mode: one call with repeat = {}, \
-         the kernel's mean (whole ns) and the call's wall time / repeat. The buffer is not \
-         restored between repeats, so the flow-table hit uses a service whose one backend is its \
-         own address (the rewrite writes the same bytes back). `single` mode: {} calls of one \
-         packet each, the mean and median of the kernel's per-call figure (which includes the \
-         kernel timer's own overhead, as the floor's does); the only way to make every packet a \
-         new flow (its own source address and port; past 32,768 flows every insert evicts from \
-         the 65,536-record LRU table). Each case checked dnsteer's counters.\n",
+        "`dnsteer_steer` (XDP) and `dnsteer_reply` (TC) as `dnsteer run` loaded and filled \
+         them, next to `bench_pass` (returns XDP_PASS, touches nothing) in the same run. \
+         `repeat` mode: one call with repeat = {}, the kernel's mean (whole ns) and the call's \
+         wall time / repeat. The buffer is not restored between repeats, so the flow hit uses a \
+         service whose one backend is its own address (the rewrite writes the same bytes back) \
+         and repeats one DNS ID (a retransmission: its query's record is rewritten). `single` \
+         mode: {} calls of one packet each, the mean and median of the kernel's per-call figure \
+         (which includes the kernel timer's own overhead, as the floor's does): each new query \
+         has its own source address and port (past 65,536 flows every affinity insert evicts \
+         from the LRU), each flow hit a new DNS ID on one port, and each query's answer then \
+         runs through the reply program (the `reply` rows), which consumes the query's record. \
+         Each case checked dnsteer's counters.\n",
         cost.repeat, cost.single_packets
     );
     let _ = writeln!(

@@ -1,0 +1,65 @@
+//! UDP queries in flight: the record an answer needs to leave from the address
+//! the client asked.
+//!
+//! Each steered UDP query writes one `QUERIES` record keyed by what its answer
+//! will carry (backend and client address and port, and the DNS message ID);
+//! the answer reads it and deletes it. The table so holds only unanswered
+//! queries, and a plain hash (not an LRU) guarantees that every one of them
+//! keeps its record while fewer than `[flows] size` are in flight. When the
+//! table is full the query still goes to its backend, without a record: counted
+//! as `insert_failed`, its answer as `reply_no_flow`. Records nobody answered
+//! are removed by the loader once older than the query timeout.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use xdp_common::{Addr, QueryEvent, QueryKey, QueryValue, parse::Headers};
+
+use crate::{maps::QUERIES, stats};
+
+/// `-EEXIST`: `BPF_NOEXIST` found the key present.
+const EEXIST: i32 = -17;
+
+/// Records the query `pkt` (DNS ID `id`) steered to `backend` at `now`, before
+/// it is rewritten, so its answer can never overtake the record.
+#[inline(always)]
+pub fn track(pkt: &Headers, id: [u8; 2], backend: (Addr, [u8; 2]), slot: u32, now: u64) {
+    let key = QueryKey::new(backend, (pkt.src, pkt.sport), id);
+    let value = QueryValue {
+        sent_ns: now,
+        asked: pkt.dst,
+        asked_port: pkt.dport,
+        _pad: [0; 2],
+        slot,
+    };
+    match QUERIES.insert(key, value, BPF_NOEXIST as u64) {
+        Ok(()) => stats::query(QueryEvent::Inserted),
+        Err(EEXIST) => {
+            // The same question again from the same port: the latest names the
+            // address asked (one port may ask two addresses sharing a backend).
+            let _ = QUERIES.insert(key, value, BPF_ANY as u64);
+            stats::query(QueryEvent::Retransmitted);
+        }
+        Err(_) => stats::query(QueryEvent::InsertFailed),
+    }
+}
+
+/// The record of the query the UDP datagram `pkt` (DNS ID `id`) answers,
+/// consumed: a second answer to one query finds nothing.
+#[inline(always)]
+pub fn answer(pkt: &Headers, id: [u8; 2]) -> Option<QueryValue> {
+    let key = QueryKey::new((pkt.src, pkt.sport), (pkt.dst, pkt.dport), id);
+    // SAFETY: copied out at once.
+    let value = unsafe { QUERIES.get(key) }.copied()?;
+    // Counted only by the CPU whose delete took it, should two race.
+    if QUERIES.remove(key).is_ok() {
+        stats::query(QueryEvent::Answered);
+    }
+    Some(value)
+}
+
+/// The record of a query in flight, left in place: for ICMP errors about it.
+#[inline(always)]
+pub fn peek(backend: (Addr, [u8; 2]), client: (Addr, [u8; 2]), id: [u8; 2]) -> Option<QueryValue> {
+    let key = QueryKey::new(backend, client, id);
+    // SAFETY: copied out at once.
+    unsafe { QUERIES.get(key) }.copied()
+}
