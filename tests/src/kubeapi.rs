@@ -7,7 +7,9 @@
 //! driven by the test. kube-rs reaches it through a kubeconfig file
 //! ([`ApiServer::write_kubeconfig`]) like any cluster.
 //!
-//! Not a real API server: no writes over HTTP, no pagination (a list returns
+//! Writes over HTTP (create, replace, delete; namespaces only created and
+//! deleted) are there for the real-cluster test's scenario to run against it.
+//! Not a real API server: no validation, no pagination (a list returns
 //! everything, without `continue`), selectors only of the `key=value` form.
 
 use std::{
@@ -54,8 +56,9 @@ impl Kind {
         }
     }
 
-    /// `/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices`, `/api/v1/namespaces/NS/services`.
-    fn from_path(path: &str) -> Option<(Kind, String)> {
+    /// `/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices[/NAME]`,
+    /// `/api/v1/namespaces/NS/services[/NAME]`: the kind, namespace and name.
+    fn from_path(path: &str) -> Option<(Kind, String, Option<String>)> {
         let (prefix, kind) =
             if let Some(rest) = path.strip_prefix("/apis/discovery.k8s.io/v1/namespaces/") {
                 (rest, Kind::EndpointSlice)
@@ -64,12 +67,14 @@ impl Kind {
             } else {
                 return None;
             };
-        let (ns, resource) = prefix.split_once('/')?;
+        let mut parts = prefix.split('/');
+        let (ns, resource, name) = (parts.next()?, parts.next()?, parts.next());
         let want = match kind {
             Kind::EndpointSlice => "endpointslices",
             Kind::Service => "services",
         };
-        (resource == want).then(|| (kind, ns.to_owned()))
+        (resource == want && parts.next().is_none())
+            .then(|| (kind, ns.to_owned(), name.map(str::to_owned)))
     }
 }
 
@@ -128,6 +133,70 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores `object` (created or replaced) under a new resourceVersion and
+    /// announces it; returns the resourceVersion.
+    fn apply(&self, kind: Kind, mut object: Value) -> u64 {
+        let mut st = self.lock();
+        st.rv += 1;
+        let rv = st.rv;
+        let meta = &mut object["metadata"];
+        let namespace = meta["namespace"].as_str().unwrap_or("default").to_owned();
+        let name = meta["name"]
+            .as_str()
+            .expect("objects have a name")
+            .to_owned();
+        meta["namespace"] = json!(namespace);
+        meta["resourceVersion"] = json!(rv.to_string());
+        let key = (kind, namespace.clone(), name.clone());
+        let uid = match st.objects.get(&key) {
+            Some(old) => old["metadata"]["uid"].clone(),
+            None => json!(format!("{namespace}-{name}-{rv}")),
+        };
+        object["metadata"]["uid"] = uid;
+        let what = if st.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        st.objects.insert(key, object.clone());
+        st.changes.push(Change {
+            rv,
+            kind,
+            namespace,
+            what,
+            object,
+        });
+        self.changed.notify_all();
+        rv
+    }
+
+    /// Deletes an object and announces it; its last state and resourceVersion.
+    fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Option<(u64, Value)> {
+        let mut st = self.lock();
+        let mut object = st
+            .objects
+            .remove(&(kind, namespace.to_owned(), name.to_owned()))?;
+        st.rv += 1;
+        let rv = st.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        st.changes.push(Change {
+            rv,
+            kind,
+            namespace: namespace.to_owned(),
+            what: "DELETED",
+            object: object.clone(),
+        });
+        self.changed.notify_all();
+        Some((rv, object))
+    }
+
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 }
 
@@ -244,58 +313,12 @@ impl ApiServer {
         self.delete(Kind::Service, namespace, name)
     }
 
-    fn apply(&self, kind: Kind, mut object: Value) -> u64 {
-        let mut st = self.shared.lock();
-        st.rv += 1;
-        let rv = st.rv;
-        let meta = &mut object["metadata"];
-        let namespace = meta["namespace"].as_str().unwrap_or("default").to_owned();
-        let name = meta["name"]
-            .as_str()
-            .expect("objects have a name")
-            .to_owned();
-        meta["namespace"] = json!(namespace);
-        meta["resourceVersion"] = json!(rv.to_string());
-        let key = (kind, namespace.clone(), name.clone());
-        let uid = match st.objects.get(&key) {
-            Some(old) => old["metadata"]["uid"].clone(),
-            None => json!(format!("{namespace}-{name}-{rv}")),
-        };
-        object["metadata"]["uid"] = uid;
-        let what = if st.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        st.objects.insert(key, object.clone());
-        st.changes.push(Change {
-            rv,
-            kind,
-            namespace,
-            what,
-            object,
-        });
-        self.shared.changed.notify_all();
-        rv
+    fn apply(&self, kind: Kind, object: Value) -> u64 {
+        self.shared.apply(kind, object)
     }
 
     fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Option<u64> {
-        let mut st = self.shared.lock();
-        let mut object = st
-            .objects
-            .remove(&(kind, namespace.to_owned(), name.to_owned()))?;
-        st.rv += 1;
-        let rv = st.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.changes.push(Change {
-            rv,
-            kind,
-            namespace: namespace.to_owned(),
-            what: "DELETED",
-            object,
-        });
-        self.shared.changed.notify_all();
-        Some(rv)
+        self.shared.delete(kind, namespace, name).map(|(rv, _)| rv)
     }
 
     /// The current resourceVersion.
@@ -512,14 +535,25 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    // Headers, up to the blank line; no body is expected on a GET.
+    // Headers, up to the blank line; a body only with Content-Length.
+    let mut length = 0;
     loop {
         let mut header = String::new();
         match reader.read_line(&mut header) {
             Ok(0) | Err(_) => return,
             Ok(_) if header == "\r\n" || header == "\n" => break,
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
         }
+    }
+    let mut body = vec![0; length];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        return;
     }
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -537,26 +571,38 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
     {
         let mut st = shared.lock();
         st.requests.push(Request {
-            kind: found.as_ref().map(|(k, _)| *k),
+            kind: found.as_ref().map(|(k, _, _)| *k),
             watch,
             params: params.clone(),
             at: Instant::now(),
         });
         shared.changed.notify_all();
     }
-    let Some((kind, namespace)) = found.filter(|_| method == "GET") else {
-        let _ = respond(
-            &mut conn,
-            404,
-            "Not Found",
-            &status(
-                404,
-                "NotFound",
-                &format!("the double does not serve {method} {path}"),
-            ),
-        );
+    if let Some(namespace) = path.strip_prefix("/api/v1/namespaces") {
+        if write_namespace(shared, &mut conn, method, namespace, &body) {
+            return;
+        }
+    }
+    let not_found = |conn: &mut TcpStream, what: &str| {
+        let message = format!("{what} {method} {path}");
+        let _ = respond(conn, 404, "Not Found", &status(404, "NotFound", &message));
+    };
+    let Some((kind, namespace, name)) = found else {
+        not_found(&mut conn, "the double does not serve");
         return;
     };
+    if method != "GET" || name.is_some() {
+        write_object(
+            shared,
+            &mut conn,
+            method,
+            kind,
+            &namespace,
+            name.as_deref(),
+            &body,
+        );
+        return;
+    }
     if watch {
         serve_watch(shared, conn, kind, &namespace, &params);
         return;
@@ -578,6 +624,156 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
         "items": items,
     });
     let _ = respond(&mut conn, 200, "OK", &list);
+}
+
+/// Creating and deleting namespaces (`/api/v1/namespaces[/NAME]`); deleting
+/// one deletes what is in it. False when the path is not a namespace's.
+fn write_namespace(
+    shared: &Shared,
+    conn: &mut TcpStream,
+    method: &str,
+    rest: &str,
+    body: &[u8],
+) -> bool {
+    match (method, rest.strip_prefix('/')) {
+        ("POST", None) | ("POST", Some("")) => {
+            let object: Value = serde_json::from_slice(body).unwrap_or_default();
+            let _ = respond(conn, 201, "Created", &object);
+            true
+        }
+        ("DELETE", Some(name)) if !name.contains('/') => {
+            let doomed: Vec<(Kind, String)> = shared
+                .lock()
+                .objects
+                .keys()
+                .filter(|(_, ns, _)| ns == name)
+                .map(|(k, _, n)| (*k, n.clone()))
+                .collect();
+            for (kind, object) in doomed {
+                shared.delete(kind, name, &object);
+            }
+            let gone = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": name}, "status": {"phase": "Terminating"}});
+            let _ = respond(conn, 200, "OK", &gone);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// GET, POST, PUT and DELETE of one object, as kube-apiserver answers them
+/// (409 for a create of an existing name or a replace from a stale
+/// resourceVersion).
+fn write_object(
+    shared: &Shared,
+    conn: &mut TcpStream,
+    method: &str,
+    kind: Kind,
+    namespace: &str,
+    name: Option<&str>,
+    body: &[u8],
+) {
+    let object: Value = serde_json::from_slice(body).unwrap_or_default();
+    let named = |object: &Value| object["metadata"]["name"].as_str().map(str::to_owned);
+    let reply = |conn: &mut TcpStream, code: u16, text: &str, value: &Value| {
+        let _ = respond(conn, code, text, value);
+    };
+    match (method, name) {
+        ("GET", Some(name)) => match shared.get(kind, namespace, name) {
+            Some(object) => reply(conn, 200, "OK", &object),
+            None => reply(
+                conn,
+                404,
+                "Not Found",
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("{} {name:?} not found", kind.name()),
+                ),
+            ),
+        },
+        ("POST", None) => {
+            let Some(name) = named(&object) else {
+                return reply(
+                    conn,
+                    422,
+                    "Unprocessable Entity",
+                    &status(422, "Invalid", "metadata.name is required"),
+                );
+            };
+            if shared.get(kind, namespace, &name).is_some() {
+                return reply(
+                    conn,
+                    409,
+                    "Conflict",
+                    &status(
+                        409,
+                        "AlreadyExists",
+                        &format!("{} {name:?} already exists", kind.name()),
+                    ),
+                );
+            }
+            let mut object = object;
+            object["metadata"]["namespace"] = json!(namespace);
+            shared.apply(kind, object);
+            let stored = shared.get(kind, namespace, &name).unwrap_or_default();
+            reply(conn, 201, "Created", &stored);
+        }
+        ("PUT", Some(name)) => {
+            let Some(current) = shared.get(kind, namespace, name) else {
+                return reply(
+                    conn,
+                    404,
+                    "Not Found",
+                    &status(
+                        404,
+                        "NotFound",
+                        &format!("{} {name:?} not found", kind.name()),
+                    ),
+                );
+            };
+            let given = object["metadata"]["resourceVersion"].as_str();
+            if given.is_some_and(|rv| Some(rv) != current["metadata"]["resourceVersion"].as_str()) {
+                return reply(
+                    conn,
+                    409,
+                    "Conflict",
+                    &status(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ),
+                );
+            }
+            let mut object = object;
+            object["metadata"]["namespace"] = json!(namespace);
+            shared.apply(kind, object);
+            let stored = shared.get(kind, namespace, name).unwrap_or_default();
+            reply(conn, 200, "OK", &stored);
+        }
+        ("DELETE", Some(name)) => match shared.delete(kind, namespace, name) {
+            Some((_, object)) => reply(conn, 200, "OK", &object),
+            None => reply(
+                conn,
+                404,
+                "Not Found",
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("{} {name:?} not found", kind.name()),
+                ),
+            ),
+        },
+        _ => reply(
+            conn,
+            405,
+            "Method Not Allowed",
+            &status(
+                405,
+                "MethodNotAllowed",
+                &format!("{method} is not served here"),
+            ),
+        ),
+    }
 }
 
 fn serve_watch(

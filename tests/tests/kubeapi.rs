@@ -6,6 +6,8 @@
 //! stays, errors are counted) and coming back. Needs root for its own
 //! network namespace (the double listens on its loopback).
 
+mod cluster;
+
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
@@ -220,6 +222,14 @@ fn run(api: &mut ApiServer, kubeconfig: &Path) {
             |u, _| listen(u),
         );
     }
+    // A Service watch event: its external IPs change.
+    api.apply_service(&service(NS, "bind", PORT, &[ip("192.0.2.12")]));
+    updates.until(
+        &rt,
+        Duration::from_secs(10),
+        "the Service's new external IPs",
+        |u, _| matches!(u, Update::Listen { listen, .. } if listen == &[at("192.0.2.12")]),
+    );
     assert!(
         api.wait_for(Duration::from_secs(5), |r| !slice_watches(r).is_empty()),
         "no watch after the list"
@@ -418,4 +428,37 @@ fn run(api: &mut ApiServer, kubeconfig: &Path) {
         api.requests().len()
     );
     rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// The real-cluster test's scenario (`kubernetes_cluster.rs`), run against
+/// the double: it creates a namespace, a Service and an EndpointSlice over
+/// HTTP, changes and deletes them, and checks the sets dnsteer derives.
+#[test]
+fn the_real_cluster_scenario_runs_against_the_double() {
+    let ns = NetNs::new("kapi-rw").expect("namespace");
+    let api =
+        ApiServer::start_in(Some(&ns.path()), "127.0.0.1:0".parse().unwrap()).expect("API double");
+    let dir = TempDir::new("kubeapi-rw").expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "default")
+        .expect("kubeconfig");
+    ns.enter(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = kubernetes::client(Some(&kubeconfig))
+                .await
+                .expect("a client");
+            cluster::run(client).await;
+        });
+    });
+    // Everything it made was deleted with its namespace.
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|r| r.watch),
+        "the scenario never watched"
+    );
 }
