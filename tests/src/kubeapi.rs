@@ -578,10 +578,10 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
         });
         shared.changed.notify_all();
     }
-    if let Some(namespace) = path.strip_prefix("/api/v1/namespaces") {
-        if write_namespace(shared, &mut conn, method, namespace, &body) {
-            return;
-        }
+    if let Some(namespace) = path.strip_prefix("/api/v1/namespaces")
+        && write_namespace(shared, &mut conn, method, namespace, &body)
+    {
+        return;
     }
     let not_found = |conn: &mut TcpStream, what: &str| {
         let message = format!("{what} {method} {path}");
