@@ -34,8 +34,8 @@ use common::{l4_checksum, moved, pin_to_cpu0};
 use dnsteer::{
     XDP_PROGRAM,
     config::{self, Config},
+    datapath::maps::{self, KernelMaps},
     live::Live,
-    maps::{self, KernelMaps},
 };
 use xdp_common::{
     FLOW_CLOSING, FlowEvent, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, csum, direction,

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use dnsteer::stats::{CpuCounter, Snapshot};
+use dnsteer::observe::stats::{CpuCounter, Snapshot};
 use testbed::{
     CHI_SQUARE_3DF_P001, Topology, TopologyConfig, WHOAMI_NAME, chi_square_uniform, dns,
     dnsteer::{Dnsteer, Launch, binary, service_config},

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use dnsteer::stats::Snapshot;
+use dnsteer::observe::stats::Snapshot;
 use testbed::{
     BACKEND_IFACE, CLIENT_IFACE, Topology, TopologyConfig, WHOAMI_NAME, dns,
     dnsteer::{Dnsteer, binary, service_config},

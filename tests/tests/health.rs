@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dnsteer::stats::Snapshot;
+use dnsteer::observe::stats::Snapshot;
 use testbed::{
     NetNs, Topology, TopologyConfig, WHOAMI_NAME,
     dnsteer::{Dnsteer, Launch, binary, service_config},
@@ -95,7 +95,7 @@ fn backend_sample(s: &BTreeMap<String, f64>, name: &str, backend: &str, extra: &
         .unwrap_or_else(|| panic!("no sample {key}; have {:?}", s.keys().collect::<Vec<_>>()))
 }
 
-fn backend<'a>(snapshot: &'a Snapshot, address: &str) -> &'a dnsteer::stats::BackendStats {
+fn backend<'a>(snapshot: &'a Snapshot, address: &str) -> &'a dnsteer::observe::stats::BackendStats {
     snapshot.services[0]
         .backends
         .iter()

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dnsteer::stats::{CpuCounter, ServiceStats, Snapshot};
+use dnsteer::observe::stats::{CpuCounter, ServiceStats, Snapshot};
 use testbed::{
     HEALTH_NAME, NetNs, Topology, TopologyConfig, WHOAMI_NAME, dns,
     dnsteer::{Dnsteer, Launch, binary},

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dnsteer::stats::Snapshot;
+use dnsteer::observe::stats::Snapshot;
 use testbed::{
     BIG_NAME, Topology, TopologyConfig, WHOAMI_NAME, dns,
     dnsteer::{Dnsteer, binary, service_config},
@@ -356,7 +356,8 @@ fn hundred_changes_under_load_lose_nothing() {
         );
     }
 
-    let flows = |f: fn(&dnsteer::stats::FlowStats) -> u64| f(&after.flows) - f(&before.flows);
+    let flows =
+        |f: fn(&dnsteer::observe::stats::FlowStats) -> u64| f(&after.flows) - f(&before.flows);
     eprintln!(
         "flows: {} new ({} misses, {} expired, {} backend gone), {} hits",
         flows(|f| f.misses) + flows(|f| f.expired) + flows(|f| f.backend_gone),

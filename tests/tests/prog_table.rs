@@ -25,8 +25,8 @@ use aya::{
 use common::{l4_checksum, moved, pin_to_cpu0};
 use dnsteer::{
     REPLY_IN_PROGRAM, TC_PROGRAM, XDP_PROGRAM, config,
+    datapath::maps::{self, KernelMaps},
     live::{Change, Live},
-    maps::{self, KernelMaps},
 };
 use xdp_common::{
     Addr, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf,

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dnsteer::stats::Snapshot;
+use dnsteer::observe::stats::Snapshot;
 use testbed::{
     Topology, TopologyConfig, WHOAMI_NAME, dns,
     dnsteer::{Dnsteer, Launch, binary, service_config},
@@ -281,7 +281,7 @@ fn adopting_maps_of_another_layout_is_refused_and_the_data_path_stays() {
 /// object this build loads, map for map.
 #[test]
 fn adoption_layouts_describe_the_loaded_object() {
-    use dnsteer::{config::Limits, maps};
+    use dnsteer::{config::Limits, datapath::maps};
 
     let limits = Limits {
         services: 300,

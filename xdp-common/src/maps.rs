@@ -30,9 +30,12 @@ pub mod names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const QUERY_EVENTS: &str = "QUERY_EVENTS";
+    pub const BACKEND_DNS: &str = "BACKEND_DNS";
+    pub const OUTSTANDING: &str = "OUTSTANDING";
+    pub const BACKEND_TIMEOUTS: &str = "BACKEND_TIMEOUTS";
 
     /// Every map the loader pins, in a fixed order.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 21] = [
         SERVICES,
         SERVICE_CONF,
         RINGS,
@@ -51,6 +54,9 @@ pub mod names {
         AFFINITY,
         FRAGMENTS,
         QUERY_EVENTS,
+        BACKEND_DNS,
+        OUTSTANDING,
+        BACKEND_TIMEOUTS,
     ];
 }
 
@@ -222,6 +228,9 @@ pub enum SelectMode {
     Nth = 0,
     /// A uniform draw over the ring: each backend in proportion to its weight.
     Random = 1,
+    /// The backend with the fewest UDP queries in flight for its weight
+    /// (`OUTSTANDING`), ties to the heavier backend, then in turn.
+    LeastOutstanding = 2,
 }
 
 /// `SERVICE_CONF[id]`: the service's name and protocols, for `dnsteer stats`. The
@@ -344,6 +353,72 @@ pub struct BackendCounter {
     pub new_flows: u64,
 }
 const _: () = assert!(core::mem::size_of::<BackendCounter>() == 24);
+
+/// Buckets of the answer latency histogram: bucket `k` (0..=18) counts
+/// answers within `LATENCY_BASE_NS << k` of their query (16.4 µs to 4.3 s,
+/// doubling), the last one everything slower.
+pub const LATENCY_BUCKETS: usize = 20;
+/// The first bucket's upper bound: 2^14 ns.
+pub const LATENCY_BASE_NS: u64 = 1 << 14;
+
+/// The histogram bucket of an answer `ns` after its query.
+#[inline(always)]
+pub const fn latency_bucket(ns: u64) -> usize {
+    // ceil(log2(ns / base)), no loop: the BPF backend expands leading_zeros.
+    let units = (ns.saturating_sub(1)) >> 14;
+    let k = if units == 0 {
+        0
+    } else {
+        64 - units.leading_zeros() as usize
+    };
+    if k < LATENCY_BUCKETS - 1 {
+        k
+    } else {
+        LATENCY_BUCKETS - 1
+    }
+}
+
+/// An answer's RCODE class, as `DnsStats::rcodes` counts them.
+pub mod rcode_class {
+    pub const NOERROR: usize = 0;
+    pub const NXDOMAIN: usize = 1;
+    pub const SERVFAIL: usize = 2;
+    pub const REFUSED: usize = 3;
+    pub const OTHER: usize = 4;
+    pub const COUNT: usize = 5;
+    pub const NAMES: [&str; COUNT] = ["noerror", "nxdomain", "servfail", "refused", "other"];
+
+    /// The class of the 4-bit RCODE in a DNS header (RFC 1035 4.1.1).
+    #[inline(always)]
+    pub const fn of(rcode: u8) -> usize {
+        match rcode & 0x0f {
+            0 => NOERROR,
+            3 => NXDOMAIN,
+            2 => SERVFAIL,
+            5 => REFUSED,
+            _ => OTHER,
+        }
+    }
+}
+
+/// `BACKEND_DNS[slot]`, one per CPU: what a backend did with the UDP queries
+/// steered to it, as the kernel sees them pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    /// Query records written for it.
+    pub queries: u64,
+    /// Answers that found their query's record.
+    pub answers: u64,
+    /// Those answers by RCODE class (`rcode_class`).
+    pub rcodes: [u64; rcode_class::COUNT],
+    /// Their latency, bucketed by `latency_bucket`.
+    pub latency: [u64; LATENCY_BUCKETS],
+    /// The sum of their latencies, for the mean.
+    pub latency_sum_ns: u64,
+}
+const _: () =
+    assert!(core::mem::size_of::<DnsStats>() == 8 * (3 + rcode_class::COUNT + LATENCY_BUCKETS));
 
 /// Which way a `FLOWS` record is looked up.
 pub mod direction {
@@ -755,6 +830,7 @@ mod pod {
     unsafe impl aya::Pod for super::QueryValue {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentValue {}
+    unsafe impl aya::Pod for super::DnsStats {}
 }
 
 #[cfg(test)]
@@ -794,6 +870,35 @@ mod tests {
         let mut a = octets(&ANY_IPV4);
         a[10] = 0xfe;
         assert!(!is_ipv4_mapped(&addr_from_octets(a)));
+    }
+
+    #[test]
+    fn latency_buckets_double_from_16_us() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(LATENCY_BASE_NS), 0, "bounds are inclusive");
+        assert_eq!(latency_bucket(LATENCY_BASE_NS + 1), 1);
+        assert_eq!(latency_bucket(2 * LATENCY_BASE_NS), 1);
+        assert_eq!(latency_bucket(2 * LATENCY_BASE_NS + 1), 2);
+        for k in 0..LATENCY_BUCKETS - 1 {
+            let bound = LATENCY_BASE_NS << k;
+            assert_eq!(latency_bucket(bound), k, "{bound} ns");
+            assert_eq!(latency_bucket(bound + 1), k + 1, "{bound} + 1 ns");
+        }
+        assert_eq!(latency_bucket(5_000_000_000), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        // 500 µs and 500 ms, as a DNS client would see them.
+        assert_eq!(LATENCY_BASE_NS << latency_bucket(500_000), 524_288);
+        assert_eq!(LATENCY_BASE_NS << latency_bucket(500_000_000), 536_870_912);
+    }
+
+    #[test]
+    fn rcode_classes() {
+        use rcode_class::*;
+        assert_eq!(
+            [of(0), of(3), of(2), of(5), of(1), of(4), of(9)],
+            [NOERROR, NXDOMAIN, SERVFAIL, REFUSED, OTHER, OTHER, OTHER]
+        );
+        assert_eq!(of(0x80 | 3), NXDOMAIN, "only the low four bits");
     }
 
     #[test]

@@ -561,6 +561,19 @@ pub fn dns_id<P: Packet + ?Sized>(p: &P, pkt: &Headers) -> [u8; DNS_ID_LEN] {
     }
 }
 
+/// The DNS message ID and RCODE (the low four bits of the header's fourth
+/// byte, RFC 1035 4.1.1) of the UDP datagram `pkt`; an answer too short to
+/// carry a header has RCODE 15, which no server sends, and the ID `dns_id` reads.
+#[inline(always)]
+pub fn dns_id_rcode<P: Packet + ?Sized>(p: &P, pkt: &Headers) -> ([u8; DNS_ID_LEN], u8) {
+    match p.bytes::<{ UDP_HLEN + 4 }>(pkt.l4) {
+        Some(b) if be16([b[udp::LEN], b[udp::LEN + 1]]) as usize >= UDP_HLEN + 4 => {
+            ([b[UDP_HLEN], b[UDP_HLEN + 1]], b[UDP_HLEN + 3] & 0x0f)
+        }
+        _ => (dns_id(p, pkt), 0x0f),
+    }
+}
+
 /// The DNS message ID of a UDP datagram quoted by an ICMP error whose
 /// transport header is at `l4`, when the quote reaches it before `end`.
 #[inline(always)]
@@ -1337,6 +1350,11 @@ mod tests {
         let f = frame6(&[], PROTO_UDP, &udp6(&[0x12, 0x34]));
         let pkt = headers(f.as_slice()).unwrap();
         assert_eq!(dns_id(f.as_slice(), &pkt), [0x12, 0x34]);
+        // The RCODE with it: SERVFAIL here; a header cut short is 15 (other).
+        assert_eq!(dns_id_rcode(f.as_slice(), &pkt), ([0x12, 0x34], 15));
+        let f = frame(&[], 0, &[0xab, 0xcd, 0x81, 0x82, 0, 1]);
+        let pkt = headers(f.as_slice()).unwrap();
+        assert_eq!(dns_id_rcode(f.as_slice(), &pkt), ([0xab, 0xcd], 2));
     }
 
     /// `f` (an IPv4 frame from `frame`) as a fragment: flags and offset `word`, identification `id`.

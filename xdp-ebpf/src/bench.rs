@@ -1,4 +1,6 @@
-//! Programs for `cargo xtask bench` only; `dnsteer run` never loads them.
+//! Programs for `cargo xtask bench` only, built into an object of their own
+//! (`xdp-ebpf-bench`, next to `xdp-ebpf` in xdp-loader's OUT_DIR), so the
+//! object `dnsteer run` loads holds none of them.
 //!
 //! - `bench_pass`: returns XDP_PASS and touches nothing, the floor that
 //!   BPF_PROG_TEST_RUN costs of `dnsteer_steer` are put next to. On the node's
@@ -8,6 +10,16 @@
 //! - `bench_responder`: on a backend's interface, turns a DNS query to UDP port 53
 //!   into its answer in place (`A` = the address the query was sent to) and sends
 //!   it back with XDP_TX, so capacity runs measure the steering, not a DNS server.
+
+#![no_std]
+#![no_main]
+
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the bench programs use ptr_at only")
+)]
+#[path = "packet.rs"]
+mod packet;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_tail, macros::xdp, programs::XdpContext,
@@ -195,4 +207,14 @@ fn answer_sum(query: &Query) -> u16 {
     } else {
         sum
     }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
 }

@@ -46,10 +46,11 @@ pub fn reply(ctx: &TcContext, frag: &Fragment) -> Option<Reason> {
             Err(_) => Reason::Malformed,
         });
     }
-    if frag.payload < UDP_HLEN + DNS_ID_LEN {
+    // The UDP header, the DNS ID and flags (with the RCODE).
+    if frag.payload < UDP_HLEN + DNS_ID_LEN + 2 {
         return None;
     }
-    let head: [u8; UDP_HLEN + DNS_ID_LEN] = ctx.load(frag.l4).ok()?;
+    let head: [u8; UDP_HLEN + DNS_ID_LEN + 2] = ctx.load(frag.l4).ok()?;
     let pkt = Headers {
         l3: frag.l3,
         l4: frag.l4,
@@ -61,7 +62,11 @@ pub fn reply(ctx: &TcContext, frag: &Fragment) -> Option<Reason> {
         sport: [head[0], head[1]],
         dport: [head[2], head[3]],
     };
-    let Some(asked) = query::answer(&pkt, [head[UDP_HLEN], head[UDP_HLEN + 1]]) else {
+    let (id, rcode) = (
+        [head[UDP_HLEN], head[UDP_HLEN + 1]],
+        head[UDP_HLEN + 3] & 0x0f,
+    );
+    let Some(asked) = query::answer(&pkt, id, rcode) else {
         return select::backend_source(&pkt).then_some(Reason::ReplyNoFlow);
     };
     if nat::to_service(ctx, &pkt, &asked.asked, asked.asked_port).is_err() {

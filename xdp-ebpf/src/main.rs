@@ -18,8 +18,12 @@
 //! one `REASONS` counter saying why it went the way it went.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the bpf target has no atomic types with read-modify-write
+// methods, but LLVM lowers the intrinsic to BPF_ATOMIC (an add whose result is
+// unused needs no kernel newer than 3.18).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd, see above")]
 
-mod bench;
 mod flow;
 mod forward;
 mod fragment;
@@ -173,7 +177,8 @@ fn asked(ctx: &TcContext, pkt: &Headers) -> Option<(Addr, [u8; 2])> {
         let record = flow::reply(pkt)?;
         return Some((record.addr, record.port));
     }
-    let record = query::answer(pkt, parse::dns_id(&packet::Tc(ctx), pkt))?;
+    let (id, rcode) = parse::dns_id_rcode(&packet::Tc(ctx), pkt);
+    let record = query::answer(pkt, id, rcode)?;
     Some((record.asked, record.asked_port))
 }
 

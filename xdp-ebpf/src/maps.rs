@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use xdp_common::{
-    BACKEND_SLOTS, Backend, BackendCounter, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT,
+    BACKEND_SLOTS, Backend, BackendCounter, DnsStats, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT,
     FORWARD_EVENT_COUNT, FRAGMENT_CAPACITY, FlowKey, FlowSettings, FlowValue, ForwardConf,
     FragmentKey, FragmentValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES,
     QUERY_EVENT_COUNT, QueryKey, QueryValue, REASON_COUNT, RING_ENTRIES, Ring, ServiceConf,
@@ -95,3 +95,20 @@ pub static FORWARD: Array<ForwardConf> = Array::with_max_entries(1, 0);
 /// `ForwardEvent` -> count, per CPU.
 #[map]
 pub static FORWARD_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FORWARD_EVENT_COUNT, 0);
+
+/// `backend_slot(service, i)` -> queries, answers by RCODE class and answer
+/// latency, per CPU.
+#[map]
+pub static BACKEND_DNS: PerCpuArray<DnsStats> = PerCpuArray::with_max_entries(BACKEND_SLOTS, 0);
+
+/// `backend_slot(service, i)` -> UDP query records written for it less the
+/// answers that consumed them: one counter shared by all CPUs, changed with
+/// atomic adds (a query and its answer may run on different CPUs). Less
+/// `BACKEND_TIMEOUTS`, the backend's queries in flight.
+#[map]
+pub static OUTSTANDING: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);
+
+/// `backend_slot(service, i)` -> records the loader removed unanswered after
+/// the query timeout. Written by the loader only.
+#[map]
+pub static BACKEND_TIMEOUTS: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);

@@ -10,7 +10,10 @@
 //! as `insert_failed`, its answer as `reply_no_flow`. Records nobody answered
 //! are removed by the loader once older than the query timeout.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
 use xdp_common::{Addr, QueryEvent, QueryKey, QueryValue, parse::Headers};
 
 use crate::{maps::QUERIES, stats};
@@ -31,7 +34,10 @@ pub fn track(pkt: &Headers, id: [u8; 2], backend: (Addr, [u8; 2]), slot: u32, no
         slot,
     };
     match QUERIES.insert(key, value, BPF_NOEXIST as u64) {
-        Ok(()) => stats::query(QueryEvent::Inserted),
+        Ok(()) => {
+            stats::query(QueryEvent::Inserted);
+            stats::dns_query(slot);
+        }
         Err(EEXIST) => {
             // The same question again from the same port: the latest names the
             // address asked (one port may ask two addresses sharing a backend).
@@ -42,16 +48,20 @@ pub fn track(pkt: &Headers, id: [u8; 2], backend: (Addr, [u8; 2]), slot: u32, no
     }
 }
 
-/// The record of the query the UDP datagram `pkt` (DNS ID `id`) answers,
-/// consumed: a second answer to one query finds nothing.
+/// The record of the query the UDP datagram `pkt` (DNS ID `id`, RCODE
+/// `rcode`) answers, consumed: a second answer to one query finds nothing.
+/// The answer is counted for its backend, with its latency.
 #[inline(always)]
-pub fn answer(pkt: &Headers, id: [u8; 2]) -> Option<QueryValue> {
+pub fn answer(pkt: &Headers, id: [u8; 2], rcode: u8) -> Option<QueryValue> {
     let key = QueryKey::new((pkt.src, pkt.sport), (pkt.dst, pkt.dport), id);
     // SAFETY: copied out at once.
     let value = unsafe { QUERIES.get(key) }.copied()?;
     // Counted only by the CPU whose delete took it, should two race.
     if QUERIES.remove(key).is_ok() {
         stats::query(QueryEvent::Answered);
+        // SAFETY: a plain helper call with no arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        stats::dns_answer(value.slot, now.saturating_sub(value.sent_ns), rcode);
     }
     Some(value)
 }

@@ -2,12 +2,13 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use xdp_common::{
-    Backend, Endpoint, RING_SIZE, SelectMode, any_addr, backend_slot, backend_state,
+    Backend, Endpoint, RING_SIZE, Ring, SelectMode, any_addr, backend_slot, backend_state,
     is_ipv4_mapped, parse::Headers, ring_key, select,
 };
 
 use crate::maps::{
-    ACTIVE_RING, BACKEND_SOURCES, BACKENDS, NTH_STATE, RINGS, SERVICE_CONF, SERVICES,
+    ACTIVE_RING, BACKEND_SOURCES, BACKEND_TIMEOUTS, BACKENDS, NTH_STATE, OUTSTANDING, RINGS,
+    SERVICE_CONF, SERVICES,
 };
 
 /// The service listening on the packet's destination: the exact address first,
@@ -40,6 +41,8 @@ pub fn backend(service: u32, ipv6: bool) -> Option<(u32, Backend)> {
     let index = if ring.select == SelectMode::Random as u32 {
         // SAFETY: a plain helper call with no arguments.
         select::random(unsafe { bpf_get_prandom_u32() }, n)?
+    } else if ring.select == SelectMode::LeastOutstanding as u32 {
+        least_outstanding(service, ring)?
     } else {
         let cursor = NTH_STATE.get_ptr_mut(service)?;
         // SAFETY: per-CPU slot: nothing else touches it while this program runs here.
@@ -56,6 +59,44 @@ pub fn backend(service: u32, ipv6: bool) -> Option<(u32, Backend)> {
     // family has written its backends but not yet its listen entries.
     (backend.state == backend_state::ACTIVE && is_ipv4_mapped(&backend.addr) != ipv6)
         .then_some((slot, backend))
+}
+
+/// `least_outstanding`: of two ring entries drawn at random (so in
+/// proportion to their weights), the one whose backend has fewer UDP queries
+/// in flight for its weight; a tie goes to the heavier backend, then to the
+/// first draw. The power of two choices (Mitzenmacher; Envoy's LEAST_REQUEST,
+/// nginx's `random two least_conn`): constant work per query, where a scan of
+/// every backend is a loop the verifier cannot prune, and a slow backend, its
+/// queries piling up, loses every comparison but the draws that pick it twice.
+#[inline(always)]
+fn least_outstanding(service: u32, ring: &Ring) -> Option<u32> {
+    let n = ring.len;
+    // SAFETY: plain helper calls with no arguments.
+    let first = select::random(unsafe { bpf_get_prandom_u32() }, n)?;
+    let second = select::random(unsafe { bpf_get_prandom_u32() }, n)?;
+    let (load_a, weight_a) = load(service, *ring.slots.get(first as usize)?)?;
+    let (load_b, weight_b) = load(service, *ring.slots.get(second as usize)?)?;
+    // load / weight, compared without division.
+    let (a, b) = (load_a * weight_b, load_b * weight_a);
+    Some(if b < a || (b == a && weight_b > weight_a) {
+        second
+    } else {
+        first
+    })
+}
+
+/// A backend's UDP queries in flight (records written less answers, shared
+/// and atomic, less the records the loader removed unanswered; a transient
+/// below zero reads as none) and its weight (at least 1).
+#[inline(always)]
+fn load(service: u32, local: u8) -> Option<(u64, u64)> {
+    let slot = backend_slot(service, local as u32);
+    let weight = BACKENDS.get(slot)?.weight;
+    let written = OUTSTANDING.get(slot).copied().unwrap_or(0);
+    let timed_out = BACKEND_TIMEOUTS.get(slot).copied().unwrap_or(0);
+    let load = written.wrapping_sub(timed_out);
+    let load = if (load as i64) < 0 { 0 } else { load };
+    Some((load, if weight == 0 { 1 } else { weight as u64 }))
 }
 
 /// Whether the packet's source is a backend, i.e. whether it may be an answer.

@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 use dnsteer::{
     config::{self, BackendSpec, XdpModeSetting},
     control::{self, Op, Request},
-    pins::Instance,
-    run::{RunOptions, run},
-    stats,
+    daemon::{RunOptions, run},
+    datapath::pins::Instance,
+    observe::stats,
 };
 
 #[derive(Debug, Parser)]
@@ -262,7 +262,7 @@ fn stop_command(iface: Option<String>) -> Result<()> {
     }
     // No daemon: a persistent data path it left behind, found by its pins.
     let found = Instance::find(iface.as_deref())?;
-    let pins = dnsteer::pins::Pins::claim(&found.iface)?;
+    let pins = dnsteer::datapath::pins::Pins::claim(&found.iface)?;
     let persisted = pins.persisted();
     if pins.clear("dnsteer stop")? == 0 {
         bail!(

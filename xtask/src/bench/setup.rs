@@ -16,16 +16,19 @@ use aya::{
 };
 use testbed::{BACKEND_IFACE, CLIENT_IFACE, NetNs, Topology, TopologyConfig};
 
-/// The trivial XDP_PASS program (xdp-ebpf/src/bench.rs).
+/// The trivial XDP_PASS program (xdp-ebpf/src/bench.rs, in the bench object).
 pub const PASS_PROGRAM: &str = "bench_pass";
 /// The XDP DNS responder (xdp-ebpf/src/bench.rs).
 pub const RESPONDER_PROGRAM: &str = "bench_responder";
 /// kxdpgun's sources: RFC 2544's benchmarking range, one address per 63,536
 /// queries (it walks the source ports first), so every query is a new flow.
 pub const LOADGEN_SOURCES: &str = "198.18.0.0/16";
+/// The bench object's file name: xdp-ebpf's second binary target.
+const BENCH_OBJECT: &str = "xdp-ebpf-bench";
 
-/// Where the built eBPF object is: xdp-loader's build script writes it to its
-/// OUT_DIR, which cargo names in its JSON messages.
+/// The bench's own object (`bench_pass`, `bench_responder`): xdp-loader's
+/// build script writes it beside dnsteer's object to its OUT_DIR, which cargo
+/// names in its JSON messages.
 pub fn ebpf_object() -> Result<PathBuf> {
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["build", "--package", "xdp-loader", "--message-format=json"])
@@ -46,13 +49,13 @@ pub fn ebpf_object() -> Result<PathBuf> {
             && is_loader
             && let Some(dir) = msg["out_dir"].as_str()
         {
-            let object = Path::new(dir).join("xdp-ebpf");
+            let object = Path::new(dir).join(BENCH_OBJECT);
             if object.exists() {
                 return Ok(object);
             }
         }
     }
-    bail!("cargo named no OUT_DIR of xdp-loader holding the xdp-ebpf object")
+    bail!("cargo named no OUT_DIR of xdp-loader holding the {BENCH_OBJECT} object")
 }
 
 /// The topology with responders attached. Drop order: programs (detaching

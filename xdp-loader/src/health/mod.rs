@@ -13,13 +13,29 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle, time::MissedTickBehavior};
 
-use crate::{
-    config::{HealthCheck, human},
-    probe::{self, Probe, ProbeError, Transport},
-    stats::HealthStats,
-};
+use crate::config::{HealthCheck, human};
+
+pub mod probe;
+
+use probe::{Probe, ProbeError, Transport};
+
+/// A backend's health as `dnsteer run` probes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStats {
+    /// `up` or `down`. A backend starts up.
+    pub state: String,
+    /// Round trip of the last probe that got a reply, in microseconds.
+    pub last_rtt_us: Option<u64>,
+    /// Why the last probe failed; null when it succeeded.
+    pub last_error: Option<String>,
+    /// Changes between up and down since the backend joined.
+    pub transitions: u64,
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+}
 
 /// One backend's probe history, as the state machine needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,7 +310,7 @@ mod tests {
     use std::str::FromStr as _;
 
     use super::*;
-    use crate::probe::ProbeQuery;
+    use crate::config::ProbeQuery;
 
     fn ok() -> Result<Duration, ProbeError> {
         Ok(Duration::from_millis(1))

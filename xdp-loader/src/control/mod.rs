@@ -16,12 +16,15 @@ use std::{
     time::Duration,
 };
 
+pub mod server;
+
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{self, BackendSpec},
-    live::{BackendView, Change},
+    health::HealthStats,
+    live::{Change, Member},
 };
 
 /// The abstract socket name of the instance on `iface`.
@@ -85,6 +88,35 @@ impl Op {
                 )
             }
         }))
+    }
+}
+
+/// A backend as `dnsteer backends list` and the control socket report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub address: String,
+    pub weight: u32,
+    /// `active`, `draining` or `down` (failed its health checks).
+    pub state: String,
+    /// What the health probes say; null without `[service.health]`.
+    #[serde(default)]
+    pub health: Option<HealthStats>,
+}
+
+impl BackendView {
+    /// `member` with what the health probes say of it.
+    pub fn new(member: Member, health: Option<HealthStats>) -> Self {
+        let Member {
+            address,
+            weight,
+            state,
+        } = member;
+        Self {
+            address,
+            weight,
+            state,
+            health,
+        }
     }
 }
 

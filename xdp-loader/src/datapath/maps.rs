@@ -2,10 +2,10 @@
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapInfo, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use log::warn;
@@ -16,7 +16,8 @@ use xdp_common::{
     ServiceConf, names,
 };
 
-use crate::{EBPF_OBJECT, config::Limits, live::Store};
+use super::EBPF_OBJECT;
+use crate::{config::Limits, live::Store};
 
 /// `membarrier(2)`'s command that waits for an RCU grace period on all CPUs
 /// (include/uapi/linux/membarrier.h, Linux 4.3; `synchronize_rcu()` since 4.16).
@@ -104,6 +105,45 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
         (name, key, value, entries)
     })
     .collect()
+}
+
+/// Refuses to adopt pinned maps laid out otherwise than this build and the
+/// config want: a pinned map keeps its size (`[flows] size`, `[limits]`), and
+/// another dnsteer version may have other key or value layouts. A map not
+/// pinned yet (new in this version) is created.
+pub fn check_layouts(dir: &Path, wanted: &[(&str, usize, usize, u32)]) -> Result<()> {
+    for &(name, key, value, entries) in wanted {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        // Counters and settings have sizes of this build's own, not the config's.
+        let sized_by_config = capacities(&Limits::default(), 0)
+            .iter()
+            .any(|(sized, _)| *sized == name);
+        if info.max_entries() != entries && !sized_by_config {
+            bail!(
+                "the persistent data path's map {name} holds {} entries, this dnsteer version uses {entries}: it was laid out by another version; `dnsteer stop` it and start afresh (its flows are lost)",
+                info.max_entries()
+            );
+        }
+        if info.max_entries() != entries {
+            bail!(
+                "the persistent data path's map {name} holds {} entries, this config asks for {entries}; keep [flows] size and [limits] as they were, or `dnsteer stop` it first (its flows are lost)",
+                info.max_entries()
+            );
+        }
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "the persistent data path's map {name} is laid out by another dnsteer version ({}-byte keys, {}-byte values; this one uses {key} and {value}); `dnsteer stop` it and start afresh (its flows are lost)",
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Loads the eBPF object with the default limits and the flow table sized as configured.

@@ -33,7 +33,7 @@ use aya::{
 use log::{info, warn};
 use xdp_common::names;
 
-use crate::{TC_PROGRAM, XDP_PROGRAM};
+use super::{TC_PROGRAM, XDP_PROGRAM};
 
 const DEFAULT_ROOT: &str = "/sys/fs/bpf/dnsteer";
 const BPFFS: &str = "/sys/fs/bpf";

@@ -1,0 +1,219 @@
+//! `dnsteer run`: validate, load, fill, attach, pin; take changes from the
+//! sources (config file edits and SIGHUP, the control socket, health probes);
+//! serve metrics; on SIGINT/SIGTERM undo it all.
+//!
+//! The loop here is the only place that changes the running state: it takes
+//! one [`sources::Event`] at a time and runs it on the daemon's state in tokio's
+//! blocking pool, since map writes and RCU grace periods (`membarrier`) block,
+//! and probes, control clients and scrapes must not wait on them.
+
+pub mod sources;
+mod state;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use log::{error, info};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use self::{
+    sources::{Event, QUEUE},
+    state::{Daemon, describe},
+};
+use crate::{
+    config::{self, Config, XdpModeSetting},
+    control::{self, Op, server::Pending},
+    datapath::{Datapath, caps},
+    health::Monitor,
+    observe::metrics::{self, Scrape},
+};
+
+/// What `dnsteer run` was asked to do.
+#[derive(Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Overrides the config's `interface`.
+    pub iface: Option<String>,
+    /// Overrides the config's `xdp_mode`.
+    pub xdp_mode: Option<XdpModeSetting>,
+    /// Where to serve Prometheus metrics on `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Keep the data path when exiting, and adopt one left running (or
+    /// `persist = true` in the config).
+    pub persist: bool,
+}
+
+impl RunOptions {
+    /// Reads and validates the config, with the command line's overrides.
+    pub(crate) fn load(&self) -> Result<Config> {
+        let mut config = config::load(&self.config)?;
+        if let Some(iface) = &self.iface {
+            config.interface = iface.clone();
+        }
+        if let Some(mode) = self.xdp_mode {
+            config.xdp_mode = mode;
+        }
+        Ok(config)
+    }
+}
+
+/// Stops a spawned task when dropped (the metrics server and the sources on shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `job` on the daemon in the blocking pool and gives the daemon back.
+/// A job that panics takes the daemon with it (its drop detaches the data
+/// path) and `run` ends with an error.
+async fn blocking<R: Send + 'static>(
+    slot: &mut Option<Daemon>,
+    job: impl FnOnce(&mut Daemon) -> R + Send + 'static,
+) -> Result<R> {
+    let mut daemon = slot
+        .take()
+        .context("the daemon was lost to an earlier failure")?;
+    let (daemon, out) = tokio::task::spawn_blocking(move || {
+        let out = job(&mut daemon);
+        (daemon, out)
+    })
+    .await
+    .context("a change to the running state panicked; the data path is detached")?;
+    *slot = Some(daemon);
+    Ok(out)
+}
+
+/// `dnsteer run`: runs until SIGINT or SIGTERM.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let config = opts.load()?;
+    config::check_interface(&opts.config, &config.interface)?;
+    caps::require_for_run()?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Bound first: a second instance in this namespace stops here, before touching anything.
+    let listener = control::bind(&config.interface)?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener).context("registering the control socket")?;
+    let metrics_listener = match opts.metrics_listen {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("--metrics-listen {addr}: cannot listen there for metrics; pick a free address and port")
+        })?),
+    };
+
+    let (monitor, probe_results) = Monitor::new();
+    let persist = opts.persist || config.persist;
+    let daemon = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let datapath = Datapath::start(&config, persist)?;
+            Daemon::new(datapath, &config, monitor)
+        })
+        .await
+        .context("starting the data path panicked")??
+    };
+    describe(&config, &daemon);
+    info!(
+        "running; stop with Ctrl-C or SIGTERM, reload with SIGHUP or by editing {}, change backends with `dnsteer backends --iface {}`, watch with `dnsteer stats --iface {}`",
+        opts.config.display(),
+        config.interface,
+        config.interface
+    );
+
+    // The sources, each a task feeding `inbox`.
+    let (events, mut inbox) = mpsc::channel::<Event>(QUEUE);
+    let (requests, pending) = mpsc::channel::<Pending>(16);
+    let _sources = [
+        tokio::spawn(control::server::accept(listener, requests)),
+        tokio::spawn(sources::forward(
+            pending,
+            events.clone(),
+            |(request, reply)| Event::Request(request, reply),
+        )),
+        tokio::spawn(sources::forward(
+            probe_results,
+            events.clone(),
+            Event::Probe,
+        )),
+        tokio::spawn(sources::config_file(
+            opts.config.clone(),
+            sighup,
+            events.clone(),
+        )),
+    ]
+    .map(AbortOnDrop);
+    drop(events);
+
+    // An observer: it reads through the loop, and changes nothing.
+    let (scrapes, mut scrape_requests) = mpsc::channel::<Scrape>(16);
+    let _metrics = metrics_listener.map(|listener| {
+        info!(
+            "serving Prometheus metrics on http://{}/metrics",
+            listener
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        );
+        AbortOnDrop(tokio::spawn(metrics::serve(listener, scrapes)))
+    });
+
+    let opts = Arc::new(opts);
+    let mut daemon = Some(daemon);
+    let why = loop {
+        tokio::select! {
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            Some(event) = inbox.recv() => match event {
+                Event::Request(request, reply) => {
+                    let stop = request.op == Op::Stop;
+                    let response = blocking(&mut daemon, move |d| d.handle(&request)).await?;
+                    let _ = reply.send(response);
+                    if stop {
+                        break "dnsteer stop";
+                    }
+                }
+                Event::Reload(why) => {
+                    let opts = opts.clone();
+                    blocking(&mut daemon, move |d| d.reload(&opts, why)).await?;
+                }
+                Event::Change { service, change, source } => {
+                    blocking(&mut daemon, move |d| {
+                        if let Err(err) = d.change(&service, &change, source) {
+                            error!("{source}: service {service}: {err:#}");
+                        }
+                    })
+                    .await?;
+                }
+                Event::Probe(result) => blocking(&mut daemon, move |d| d.on_probe(result)).await?,
+            },
+            Some(reply) = scrape_requests.recv() => {
+                let body = blocking(&mut daemon, |d| {
+                    d.snapshot()
+                        .map(|s| metrics::encode(&s))
+                        .map_err(|err| format!("reading the counters: {err:#}"))
+                })
+                .await?;
+                let _ = reply.send(body);
+            }
+        }
+    };
+    let daemon = daemon.context("the daemon was lost to an earlier failure")?;
+    if daemon.datapath.persistent() {
+        info!(
+            "{why}: exiting; the data path on {} keeps running (persist)",
+            config.interface
+        );
+    } else {
+        info!("{why}: detaching from {}", config.interface);
+    }
+    drop(daemon);
+    info!("bye");
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The running daemon's state: the data path (and the reconciler inside it),
+//! the config it was last given, and the health monitor. Every event the
+//! sources send ends up in one of the methods here, one at a time.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use anyhow::Result;
+use log::{error, info, warn};
+
+use super::RunOptions;
+use crate::{
+    config::{self, Config, Protocol},
+    control::{BackendView, Op, Request, Response},
+    datapath::{Datapath, pins},
+    health::{Monitor, ProbeResult, probe::Transport},
+    live::Change,
+    observe::stats::{self, Snapshot},
+};
+
+/// What `dnsteer run` holds while it runs.
+pub struct Daemon {
+    /// First, so it drops (detaches and unpins) first.
+    pub datapath: Datapath,
+    /// The config the maps hold now (runtime changes aside).
+    config: Config,
+    monitor: Monitor,
+    /// Services whose every weighted backend is down, as last logged.
+    failing_open: BTreeSet<String>,
+}
+
+impl Daemon {
+    /// Starts probing and brings the fast path in line with a data path that
+    /// already holds `config`.
+    pub fn new(datapath: Datapath, config: &Config, monitor: Monitor) -> Result<Self> {
+        let mut daemon = Daemon {
+            datapath,
+            config: config.clone(),
+            monitor,
+            failing_open: BTreeSet::new(),
+        };
+        daemon.datapath.sync_fast_path()?;
+        daemon.sync_health();
+        Ok(daemon)
+    }
+
+    /// Applies a new config, or changes nothing and logs why.
+    pub fn reload(&mut self, opts: &RunOptions, why: &str) {
+        let new = match opts.load() {
+            Ok(new) => new,
+            Err(err) => {
+                error!("reload ({why}) refused, nothing changed: {err}");
+                return;
+            }
+        };
+        let fixed = [
+            (
+                "interface",
+                self.config.interface.clone(),
+                new.interface.clone(),
+            ),
+            (
+                "xdp_mode",
+                self.config.xdp_mode.to_string(),
+                new.xdp_mode.to_string(),
+            ),
+            (
+                "flows.size",
+                self.config.flows.size.to_string(),
+                new.flows.size.to_string(),
+            ),
+            (
+                "forward",
+                self.config.forward.to_string(),
+                new.forward.to_string(),
+            ),
+            (
+                "persist",
+                (opts.persist || self.config.persist).to_string(),
+                (opts.persist || new.persist).to_string(),
+            ),
+            (
+                "limits.services",
+                self.config.limits.services.to_string(),
+                new.limits.services.to_string(),
+            ),
+            (
+                "limits.listeners",
+                self.config.limits.listeners.to_string(),
+                new.limits.listeners.to_string(),
+            ),
+        ];
+        for (field, old, new) in fixed {
+            if old != new {
+                error!(
+                    "reload ({why}) refused, nothing changed: {field} changed from {old} to {new}, which needs a restart of dnsteer"
+                );
+                return;
+            }
+        }
+        match self.datapath.live_mut().apply(&new) {
+            Ok(lines) if lines.is_empty() => info!("reload ({why}): no changes"),
+            Ok(lines) => {
+                for line in lines {
+                    info!("reload ({why}): {line}");
+                }
+            }
+            Err(err) => error!("reload ({why}) failed part way: {err:#}"),
+        }
+        if new.flows.query_timeout != self.config.flows.query_timeout {
+            info!(
+                "reload ({why}): flows.query_timeout {} -> {}",
+                config::human(self.config.flows.query_timeout),
+                config::human(new.flows.query_timeout)
+            );
+            self.datapath.set_query_timeout(new.flows.query_timeout);
+        }
+        self.config = new;
+        if let Err(err) = self.datapath.sync_fast_path() {
+            error!("reload ({why}): fast path: {err:#}");
+        }
+        self.sync_health();
+    }
+
+    /// Probes exactly the members of services with `[service.health]`; a
+    /// backend that stops being probed while down goes back into selection.
+    fn sync_health(&mut self) {
+        let mut wanted = BTreeMap::new();
+        for service in &self.config.services {
+            let Some(check) = &service.health else {
+                continue;
+            };
+            let transport = match service.protocol {
+                Protocol::Tcp => Transport::Tcp,
+                Protocol::Udp | Protocol::UdpTcp => Transport::Udp,
+            };
+            for backend in self.datapath.live().members(&service.name) {
+                wanted.insert((service.name.clone(), backend), (check.clone(), transport));
+            }
+        }
+        for (service, backend) in self.monitor.reconcile(&wanted) {
+            // A service that is gone took its backends with it.
+            if self.datapath.live().names().contains(&service) {
+                self.set_health(&service, backend, true, Some("no longer health checked"));
+            }
+        }
+        self.note_fail_open();
+    }
+
+    /// Applies one probe's outcome; a transition changes selection and is logged.
+    pub fn on_probe(&mut self, result: ProbeResult) {
+        let Some(t) = self.monitor.record(result) else {
+            return;
+        };
+        let state = if t.up { "up" } else { "DOWN" };
+        let line = format!(
+            "service {}: backend {} is {state} {}",
+            t.service, t.backend, t.detail
+        );
+        if t.up {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        // The line above is the transition's one log line.
+        self.set_health(&t.service, t.backend, t.up, None);
+        self.note_fail_open();
+    }
+
+    /// Puts `backend` in or out of selection; logs the change with `why`, if given.
+    fn set_health(&mut self, service: &str, backend: SocketAddr, up: bool, why: Option<&str>) {
+        match self.datapath.live_mut().set_health(service, backend, up) {
+            Ok(Some(line)) => {
+                if let Some(why) = why {
+                    info!("{line} ({why})");
+                }
+            }
+            Ok(None) => {}
+            Err(err) => error!(
+                "service {service}: marking {backend} {} failed: {err:#}",
+                if up { "up" } else { "down" }
+            ),
+        }
+    }
+
+    /// Logs each service that starts or stops failing open.
+    fn note_fail_open(&mut self) {
+        let now: BTreeSet<String> = self
+            .datapath
+            .live()
+            .names()
+            .into_iter()
+            .filter(|name| self.datapath.live().fail_open(name))
+            .collect();
+        for name in now.difference(&self.failing_open) {
+            error!(
+                "service {name}: FAILING OPEN: every backend failed its health checks; steering new flows to all of them anyway"
+            );
+        }
+        for name in self.failing_open.difference(&now) {
+            if self.datapath.live().names().contains(name) {
+                warn!(
+                    "service {name}: no longer failing open: a backend passes its health checks again"
+                );
+            }
+        }
+        self.failing_open = now;
+    }
+
+    /// The backends of service `name` with their health, and whether it fails open.
+    fn views(&self, name: &str) -> Result<(Vec<BackendView>, bool)> {
+        let name = self.datapath.live().resolve_name(name)?;
+        let backends = self
+            .datapath
+            .live()
+            .list(&name)?
+            .into_iter()
+            .map(|member| {
+                let health = member
+                    .address
+                    .parse()
+                    .ok()
+                    .and_then(|addr| self.monitor.stats(&name, addr));
+                BackendView::new(member, health)
+            })
+            .collect();
+        Ok((backends, self.datapath.live().fail_open(&name)))
+    }
+
+    /// The counters, as `dnsteer stats --json` would print them.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let found = pins::Instance::find(Some(&self.config.interface))?;
+        let mut snapshot = stats::read(&found, false)?;
+        for service in &mut snapshot.services {
+            if let Ok((views, fail_open)) = self.views(&service.name) {
+                stats::add_health(service, fail_open, &views);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Applies one change to a service's backend set from `source`, logs it,
+    /// and brings the fast path and the probes along. Returns the log line.
+    pub fn change(&mut self, service: &str, change: &Change, source: &str) -> Result<String> {
+        let (_, message) = self.datapath.live_mut().change(service, change)?;
+        info!("{message} ({source})");
+        if let Err(err) = self.datapath.sync_fast_path() {
+            error!("fast path: {err:#}");
+        }
+        self.sync_health();
+        Ok(message)
+    }
+
+    /// Answers one control request.
+    pub fn handle(&mut self, request: &Request) -> Response {
+        if request.op == Op::Stop {
+            // The run loop exits after this answer; nothing is left behind.
+            self.datapath.set_persistent(false);
+            return Response {
+                ok: true,
+                error: None,
+                message: Some(format!(
+                    "dnsteer on {}: detaching and removing its pins",
+                    self.config.interface
+                )),
+                service: String::new(),
+                fail_open: false,
+                backends: Vec::new(),
+            };
+        }
+        let service = request.service.as_str();
+        let change = match request.op.change() {
+            Ok(change) => change,
+            Err(err) => return Response::error(service, err),
+        };
+        let message = match &change {
+            None => None,
+            Some(change) => match self.change(service, change, "dnsteer backends") {
+                Ok(message) => Some(message),
+                Err(err) => return Response::error(service, format!("{err:#}")),
+            },
+        };
+        match self.views(service) {
+            Ok((backends, fail_open)) => Response {
+                ok: true,
+                error: None,
+                message,
+                service: self
+                    .datapath
+                    .live()
+                    .resolve_name(service)
+                    .unwrap_or_default(),
+                fail_open,
+                backends,
+            },
+            Err(err) => Response::error(service, format!("{err:#}")),
+        }
+    }
+}
+
+/// Logs what an instance does, one line per service.
+pub fn describe(config: &Config, daemon: &Daemon) {
+    info!(
+        "steering on {} (XDP in {} mode, replies translated on egress), maps pinned under {}",
+        config.interface,
+        daemon.datapath.xdp_mode.as_str(),
+        daemon.datapath.pin_dir().display()
+    );
+    for service in &config.services {
+        let listen: Vec<String> = service.listen.iter().map(ToString::to_string).collect();
+        let backends: Vec<String> = service.backends.iter().map(ToString::to_string).collect();
+        info!(
+            "service {}: {} {} -> select {} over {} backend(s): {}",
+            service.name,
+            service.protocol.as_str(),
+            listen.join(", "),
+            service.select.as_str(),
+            backends.len(),
+            backends.join(", ")
+        );
+        if let Some(h) = &service.health {
+            info!(
+                "service {}: health query {} every {} (timeout {}), down after {} failures, up after {} successes, expecting {}",
+                service.name,
+                h.query,
+                config::human(h.interval),
+                config::human(h.timeout),
+                h.fall,
+                h.rise,
+                h.expect_rcode
+                    .map_or_else(|| "any rcode".to_owned(), |r| format!("rcode {r}"))
+            );
+        }
+    }
+}
