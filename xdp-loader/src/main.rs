@@ -57,6 +57,10 @@ enum Command {
         /// one left running; `dnsteer stop` removes it. Same as `persist = true`.
         #[arg(long)]
         persist: bool,
+        /// The cluster for services with `kubernetes = { ... }`; without it,
+        /// KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
     },
     /// Detach dnsteer from an interface and remove its pins: asks a running
     /// `dnsteer run` to exit, or removes a persistent data path left running.
@@ -298,6 +302,7 @@ fn add_health(snapshot: &mut stats::Snapshot) {
             && response.ok
         {
             stats::add_health(service, response.fail_open, &response.backends);
+            service.kubernetes = response.kubernetes;
         }
     }
 }
@@ -317,6 +322,7 @@ fn main() -> Result<()> {
             xdp_mode,
             metrics_listen,
             persist,
+            kubeconfig,
         } => {
             // Two workers: probes keep their timing while the run loop waits out
             // a change's grace periods.
@@ -331,6 +337,7 @@ fn main() -> Result<()> {
                 xdp_mode,
                 metrics_listen,
                 persist,
+                kubeconfig,
             }))
         }
         Command::Stop { iface } => stop_command(iface),

@@ -7,6 +7,7 @@
 //! status) down a channel; the reconciler applies them. It never touches
 //! the maps.
 
+mod feed;
 mod slices;
 mod watch;
 
@@ -14,14 +15,15 @@ use std::{
     fmt,
     net::SocketAddr,
     path::Path,
-    str::FromStr,
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
+pub use feed::{Current, Feed, Others};
 pub use slices::{BackendSet, backends, endpoints_seen, port_of, service_listen, state_of};
 pub use watch::{Backoff, watch};
 
+pub use crate::config::PortRef;
 use crate::config::{Family, Protocol};
 
 /// The label EndpointSlice controllers put on every slice of a Service.
@@ -47,50 +49,6 @@ impl fmt::Display for Spec {
             "Kubernetes Service {}/{} port {}",
             self.namespace, self.service, self.port
         )
-    }
-}
-
-/// A Service port, by name (as EndpointSlices name it) or by number.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum PortRef {
-    Name(String),
-    Number(u16),
-}
-
-impl fmt::Display for PortRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PortRef::Name(name) => write!(f, "{name:?}"),
-            PortRef::Number(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-impl FromStr for PortRef {
-    type Err = String;
-
-    /// A number 1-65535, or a name as Kubernetes allows one for a port
-    /// (an IANA_SVC_NAME: 1-15 lowercase letters, digits and inner dashes,
-    /// at least one letter).
-    fn from_str(s: &str) -> Result<Self, String> {
-        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-            return match s.parse::<u16>() {
-                Ok(n) if n > 0 => Ok(PortRef::Number(n)),
-                _ => Err("expected a port number 1-65535 or a port name".to_owned()),
-            };
-        }
-        let ok = (1..=15).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && s.bytes().any(|b| b.is_ascii_lowercase())
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-            && !s.contains("--");
-        if ok {
-            Ok(PortRef::Name(s.to_owned()))
-        } else {
-            Err("expected a port number 1-65535 or a Kubernetes port name (1-15 lowercase letters, digits and dashes)".to_owned())
-        }
     }
 }
 
@@ -162,30 +120,3 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 /// How long a watch request asks the API server to keep it open; the watcher
 /// gives up on a silent one a little after that and reconnects.
 pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_refs() {
-        assert_eq!("dns".parse(), Ok(PortRef::Name("dns".into())));
-        assert_eq!("dns-tcp".parse(), Ok(PortRef::Name("dns-tcp".into())));
-        assert_eq!("53".parse(), Ok(PortRef::Number(53)));
-        for bad in [
-            "",
-            "0",
-            "65536",
-            "DNS",
-            "-dns",
-            "dns-",
-            "d--ns",
-            "a-very-long-port-name",
-            "dns_tcp",
-            "123-",
-        ] {
-            let parsed = bad.parse::<PortRef>();
-            assert!(parsed.is_err(), "{bad:?} parsed as {parsed:?}");
-        }
-    }
-}

@@ -98,6 +98,10 @@ fn with_backoff<K: Send + 'static>(
     })
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one item at a time, moved once from the stream to the tracker"
+)]
 enum Item {
     Slice(Result<Event<EndpointSlice>, watcher::Error>),
     Service(Result<Event<Service>, watcher::Error>),
