@@ -89,6 +89,15 @@ fn flag(args: &[String], name: &str) -> Option<String> {
     })
 }
 
+/// What `dnsteer run` checks for, by its own check: all it lacks with no
+/// capabilities at all.
+fn needed_caps() -> Vec<String> {
+    dnsteer::datapath::caps::missing_for_run(&Default::default())
+        .into_iter()
+        .map(|cap| cap.to_string())
+        .collect()
+}
+
 #[test]
 fn every_manifest_parses_and_kustomization_lists_them_all() {
     let objects = objects();
@@ -149,16 +158,13 @@ fn daemonset_runs_dnsteer_with_what_it_checks_for() {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        for cap in [
-            dnsteer::caps::CAP_BPF,
-            dnsteer::caps::CAP_NET_ADMIN,
-            dnsteer::caps::CAP_PERFMON,
-        ] {
-            let name = cap.name.strip_prefix("CAP_").unwrap();
+        let needed = needed_caps();
+        assert!(!needed.is_empty());
+        for cap in needed {
+            let name = cap.strip_prefix("CAP_").unwrap();
             assert!(
                 added.contains(name),
-                "capabilities.add lacks {name} (dnsteer run checks for {}): {added:?}",
-                cap.name
+                "capabilities.add lacks {name} (dnsteer run checks for {cap}): {added:?}"
             );
         }
         assert!(
@@ -285,20 +291,37 @@ fn bind_service_is_left_to_dnsteer() {
         Some("dnsteer"),
         "kube-proxy skips Services with this label"
     );
-    // The ConfigMap's dnsteer config points at this Service and one of its ports.
+    // The ConfigMap's dnsteer config is valid and points at this Service and
+    // one of its ports, for the protocol it balances.
     let cm: ConfigMap = one(&objects);
-    let text = cm.data.unwrap().into_values().next().unwrap();
-    let config: toml::Table = text.parse().expect("the ConfigMap's dnsteer.toml is TOML");
-    let services = config["service"].as_array().expect("[[service]]");
-    let k8s = services[0]["kubernetes"]
-        .as_table()
-        .expect("kubernetes = { ... }");
-    assert_eq!(k8s["namespace"].as_str(), svc.metadata.namespace.as_deref());
-    assert_eq!(k8s["service"].as_str(), svc.metadata.name.as_deref());
-    let port = k8s["port"].as_str().unwrap();
+    let (key, text) = cm.data.unwrap().into_iter().next().unwrap();
+    let config = dnsteer::config::parse(&text, std::path::Path::new(&key))
+        .unwrap_or_else(|e| panic!("the ConfigMap's config does not validate: {e}"));
+    let service = &config.services[0];
+    let source = service
+        .kubernetes
+        .as_ref()
+        .expect("the ConfigMap's service takes its backends from Kubernetes");
+    assert_eq!(Some(&source.namespace), svc.metadata.namespace.as_ref());
+    assert_eq!(Some(&source.service), svc.metadata.name.as_ref());
     let ports = svc.spec.unwrap().ports.unwrap_or_default();
+    let named = |p: &k8s_openapi::api::core::v1::ServicePort| match &source.port {
+        dnsteer::config::PortRef::Name(name) => p.name.as_ref() == Some(name),
+        dnsteer::config::PortRef::Number(n) => p.port == i32::from(*n),
+    };
     assert!(
-        ports.iter().any(|p| p.name.as_deref() == Some(port)),
-        "the Service has no port named {port}"
+        ports.iter().any(named),
+        "the Service has no port {}",
+        source.port
     );
+    for proto in service.protocol.ip_protos() {
+        let word = if *proto == 17 { "UDP" } else { "TCP" };
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.protocol.as_deref().unwrap_or("TCP") == word),
+            "the Service has no {word} port, and the config balances {}",
+            service.protocol
+        );
+    }
 }
