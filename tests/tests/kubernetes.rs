@@ -647,6 +647,11 @@ fn listen_from_the_service_external_ips_on_the_interface() {
         Duration::from_secs(10),
     );
     let log = || dnsteer.log();
+    let text = dnsteer.stats(&[]).expect("dnsteer stats");
+    assert!(
+        text.contains("kubernetes dns/bind port \"dns\": watching, last sync"),
+        "{text}"
+    );
     wait_steered(&topo, SocketAddr::new(first, 53), true, &b, log);
     assert!(
         !steered(&topo.client, SocketAddr::new(second, 53), &b),
