@@ -28,6 +28,14 @@ pub const BIG_NAME: &str = "big.example.";
 pub const BIG_TXT_MIN_BYTES: usize = 1232;
 
 pub const BIG_TXT_RECORDS: usize = 8;
+/// One TXT record of [`HUGE_TXT_BYTES`] bytes of text: a UDP answer larger than the
+/// 1500-byte MTU, which leaves fragmented when named may send it
+/// ([`crate::TopologyConfig::dns_max_udp_size`]) and the client's EDNS buffer allows.
+pub const HUGE_NAME: &str = "huge.example.";
+/// The text of [`HUGE_NAME`]'s TXT record, its character-strings joined.
+pub const HUGE_TXT_BYTES: usize = HUGE_TXT_STRINGS * HUGE_TXT_STRING_LEN;
+const HUGE_TXT_STRINGS: usize = 9;
+const HUGE_TXT_STRING_LEN: usize = 250;
 const BIG_TXT_LEN: usize = 200;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_FILE: &str = "named.stderr";
@@ -42,15 +50,25 @@ pub(crate) struct BindServer {
 }
 
 impl BindServer {
-    /// Writes the config and zone for a server answering on `addr` and `addr6`; does
-    /// not start it.
-    pub(crate) fn prepare(addr: Ipv4Addr, addr6: Ipv6Addr, label: &str) -> Result<Self> {
+    /// Writes the config and zone for a server answering on `addr` and `addr6`, with
+    /// `max_udp_size` as its `max-udp-size` and `edns-udp-size` (None: BIND's default);
+    /// does not start it.
+    pub(crate) fn prepare(
+        addr: Ipv4Addr,
+        addr6: Ipv6Addr,
+        label: &str,
+        max_udp_size: Option<u16>,
+    ) -> Result<Self> {
         let dir = TempDir::new(&format!("named-{label}"))?;
         let zone_path = dir.path().join("example.zone");
         std::fs::write(&zone_path, zone_file(addr, addr6, label))
             .with_context(|| format!("writing {}", zone_path.display()))?;
         let conf_path = dir.path().join("named.conf");
-        std::fs::write(&conf_path, named_conf(dir.path(), addr, addr6, DNS_PORT))
+        let mut conf = named_conf(dir.path(), addr, addr6, DNS_PORT);
+        if let Some(size) = max_udp_size {
+            conf = with_udp_size(&conf, size);
+        }
+        std::fs::write(&conf_path, conf)
             .with_context(|| format!("writing {}", conf_path.display()))?;
         Ok(Self {
             child: None,
@@ -219,6 +237,24 @@ zone "{ZONE}" {{
     )
 }
 
+/// `conf` with `max-udp-size` and `edns-udp-size` set in its options.
+fn with_udp_size(conf: &str, size: u16) -> String {
+    conf.replacen(
+        "    recursion no;\n",
+        &format!("    recursion no;\n    max-udp-size {size};\n    edns-udp-size {size};\n"),
+        1,
+    )
+}
+
+/// The TXT text of [`HUGE_NAME`], as kdig prints it (character-strings joined).
+pub fn huge_txt() -> String {
+    (0..HUGE_TXT_STRINGS).map(huge_string).collect()
+}
+
+fn huge_string(i: usize) -> String {
+    format!("{i:02}-{}", "y".repeat(HUGE_TXT_STRING_LEN - 3))
+}
+
 fn zone_file(addr: Ipv4Addr, addr6: Ipv6Addr, label: &str) -> String {
     let mut zone = format!(
         "$ORIGIN {ZONE}\n\
@@ -237,6 +273,10 @@ fn zone_file(addr: Ipv4Addr, addr6: Ipv6Addr, label: &str) -> String {
         let text = format!("{i:02}-{}", "x".repeat(BIG_TXT_LEN - 3));
         writeln!(zone, "big     IN TXT \"{text}\"").expect("writing to a String");
     }
+    let strings: Vec<String> = (0..HUGE_TXT_STRINGS)
+        .map(|i| format!("\"{}\"", huge_string(i)))
+        .collect();
+    writeln!(zone, "huge    IN TXT {}", strings.join(" ")).expect("writing to a String");
     zone
 }
 
@@ -266,7 +306,7 @@ mod tests {
         crate::require_root_tools(&["ip", "named"]).unwrap_or_else(|e| panic!("{e:#}"));
         let ns = NetNs::new("unit").unwrap();
         let mut server =
-            BindServer::prepare(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST, "broken").unwrap();
+            BindServer::prepare(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST, "broken", None).unwrap();
         let dir = server.dir.path().to_owned();
         std::fs::write(
             dir.join("named.conf"),
@@ -299,5 +339,18 @@ mod tests {
         assert!(conf.contains("listen-on-v6 port 53 { 2001:db8::2; };"));
         assert!(conf.contains("pid-file \"/tmp/x/named.pid\""));
         assert!(conf.contains("recursion no;"));
+        assert!(!conf.contains("max-udp-size"));
+        let conf = with_udp_size(&conf, 4096);
+        assert!(conf.contains("    max-udp-size 4096;\n    edns-udp-size 4096;\n"));
+    }
+
+    #[test]
+    fn huge_txt_is_one_record_over_the_mtu() {
+        let zone = zone_file(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST, "b");
+        let line = zone.lines().find(|l| l.starts_with("huge ")).unwrap();
+        let text: String = line.split('"').skip(1).step_by(2).collect();
+        assert_eq!(text, huge_txt());
+        assert_eq!(text.len(), HUGE_TXT_BYTES);
+        const { assert!(HUGE_TXT_BYTES > 2000) };
     }
 }

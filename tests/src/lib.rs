@@ -10,12 +10,14 @@ pub mod dnsteer;
 pub mod kubeapi;
 pub mod load;
 mod netns;
+pub mod responder;
 mod tempdir;
 mod tools;
 mod topology;
 
 pub use bind::{
-    BIG_NAME, BIG_TXT_MIN_BYTES, BIG_TXT_RECORDS, DNS_PORT, HEALTH_NAME, WHOAMI_NAME, ZONE,
+    BIG_NAME, BIG_TXT_MIN_BYTES, BIG_TXT_RECORDS, DNS_PORT, HEALTH_NAME, HUGE_NAME, HUGE_TXT_BYTES,
+    WHOAMI_NAME, ZONE, huge_txt,
 };
 pub use netns::NetNs;
 pub use tempdir::TempDir;

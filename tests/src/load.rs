@@ -42,6 +42,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const EPOLL_EVENTS: usize = 256;
 /// File descriptors besides the in-flight sockets (stdio, epoll sets, the test harness).
 const SPARE_FDS: u64 = 256;
+/// How a worker that stopped because another one failed says so.
+const ABORTED: &str = "stopped because another worker failed";
 
 /// A steady stream of A queries for [`run_paced`].
 #[derive(Debug, Clone)]
@@ -137,6 +139,19 @@ pub fn run_paced(
     load: &PacedLoad,
     progress: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) -> Result<Vec<QueryRecord>> {
+    run_paced_on_cpus(ns, load, &[], progress)
+}
+
+/// [`run_paced`] with one worker per entry of `cpus`, each pinned to that CPU, so the
+/// queries (and the receive path of whatever handles them on the way, such as an XDP
+/// program on a veth) run on every CPU listed, not wherever the scheduler puts them.
+/// Empty `cpus`: as [`run_paced`], unpinned.
+pub fn run_paced_on_cpus(
+    ns: &NetNs,
+    load: &PacedLoad,
+    cpus: &[usize],
+    progress: Option<&(dyn Fn(usize, usize) + Sync)>,
+) -> Result<Vec<QueryRecord>> {
     load.validate()?;
     let question = Query::query(dns::parse_name(&load.name)?, RecordType::A);
     let mut request = Message::query();
@@ -146,10 +161,14 @@ pub fn run_paced(
     let total = load.total();
     raise_fd_limit(load);
 
-    let workers = std::thread::available_parallelism()
-        .map_or(2, NonZero::get)
-        .clamp(1, MAX_WORKERS)
-        .min(total.max(1));
+    let workers = if cpus.is_empty() {
+        std::thread::available_parallelism()
+            .map_or(2, NonZero::get)
+            .clamp(1, MAX_WORKERS)
+    } else {
+        cpus.len()
+    }
+    .min(total.max(1));
     let shared = Shared {
         ns,
         load,
@@ -157,6 +176,7 @@ pub fn run_paced(
         template: &template,
         total,
         workers,
+        cpus,
         sent: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
         lag_reported: AtomicBool::new(false),
@@ -188,17 +208,23 @@ pub fn run_paced(
             }
         }
         let mut per_worker = Vec::with_capacity(workers);
-        let mut first_error = None;
+        // The error of a worker that failed, rather than of one it made stop.
+        let (mut failed, mut stopped) = (None, None);
         for (w, handle) in handles.into_iter().enumerate() {
             match handle.join() {
                 Ok(Ok(records)) => per_worker.push(records.into_iter()),
                 Ok(Err(e)) => {
-                    first_error.get_or_insert(e.context(format!("paced load worker {w}")));
+                    let slot = if e.to_string() == ABORTED {
+                        &mut stopped
+                    } else {
+                        &mut failed
+                    };
+                    slot.get_or_insert(e.context(format!("paced load worker {w}")));
                 }
                 Err(payload) => std::panic::resume_unwind(payload),
             }
         }
-        match first_error {
+        match failed.or(stopped) {
             Some(e) => Err(e),
             None => Ok(per_worker),
         }
@@ -286,6 +312,8 @@ struct Shared<'a> {
     template: &'a [u8],
     total: usize,
     workers: usize,
+    /// Worker `w` runs on `cpus[w]`; empty: anywhere.
+    cpus: &'a [usize],
     sent: AtomicUsize,
     /// Set by a worker that failed, so the others stop instead of running out the clock.
     abort: AtomicBool,
@@ -306,7 +334,13 @@ impl Shared<'_> {
     /// Sends queries `w`, `w + workers`, ... on schedule and collects their records in
     /// that order.
     fn worker(&self, w: usize) -> Result<Vec<QueryRecord>> {
-        let joined = self.ns.setns_current_thread();
+        let joined = self
+            .ns
+            .setns_current_thread()
+            .and_then(|()| match self.cpus.get(w) {
+                Some(&cpu) => pin_current_thread(cpu),
+                None => Ok(()),
+            });
         self.ready.wait();
         joined?;
         let start = *self.start.get_or_init(Instant::now);
@@ -326,7 +360,7 @@ impl Shared<'_> {
         let mut next = 0;
         loop {
             if self.abort.load(Ordering::Relaxed) {
-                bail!("stopped because another worker failed");
+                bail!("{ABORTED}");
             }
             let mut batch = 0;
             while next < mine && batch < SEND_BATCH {
@@ -496,6 +530,25 @@ impl Shared<'_> {
             );
         }
     }
+}
+
+/// Moves the calling thread to `cpu` (and only there).
+fn pin_current_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it for any
+    // cpu below CPU_SETSIZE, checked first; pid 0 is the calling thread.
+    unsafe {
+        ensure!(
+            cpu < libc::CPU_SETSIZE as usize,
+            "CPU {cpu} is beyond CPU_SETSIZE"
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("pinning a paced load worker to CPU {cpu}"));
+        }
+    }
+    Ok(())
 }
 
 /// Raises the soft open-file limit towards `rate * timeout` in-flight sockets, as far as
@@ -831,6 +884,21 @@ mod tests {
             };
             assert_eq!(record.answer, expected, "query {i} to {}", record.target);
         }
+    }
+
+    /// A CPU the machine lacks ends the run with an error naming it, before any send.
+    #[test]
+    fn pinning_to_a_missing_cpu_is_an_error() {
+        crate::require_root_tools(&["ip"]).unwrap_or_else(|e| panic!("{e:#}"));
+        let ns = NetNs::new("unit").unwrap();
+        let load = PacedLoad::new(
+            vec!["127.0.0.1:5323".parse().unwrap()],
+            "whoami.example",
+            100,
+            Duration::from_millis(100),
+        );
+        let err = run_paced_on_cpus(&ns, &load, &[0, 1000], None).unwrap_err();
+        assert!(format!("{err:#}").contains("CPU 1000"), "{err:#}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::{
     bind::{BindServer, DNS_PORT},
     netns::NetNs,
+    responder::{Behaviour, Responder},
     tools::require_root_tools,
 };
 
@@ -57,6 +58,10 @@ pub struct TopologyConfig {
     pub node_backend_addr6: Ipv6Addr,
     /// Start BIND on every backend.
     pub dns: bool,
+    /// BIND's `max-udp-size` and `edns-udp-size` on every backend: a UDP answer up to
+    /// this size (and the client's EDNS buffer size) leaves whole, fragmented by the
+    /// backend's kernel if it exceeds the MTU. None keeps BIND's default, 1232 bytes.
+    pub dns_max_udp_size: Option<u16>,
 }
 
 impl Default for TopologyConfig {
@@ -78,6 +83,7 @@ impl Default for TopologyConfig {
             backend_base6: "2001:db8:13::2".parse().expect("an IPv6 address"),
             node_backend_addr6: "2001:db8:13::1".parse().expect("an IPv6 address"),
             dns: true,
+            dns_max_udp_size: None,
         }
     }
 }
@@ -147,6 +153,12 @@ impl TopologyConfig {
                 "TopologyConfig.service_addrs[{k}] {addr} duplicates another address"
             );
         }
+        if let Some(size) = self.dns_max_udp_size {
+            ensure!(
+                (512..=4096).contains(&size),
+                "TopologyConfig.dns_max_udp_size {size} must be 512-4096 (BIND's range)"
+            );
+        }
         ensure!(
             !self.service_addrs6.is_empty(),
             "TopologyConfig.service_addrs6 is empty; give at least the client's IPv6 gateway"
@@ -207,6 +219,8 @@ pub struct BackendHost {
     // Declared before `ns`: fields drop in order, and named must be gone before its
     // namespace is deleted, or the namespace outlives the test.
     dns: Option<BindServer>,
+    // Also before `ns`: its thread lives in the namespace.
+    responder: Option<Responder>,
     pub ns: NetNs,
     pub addr: Ipv4Addr,
     pub addr6: Ipv6Addr,
@@ -233,6 +247,11 @@ impl BackendHost {
     /// named's stderr so far, for failure messages; None without DNS.
     pub fn dns_log(&self) -> Option<String> {
         self.dns.as_ref().map(BindServer::log)
+    }
+
+    /// The responder started with [`Topology::start_responder`], if running.
+    pub fn responder(&self) -> Option<&Responder> {
+        self.responder.as_ref()
     }
 }
 
@@ -275,8 +294,12 @@ impl Topology {
         if topology.config.dns {
             // Start all first and wait after, so the servers boot in parallel.
             for (i, backend) in topology.backends.iter_mut().enumerate() {
-                let mut server =
-                    BindServer::prepare(backend.addr, backend.addr6, &format!("backend-{i}"))?;
+                let mut server = BindServer::prepare(
+                    backend.addr,
+                    backend.addr6,
+                    &format!("backend-{i}"),
+                    topology.config.dns_max_udp_size,
+                )?;
                 server.start(&backend.ns)?;
                 backend.dns = Some(server);
             }
@@ -346,6 +369,44 @@ impl Topology {
             .iter()
             .filter_map(BackendHost::dns_pid)
             .collect()
+    }
+
+    /// Starts a [`Responder`] on backend `i`'s IPv4 and IPv6 addresses at `port` (UDP
+    /// and TCP), in place of or next to named: at [`DNS_PORT`] it takes named's place,
+    /// so named must not be running there (build with `dns: false`, or
+    /// [`Self::stop_dns`] first). Replaces a responder already running on `i`.
+    pub fn start_responder(
+        &mut self,
+        i: usize,
+        port: u16,
+        behaviour: Behaviour,
+    ) -> Result<&Responder> {
+        let n = self.backends.len();
+        let backend = self
+            .backends
+            .get_mut(i)
+            .with_context(|| format!("backend {i} does not exist (there are {n})"))?;
+        if port == DNS_PORT && backend.dns_pid().is_some() {
+            bail!(
+                "backend {i} runs named on port {DNS_PORT}; build the topology with dns: false \
+                 or stop_dns({i}) before starting a responder there"
+            );
+        }
+        backend.responder = None; // stops the old one first, freeing its port
+        let listen = [
+            SocketAddr::from((backend.addr, port)),
+            SocketAddr::from((backend.addr6, port)),
+        ];
+        let responder = Responder::start(&backend.ns, &listen, behaviour)
+            .with_context(|| format!("backend {i}"))?;
+        Ok(backend.responder.insert(responder))
+    }
+
+    /// Stops backend `i`'s responder; a no-op if none runs.
+    pub fn stop_responder(&mut self, i: usize) {
+        if let Some(backend) = self.backends.get_mut(i) {
+            backend.responder = None;
+        }
     }
 
     /// Stops backend `i`'s named (SIGTERM, then SIGKILL after 5 s); a no-op if stopped.
@@ -427,6 +488,7 @@ impl Drop for Topology {
     fn drop(&mut self) {
         // Processes first: a namespace with a process in it survives `ip netns del`.
         for backend in &mut self.backends {
+            backend.responder = None;
             if let Some(server) = backend.dns.as_mut()
                 && let Err(e) = server.stop()
             {
@@ -643,6 +705,7 @@ fn setup_backend(config: &TopologyConfig, node: &NetNs, i: usize) -> Result<Back
     ])?;
     Ok(BackendHost {
         dns: None,
+        responder: None,
         ns,
         addr,
         addr6,

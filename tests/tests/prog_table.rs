@@ -29,10 +29,10 @@ use dnsteer::{
     live::{Change, Live},
 };
 use xdp_common::{
-    Addr, Backend, BackendCounter, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf,
-    ForwardEvent, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, QueryEvent, QueryKey, QueryValue,
-    Reason, Ring, SelectMode, ServiceConf, addr_of, backend_slot, backend_state, csum, direction,
-    forward, names,
+    Addr, Backend, BackendCounter, DnsStats, Endpoint, FlowEvent, FlowKey, FlowValue, ForwardConf,
+    ForwardEvent, LATENCY_BUCKETS, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, QueryEvent,
+    QueryKey, QueryValue, Reason, Ring, SelectMode, ServiceConf, addr_of, backend_slot,
+    backend_state, csum, direction, forward, names,
     parse::{icmp, icmp6, ipv6, tcp},
     ring_key,
     select::smooth_ring,
@@ -344,6 +344,13 @@ impl Pkt {
         self
     }
 
+    /// The same answer with RCODE `rcode` (the low four bits of the DNS
+    /// header's fourth byte).
+    fn rcode(mut self, rcode: u8) -> Self {
+        self.payload[3] = (self.payload[3] & 0xf0) | rcode;
+        self
+    }
+
     /// The answer to this packet: addresses and ports swapped.
     fn answer(&self) -> Self {
         let mut a = self.clone();
@@ -523,6 +530,45 @@ impl Loaded {
     /// The counters of `backend`, found by its address among service `service`'s
     /// slots (a removed one keeps its address until its slot is reused).
     fn backend_stats(&self, service: u32, backend: impl Into<SocketAddr>) -> BackendCounter {
+        let slot = self.slot(service, backend);
+        let stats: PerCpuArray<_, BackendCounter> =
+            PerCpuArray::try_from(self.ebpf().map(names::BACKEND_STATS).unwrap()).unwrap();
+        stats
+            .get(&slot, 0)
+            .unwrap()
+            .iter()
+            .fold(BackendCounter::default(), |sum, c| BackendCounter {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+                new_flows: sum.new_flows + c.new_flows,
+            })
+    }
+
+    /// A backend's DNS counters, summed over CPUs, and its queries in flight
+    /// as the kernel counts them (`OUTSTANDING`; the loader's `TIMED_OUT` is 0 here).
+    fn dns_stats(&self, service: u32, backend: impl Into<SocketAddr>) -> (DnsStats, u64) {
+        let slot = self.slot(service, backend);
+        let stats: PerCpuArray<_, DnsStats> =
+            PerCpuArray::try_from(self.ebpf().map(names::BACKEND_DNS).unwrap()).unwrap();
+        let mut sum = DnsStats::default();
+        for c in stats.get(&slot, 0).unwrap().iter() {
+            sum.queries += c.queries;
+            sum.answers += c.answers;
+            sum.latency_sum_ns += c.latency_sum_ns;
+            for (s, n) in sum.rcodes.iter_mut().zip(c.rcodes) {
+                *s += n;
+            }
+            for (s, n) in sum.latency.iter_mut().zip(c.latency) {
+                *s += n;
+            }
+        }
+        let outstanding: Array<_, u64> =
+            Array::try_from(self.ebpf().map(names::OUTSTANDING).unwrap()).unwrap();
+        (sum, outstanding.get(&slot, 0).unwrap())
+    }
+
+    /// The one slot of `service` that holds `backend`.
+    fn slot(&self, service: u32, backend: impl Into<SocketAddr>) -> u32 {
         let backend = backend.into();
         let backends: Array<_, Backend> =
             Array::try_from(self.ebpf().map(names::BACKENDS).unwrap()).unwrap();
@@ -537,17 +583,7 @@ impl Loaded {
         let [slot] = slots[..] else {
             panic!("{backend} is in slots {slots:?} of service {service}, want exactly one");
         };
-        let stats: PerCpuArray<_, BackendCounter> =
-            PerCpuArray::try_from(self.ebpf().map(names::BACKEND_STATS).unwrap()).unwrap();
-        stats
-            .get(&slot, 0)
-            .unwrap()
-            .iter()
-            .fold(BackendCounter::default(), |sum, c| BackendCounter {
-                packets: sum.packets + c.packets,
-                bytes: sum.bytes + c.bytes,
-                new_flows: sum.new_flows + c.new_flows,
-            })
+        slot
     }
 
     fn active_ring(&self, service: u32) -> u32 {
@@ -2997,4 +3033,116 @@ fn query_table_holds_its_size_across_cpus_and_counts_what_does_not_fit() {
         prog.query_events()[QueryEvent::Inserted as usize],
         u64::from(size) + 1
     );
+}
+
+const LEAST_OUTSTANDING_CONFIG: &str = r#"
+interface = "lo"
+
+[[service]]
+name = "lo"
+listen = ["192.0.2.60:53"]
+select = "least_outstanding"
+backends = ["10.100.20.2:53", "10.100.20.3:53"]
+"#;
+
+/// `least_outstanding` over a backend that answers every query and one that
+/// answers none: the silent one's queries pile up, so it wins a pick only
+/// when the first draw names it and so do the second and its three redraws,
+/// 1/32 of the time (nth would give it half, two draws with replacement a
+/// quarter). The kernel's count of each backend's queries in flight is exact.
+#[test]
+fn least_outstanding_steers_around_a_backend_whose_queries_pile_up() {
+    pin_to_cpu0();
+    let prog = Loaded::new(LEAST_OUTSTANDING_CONFIG);
+    let vip = sock(192, 0, 2, 60, 53);
+    let (answers, silent) = (sock(10, 100, 20, 2, 53), sock(10, 100, 20, 3, 53));
+    let n = 400u16;
+    let mut to = BTreeMap::<SocketAddr, u64>::new();
+    for i in 0..n {
+        let q = query(vip).sport(30000 + i);
+        let backend = prog.steer(&q);
+        *to.entry(backend).or_default() += 1;
+        if backend == answers.into() {
+            let (_, out) = prog.run(TC_PROGRAM, &q.clone().to(answers).answer().bytes());
+            assert_eq!(out, q.to(answers).answer().from(vip).bytes(), "answer {i}");
+        }
+    }
+    let (to_silent, to_answers) = (to[&silent.into()], to[&answers.into()]);
+    // Binomial(400, 1/32): 12.5 ± 3.5 (the first pick, a tie at nothing in
+    // flight, may add one); 40 is almost eight sigma above, and a quarter (two
+    // draws with replacement) would be 100.
+    assert!(
+        (1..=40).contains(&to_silent),
+        "the silent backend got {to_silent} of {n} (want about 1/32): {to:?}"
+    );
+    let (dns, outstanding) = prog.dns_stats(0, silent);
+    assert_eq!(
+        (dns.queries, dns.answers, outstanding),
+        (to_silent, 0, to_silent)
+    );
+    let (dns, outstanding) = prog.dns_stats(0, answers);
+    assert_eq!(
+        (dns.queries, dns.answers, outstanding),
+        (to_answers, to_answers, 0)
+    );
+}
+
+/// Every answer that finds its query is counted for its backend: by RCODE
+/// class, in the latency histogram and its sum, and no longer in flight.
+#[test]
+fn answers_are_counted_per_backend_by_rcode_and_latency() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    let q = |port| query(VIP).sport(port);
+    prog.check(&[
+        steered("a query", &q(31000), B[0], NEW_FLOW),
+        steered("another", &q(31001), B[1], NEW_FLOW),
+        steered("a third", &q(31002), B[2], NEW_FLOW),
+        steered("a fourth", &q(31003).id(7), B[3], NEW_FLOW),
+    ]);
+    let (before, in_flight) = prog.dns_stats(DNS_ID, B[0]);
+    assert_eq!((before.queries, before.answers, in_flight), (1, 0, 1));
+    thread::sleep(Duration::from_millis(20));
+    prog.check(&[
+        replied(
+            "a SERVFAIL answer",
+            &q(31000).to(B[0]).answer().rcode(2),
+            VIP,
+            NO_EVENTS,
+        ),
+        replied(
+            "an NXDOMAIN answer",
+            &q(31001).to(B[1]).answer().rcode(3),
+            VIP,
+            NO_EVENTS,
+        ),
+        replied(
+            "a REFUSED answer",
+            &q(31002).to(B[2]).answer().rcode(5),
+            VIP,
+            NO_EVENTS,
+        ),
+        tc(
+            "a second answer to the first query counts nothing",
+            q(31000).to(B[0]).answer().bytes(),
+            Out::Unchanged,
+            Some(Reason::ReplyNoFlow),
+            NO_EVENTS,
+        ),
+    ]);
+    let (b0, in_flight) = prog.dns_stats(DNS_ID, B[0]);
+    assert_eq!((b0.queries, b0.answers, in_flight), (1, 1, 0));
+    assert_eq!(b0.rcodes, [0, 0, 1, 0, 0], "SERVFAIL");
+    // 20 ms or a little more between query and answer: bucket 11 (16.8 ms to 33.6 ms)
+    // or, on a slow machine, the next.
+    let bucket = b0.latency.iter().position(|&n| n == 1).unwrap();
+    assert_eq!(b0.latency.iter().sum::<u64>(), 1);
+    assert!((11..=13).contains(&bucket), "bucket {bucket}: {b0:?}");
+    assert!(b0.latency_sum_ns >= 20_000_000, "{b0:?}");
+    assert_eq!(prog.dns_stats(DNS_ID, B[1]).0.rcodes, [0, 1, 0, 0, 0]);
+    assert_eq!(prog.dns_stats(DNS_ID, B[2]).0.rcodes, [0, 0, 0, 1, 0]);
+    // The fourth query is still in flight on B3, unanswered, in no bucket.
+    let (b3, in_flight) = prog.dns_stats(DNS_ID, B[3]);
+    assert_eq!((b3.queries, b3.answers, in_flight), (1, 0, 1));
+    assert_eq!(b3.latency, [0; LATENCY_BUCKETS]);
 }

@@ -197,6 +197,7 @@ fn topology_without_dns_and_with_other_addresses() {
         backend_base6: "fd00:200::10".parse().unwrap(),
         node_backend_addr6: "fd00:200::1".parse().unwrap(),
         dns: false,
+        dns_max_udp_size: None,
     };
     let mut topo = Topology::build(config).expect("building a custom topology");
     assert!(topo.dns_pids().is_empty());

@@ -32,7 +32,20 @@ pub mod names {
     pub const QUERY_EVENTS: &str = "QUERY_EVENTS";
     pub const BACKEND_DNS: &str = "BACKEND_DNS";
     pub const OUTSTANDING: &str = "OUTSTANDING";
-    pub const BACKEND_TIMEOUTS: &str = "BACKEND_TIMEOUTS";
+    // The kernel keeps 15 bytes of a map's name, which is how stats finds a
+    // map through an attached program: keep every name within them.
+    pub const TIMED_OUT: &str = "TIMED_OUT";
+
+    const _: () = {
+        let mut i = 0;
+        while i < ALL.len() {
+            assert!(
+                ALL[i].len() <= 15,
+                "a map name longer than the kernel keeps"
+            );
+            i += 1;
+        }
+    };
 
     /// Every map the loader pins, in a fixed order.
     pub const ALL: [&str; 21] = [
@@ -56,7 +69,7 @@ pub mod names {
         QUERY_EVENTS,
         BACKEND_DNS,
         OUTSTANDING,
-        BACKEND_TIMEOUTS,
+        TIMED_OUT,
     ];
 }
 

@@ -104,11 +104,11 @@ pub static BACKEND_DNS: PerCpuArray<DnsStats> = PerCpuArray::with_max_entries(BA
 /// `backend_slot(service, i)` -> UDP query records written for it less the
 /// answers that consumed them: one counter shared by all CPUs, changed with
 /// atomic adds (a query and its answer may run on different CPUs). Less
-/// `BACKEND_TIMEOUTS`, the backend's queries in flight.
+/// `TIMED_OUT`, the backend's queries in flight.
 #[map]
 pub static OUTSTANDING: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);
 
 /// `backend_slot(service, i)` -> records the loader removed unanswered after
 /// the query timeout. Written by the loader only.
 #[map]
-pub static BACKEND_TIMEOUTS: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);
+pub static TIMED_OUT: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);

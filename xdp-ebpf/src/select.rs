@@ -7,8 +7,8 @@ use xdp_common::{
 };
 
 use crate::maps::{
-    ACTIVE_RING, BACKEND_SOURCES, BACKEND_TIMEOUTS, BACKENDS, NTH_STATE, OUTSTANDING, RINGS,
-    SERVICE_CONF, SERVICES,
+    ACTIVE_RING, BACKEND_SOURCES, BACKENDS, NTH_STATE, OUTSTANDING, RINGS, SERVICE_CONF, SERVICES,
+    TIMED_OUT,
 };
 
 /// The service listening on the packet's destination: the exact address first,
@@ -62,20 +62,33 @@ pub fn backend(service: u32, ipv6: bool) -> Option<(u32, Backend)> {
 }
 
 /// `least_outstanding`: of two ring entries drawn at random (so in
-/// proportion to their weights), the one whose backend has fewer UDP queries
-/// in flight for its weight; a tie goes to the heavier backend, then to the
-/// first draw. The power of two choices (Mitzenmacher; Envoy's LEAST_REQUEST,
-/// nginx's `random two least_conn`): constant work per query, where a scan of
-/// every backend is a loop the verifier cannot prune, and a slow backend, its
-/// queries piling up, loses every comparison but the draws that pick it twice.
+/// proportion to their weights) for two different backends, the one whose
+/// backend has fewer UDP queries in flight for its weight; a tie goes to the
+/// heavier backend, then to the first draw. The power of two choices
+/// (Mitzenmacher; Envoy's LEAST_REQUEST, nginx's `random two least_conn`):
+/// constant work per query, where a scan of every backend is a loop the
+/// verifier cannot prune. The second draw is made again, up to
+/// `REDRAWS` times, while it names the first's backend: a slow backend, its
+/// queries piling up, then loses every comparison, rather than winning the
+/// draws that name it twice (1/n² of them: too many for the 99th percentile).
 #[inline(always)]
 fn least_outstanding(service: u32, ring: &Ring) -> Option<u32> {
+    const REDRAWS: usize = 3;
     let n = ring.len;
     // SAFETY: plain helper calls with no arguments.
     let first = select::random(unsafe { bpf_get_prandom_u32() }, n)?;
-    let second = select::random(unsafe { bpf_get_prandom_u32() }, n)?;
-    let (load_a, weight_a) = load(service, *ring.slots.get(first as usize)?)?;
-    let (load_b, weight_b) = load(service, *ring.slots.get(second as usize)?)?;
+    let a = *ring.slots.get(first as usize)?;
+    let mut second = select::random(unsafe { bpf_get_prandom_u32() }, n)?;
+    let mut b = *ring.slots.get(second as usize)?;
+    for _ in 0..REDRAWS {
+        if b != a {
+            break;
+        }
+        second = select::random(unsafe { bpf_get_prandom_u32() }, n)?;
+        b = *ring.slots.get(second as usize)?;
+    }
+    let (load_a, weight_a) = load(service, a)?;
+    let (load_b, weight_b) = load(service, b)?;
     // load / weight, compared without division.
     let (a, b) = (load_a * weight_b, load_b * weight_a);
     Some(if b < a || (b == a && weight_b > weight_a) {
@@ -93,7 +106,7 @@ fn load(service: u32, local: u8) -> Option<(u64, u64)> {
     let slot = backend_slot(service, local as u32);
     let weight = BACKENDS.get(slot)?.weight;
     let written = OUTSTANDING.get(slot).copied().unwrap_or(0);
-    let timed_out = BACKEND_TIMEOUTS.get(slot).copied().unwrap_or(0);
+    let timed_out = TIMED_OUT.get(slot).copied().unwrap_or(0);
     let load = written.wrapping_sub(timed_out);
     let load = if (load as i64) < 0 { 0 } else { load };
     Some((load, if weight == 0 { 1 } else { weight as u64 }))

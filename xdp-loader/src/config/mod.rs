@@ -115,6 +115,8 @@ pub struct Service {
     /// The backends come from a Kubernetes Service instead of `backends`
     /// (and the listen addresses too, when `listen` is empty).
     pub kubernetes: Option<KubernetesSource>,
+    /// `[service.passive]`: none means no backend is ejected for its answers.
+    pub passive: Option<PassiveCheck>,
 }
 
 impl Service {
@@ -132,6 +134,30 @@ impl Service {
             .or_else(|| self.backends.first().map(|b| Family::of(b.addr.ip())))
             .unwrap_or(Family::Ipv4)
     }
+}
+
+/// When a backend is ejected for what its answers show (passive health):
+/// over the last `window`, with at least `min_queries` answered or timed out,
+/// a share of timeouts or of SERVFAIL answers above its maximum takes it out
+/// of selection for `eject_for`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassiveCheck {
+    /// Queries that timed out, of those answered or timed out.
+    pub max_timeout_ratio: Option<f64>,
+    /// SERVFAIL answers, of all answers.
+    pub max_servfail_ratio: Option<f64>,
+    pub window: Duration,
+    pub min_queries: u64,
+    pub eject_for: Duration,
+}
+
+// The ratios are checked finite when read.
+impl Eq for PassiveCheck {}
+
+impl PassiveCheck {
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(5);
+    pub const DEFAULT_MIN_QUERIES: u64 = 50;
+    pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 }
 
 /// How each backend of a service is probed: a real DNS query, sent to the
@@ -317,6 +343,8 @@ keyword_enum! {
         Nth = "nth",
         /// Uniform random draw.
         Random = "random",
+        /// The fewer UDP queries in flight (per weight) of two weighted draws.
+        LeastOutstanding = "least_outstanding",
     }
 }
 

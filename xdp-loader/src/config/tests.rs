@@ -162,6 +162,7 @@ fn example_parses() {
             backends,
             health: None,
             kubernetes: None,
+            passive: None,
         }],
         flows: FlowSettings::default(),
         persist: false,
@@ -641,7 +642,7 @@ fn invalid_configs_name_file_field_and_value() {
             (set("interface", r#""a-very-long-name""#), r#"interface = "a-very-long-name""#, "at most 15 bytes"),
             (set("interface", r#""eth 3""#), r#"interface = "eth 3""#, "cannot contain"),
             (set("xdp_mode", r#""native""#), r#"xdp_mode = "native""#, r#"expected "auto", "driver" or "skb""#),
-            (set("select", r#""rr""#), r#"service[0] "dns": select = "rr""#, r#"expected "nth" or "random""#),
+            (set("select", r#""rr""#), r#"service[0] "dns": select = "rr""#, r#"expected "nth", "random" or "least_outstanding""#),
             (set("protocol", r#""sctp""#), r#"service[0] "dns": protocol = "sctp""#, r#"expected "udp", "tcp" or "udp+tcp""#),
             (set("protocol", r#""tcp+udp""#), r#"service[0] "dns": protocol = "tcp+udp""#, r#"expected "udp", "tcp" or "udp+tcp""#),
             ("interface = \"eth3\"\n".into(), "[[service]] is missing", "add at least one [[service]]"),
@@ -852,4 +853,72 @@ fn check_interface_unknown() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("address label on eth3"), "{message}");
+}
+
+#[test]
+fn passive_table() {
+    let text = format!(
+        "{BASE}[service.passive]\nmax_servfail_ratio = 0.5\nwindow = \"3s\"\nmin_queries = 20\n"
+    );
+    let passive = parse_str(&text).unwrap().services[0]
+        .passive
+        .clone()
+        .unwrap();
+    assert_eq!(
+        passive,
+        PassiveCheck {
+            max_timeout_ratio: None,
+            max_servfail_ratio: Some(0.5),
+            window: Duration::from_secs(3),
+            min_queries: 20,
+            eject_for: PassiveCheck::DEFAULT_EJECT_FOR,
+        }
+    );
+    let text = format!("{BASE}[service.passive]\nmax_timeout_ratio = 1\n");
+    let passive = parse_str(&text).unwrap().services[0]
+        .passive
+        .clone()
+        .unwrap();
+    assert_eq!(passive.max_timeout_ratio, Some(1.0));
+    for (body, names) in [
+        (
+            "window = \"5s\"",
+            "passive.max_timeout_ratio or passive.max_servfail_ratio is missing",
+        ),
+        ("max_timeout_ratio = 0", "passive.max_timeout_ratio = 0"),
+        (
+            "max_servfail_ratio = 1.5",
+            "passive.max_servfail_ratio = 1.5",
+        ),
+        (
+            "max_servfail_ratio = \"half\"",
+            "passive.max_servfail_ratio",
+        ),
+        (
+            "max_servfail_ratio = 0.5\nmin_queries = 0",
+            "passive.min_queries = 0",
+        ),
+        (
+            "max_servfail_ratio = 0.5\neject_for = \"2h\"",
+            "passive.eject_for",
+        ),
+        ("max_servfail_ratio = 0.5\nwindows = 3", "windows"),
+    ] {
+        let err = parse_str(&format!("{BASE}[service.passive]\n{body}\n")).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("service[0] \"dns\"") || err.contains("windows"),
+            "{body}: {err}"
+        );
+        assert!(err.contains(names), "{body}: {err}");
+    }
+}
+
+#[test]
+fn select_least_outstanding() {
+    let text = set("select", "\"least_outstanding\"");
+    assert_eq!(
+        parse_str(&text).unwrap().services[0].select,
+        Select::LeastOutstanding
+    );
 }

@@ -10,8 +10,8 @@ use super::{
     BackendSpec, Config, ConfigError, DEFAULT_WEIGHT, Family, FlowSettings, Forward, HealthCheck,
     Limits, Listen, MAX_FLOW_SIZE, MAX_FLOW_TIMEOUT, MAX_HEALTH_COUNT, MAX_HEALTH_INTERVAL,
     MAX_LIMIT_LISTENERS, MAX_LIMIT_SERVICES, MAX_QUERY_TIMEOUT, MIN_FLOW_SIZE, MIN_FLOW_TIMEOUT,
-    MIN_HEALTH_INTERVAL, MIN_HEALTH_TIMEOUT, ProbeQuery, Protocol, Rcode, Select, Service,
-    XdpModeSetting, human, parse_backend_addr,
+    MIN_HEALTH_INTERVAL, MIN_HEALTH_TIMEOUT, PassiveCheck, ProbeQuery, Protocol, Rcode, Select,
+    Service, XdpModeSetting, human, parse_backend_addr,
     values::{
         BACKEND_ENTRY_FORM, BACKEND_FORM, DURATION_FORM, duration_or_overflow, entries, quoted,
         size_range, table_hint, toml_integer, toml_weight, written,
@@ -139,6 +139,18 @@ struct RawService {
     backends: Option<Vec<toml::Value>>,
     health: Option<RawHealth>,
     kubernetes: Option<kubernetes::RawKubernetes>,
+    passive: Option<RawPassive>,
+}
+
+/// `[service.passive]`; values are checked by hand to name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassive {
+    max_timeout_ratio: Option<toml::Value>,
+    max_servfail_ratio: Option<toml::Value>,
+    window: Option<toml::Value>,
+    min_queries: Option<toml::Value>,
+    eject_for: Option<toml::Value>,
 }
 
 /// `[service.health]`; values are checked by hand to name the field.
@@ -317,6 +329,10 @@ impl Origin<'_> {
             Some(raw) => Some(self.health(&at, raw)?),
             None => None,
         };
+        let passive = match raw.passive {
+            Some(raw) => Some(self.passive(&at, raw)?),
+            None => None,
+        };
         Ok(Service {
             name,
             listen,
@@ -325,6 +341,65 @@ impl Origin<'_> {
             backends,
             health,
             kubernetes,
+            passive,
+        })
+    }
+
+    /// `[service.passive]` of service `at`.
+    fn passive(self, at: &str, raw: RawPassive) -> Result<PassiveCheck, ConfigError> {
+        let field = |key: &str| format!("{at}: passive.{key}");
+        let ratio = |key: &str, value: Option<toml::Value>| -> Result<Option<f64>, ConfigError> {
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            let n = match &value {
+                toml::Value::Float(f) => *f,
+                toml::Value::Integer(i) => *i as f64,
+                _ => f64::NAN,
+            };
+            if !(n > 0.0 && n <= 1.0) {
+                return Err(self.invalid(
+                    field(key),
+                    written(&value),
+                    "use a share above 0 and at most 1, e.g. 0.2 for 20%".to_owned(),
+                ));
+            }
+            Ok(Some(n))
+        };
+        let max_timeout_ratio = ratio("max_timeout_ratio", raw.max_timeout_ratio)?;
+        let max_servfail_ratio = ratio("max_servfail_ratio", raw.max_servfail_ratio)?;
+        if max_timeout_ratio.is_none() && max_servfail_ratio.is_none() {
+            return Err(self.missing(
+                format!("{at}: passive.max_timeout_ratio or passive.max_servfail_ratio"),
+                "set one or both, e.g. max_servfail_ratio = 0.5 to eject a backend whose answers are more than half SERVFAIL",
+            ));
+        }
+        let bounds = (Duration::from_secs(1), MAX_HEALTH_INTERVAL);
+        let window = self.duration(
+            &field("window"),
+            raw.window,
+            PassiveCheck::DEFAULT_WINDOW,
+            bounds,
+        )?;
+        let eject_for = self.duration(
+            &field("eject_for"),
+            raw.eject_for,
+            PassiveCheck::DEFAULT_EJECT_FOR,
+            bounds,
+        )?;
+        let min_queries = match raw.min_queries {
+            None => PassiveCheck::DEFAULT_MIN_QUERIES,
+            Some(v) => u64::from(
+                toml_integer(&v, 1, 1_000_000, "use 1 to 1000000 queries")
+                    .map_err(|reason| self.invalid(field("min_queries"), written(&v), reason))?,
+            ),
+        };
+        Ok(PassiveCheck {
+            max_timeout_ratio,
+            max_servfail_ratio,
+            window,
+            min_queries,
+            eject_for,
         })
     }
 

@@ -182,6 +182,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             sighup,
             events.clone(),
         )),
+        tokio::spawn(sources::ticks(events.clone())),
     ]
     .map(AbortOnDrop);
     drop(events);
@@ -229,6 +230,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 Event::Kubernetes(update) => {
                     blocking(&mut daemon, move |d| d.on_kubernetes(update)).await?
                 }
+                Event::Tick => blocking(&mut daemon, Daemon::on_tick).await?,
             },
             Some(reply) = scrape_requests.recv() => {
                 let body = blocking(&mut daemon, |d| {

@@ -6,8 +6,9 @@
 //! write a map, and observers (stats, metrics) never send an event.
 //!
 //! Today's sources: the config file ([`config_file`]: edits and SIGHUP), the
-//! control socket (`dnsteer backends`, [`crate::control::server`]) and the
-//! health probes ([`crate::health::Monitor`]). A new source, such as a
+//! control socket (`dnsteer backends`, [`crate::control::server`]), the
+//! health probes ([`crate::health::Monitor`]) and a clock ([`ticks`]) on which
+//! passive health judges the backends' answers. A new source, such as a
 //! Kubernetes EndpointSlice watch, is a task spawned in [`super::run`] next to
 //! these that sends [`Event::Change`] (e.g. `Change::Set` with the ready
 //! endpoints of a service) on a clone of the [`Events`] sender; it touches no
@@ -51,6 +52,8 @@ pub enum Event {
     /// What a Kubernetes watch says: a service's desired backends (or listen
     /// addresses), or the watch's own state.
     Kubernetes(Update),
+    /// A second passed: time to judge the backends' answers (passive health).
+    Tick,
 }
 
 /// Where sources send their events.
@@ -95,6 +98,21 @@ pub async fn config_file(path: PathBuf, mut sighup: Signal, events: Events) {
         }
     }
 }
+
+/// Sends [`Event::Tick`] every second, until the daemon is gone.
+pub async fn ticks(events: Events) {
+    let mut tick = tokio::time::interval(TICK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if events.send(Event::Tick).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How often passive health reads the backends' answers.
+const TICK_INTERVAL: Duration = crate::health::passive::TICK;
 
 /// Passes what arrives on `from` to the daemon as `wrap` makes it, until
 /// either side is gone.

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    time::Instant,
 };
 
 use anyhow::Result;
@@ -12,10 +13,14 @@ use log::{error, info, warn};
 
 use super::RunOptions;
 use crate::{
-    config::{self, Config, Protocol},
+    config::{self, Config, PassiveCheck, Protocol},
     control::{BackendView, KubernetesStats, Op, Request, Response},
     datapath::{Datapath, pins},
-    health::{Monitor, ProbeResult, probe::Transport},
+    health::{
+        Monitor, ProbeResult,
+        passive::{Counts, Tracker, Transition},
+        probe::Transport,
+    },
     kubernetes::{Feed, Others, Update},
     live::Change,
     observe::stats::{self, Snapshot},
@@ -33,6 +38,8 @@ pub struct Daemon {
     /// The Kubernetes source: what it says the backends of the services it
     /// feeds are, filled into the config before it is applied.
     feed: Feed,
+    /// Passive health, per member of a service with `[service.passive]`.
+    passive: BTreeMap<(String, SocketAddr), Tracker>,
 }
 
 impl Daemon {
@@ -45,6 +52,7 @@ impl Daemon {
             monitor,
             failing_open: BTreeSet::new(),
             feed,
+            passive: BTreeMap::new(),
         };
         daemon.datapath.sync_fast_path()?;
         daemon.sync_health();
@@ -174,8 +182,99 @@ impl Daemon {
         } else {
             warn!("{line}");
         }
-        // The line above is the transition's one log line.
+        // The line above is the transition's one log line. A backend its
+        // answers ejected stays out until its ejection ends.
+        let ejected = self
+            .passive
+            .get(&(t.service.clone(), t.backend))
+            .is_some_and(Tracker::ejected);
+        if t.up && ejected {
+            info!(
+                "service {}: backend {} stays out until its passive ejection ends",
+                t.service, t.backend
+            );
+            return;
+        }
         self.set_health(&t.service, t.backend, t.up, None);
+        self.note_fail_open();
+    }
+
+    /// Passive health: judges each backend's recent answers (once a second).
+    pub fn on_tick(&mut self) {
+        let checks: BTreeMap<String, PassiveCheck> = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.passive.clone()?)))
+            .collect();
+        if checks.is_empty() {
+            self.passive.clear();
+            return;
+        }
+        let snapshot = match self.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                warn!("passive health: reading the counters: {err:#}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut seen = BTreeSet::new();
+        let mut transitions = Vec::new();
+        for service in &snapshot.services {
+            let Some(check) = checks.get(&service.name) else {
+                continue;
+            };
+            for b in &service.backends {
+                // Members only: a draining backend takes no new queries anyway.
+                if !matches!(b.state.as_str(), "active" | "down") {
+                    continue;
+                }
+                let Ok(addr) = b.address.parse::<SocketAddr>() else {
+                    continue;
+                };
+                let key = (service.name.clone(), addr);
+                let counts = Counts {
+                    answers: b.dns.answers,
+                    servfail: b.dns.rcodes.get("servfail").copied().unwrap_or(0),
+                    timeouts: b.dns.timeouts,
+                };
+                let tracker = self.passive.entry(key.clone()).or_default();
+                if let Some(t) = tracker.observe(now, counts, check) {
+                    transitions.push((key.clone(), t, check.eject_for));
+                }
+                seen.insert(key);
+            }
+        }
+        self.passive.retain(|key, _| seen.contains(key));
+        for ((service, backend), transition, eject_for) in transitions {
+            match transition {
+                Transition::Eject(why) => {
+                    warn!(
+                        "service {service}: backend {backend} is DOWN (passive health: {why}); out for {}",
+                        config::human(eject_for)
+                    );
+                    self.set_health(&service, backend, false, None);
+                }
+                Transition::Readmit(out_for) => {
+                    let probes_down = self
+                        .monitor
+                        .stats(&service, backend)
+                        .is_some_and(|h| h.state == "down");
+                    if probes_down {
+                        info!(
+                            "service {service}: backend {backend}: passive ejection over; still down by its health probes"
+                        );
+                    } else {
+                        info!(
+                            "service {service}: backend {backend} is up (passive health: out for {:.1}s)",
+                            out_for.as_secs_f64()
+                        );
+                        self.set_health(&service, backend, true, None);
+                    }
+                }
+            }
+        }
         self.note_fail_open();
     }
 

@@ -1,6 +1,8 @@
 //! Queries nobody answered: their `QUERIES` records removed once older than
-//! `[flows] query_timeout`, counted as timed out, and the peak of queries in
-//! flight kept, both where `dnsteer stats` reads them (`QUERY_EVENTS`).
+//! `[flows] query_timeout`, counted as timed out (in all, `QUERY_EVENTS`, and
+//! per backend, `TIMED_OUT`, which `least_outstanding` subtracts from the
+//! backend's queries in flight), and the peak of queries in flight kept, all
+//! where `dnsteer stats` reads them.
 //!
 //! The kernel deletes a query's record when its answer passes; only the
 //! unanswered ones are left to this sweep, on a thread of its own so that
@@ -10,6 +12,7 @@
 //! `get_next_key` walk restarts from the first key when its cursor is deleted).
 
 use std::{
+    collections::BTreeMap,
     io,
     mem::size_of,
     os::fd::{AsFd, AsRawFd},
@@ -24,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use log::warn;
@@ -39,12 +42,14 @@ const BATCH: usize = 1024;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// What one sweep found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sweep {
     /// Records present.
     pub seen: u64,
     /// Records past the timeout that this sweep deleted.
     pub removed: u64,
+    /// The same, per backend slot.
+    pub by_slot: BTreeMap<u32, u64>,
 }
 
 /// The sweeping thread; stopped and joined on drop.
@@ -66,17 +71,19 @@ impl Sweeper {
         // Handles of its own, so the thread owns what it touches.
         let queries = MapData::from_id(id(names::QUERIES)?).context("opening QUERIES")?;
         let events = MapData::from_id(id(names::QUERY_EVENTS)?).context("opening QUERY_EVENTS")?;
+        let timed_out = MapData::from_id(id(names::TIMED_OUT)?).context("opening TIMED_OUT")?;
         let queries: HashMap<MapData, QueryKey, QueryValue> =
             HashMap::try_from(aya::maps::Map::HashMap(queries))?;
         let events: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(aya::maps::Map::PerCpuArray(events))?;
+        let timed_out: Array<MapData, u64> = Array::try_from(aya::maps::Map::Array(timed_out))?;
         let stop = Arc::new(AtomicBool::new(false));
         let timeout_ms = Arc::new(AtomicU64::new(millis(timeout)));
         let thread = thread::Builder::new()
             .name("dnsteer-expiry".into())
             .spawn({
                 let (stop, timeout_ms) = (stop.clone(), timeout_ms.clone());
-                move || run(queries, events, &stop, &timeout_ms)
+                move || run(queries, events, timed_out, &stop, &timeout_ms)
             })
             .context("starting the query expiry thread")?;
         Ok(Self {
@@ -104,7 +111,7 @@ impl Drop for Sweeper {
 fn map_data(map: &aya::maps::Map) -> Result<&MapData> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(m) | Map::PerCpuArray(m) => Ok(m),
+        Map::HashMap(m) | Map::PerCpuArray(m) | Map::Array(m) => Ok(m),
         _ => anyhow::bail!("unexpected map type"),
     }
 }
@@ -122,6 +129,7 @@ fn sweep_every(timeout_ms: u64) -> Duration {
 fn run(
     mut queries: HashMap<MapData, QueryKey, QueryValue>,
     mut events: PerCpuArray<MapData, u64>,
+    mut timed_out: Array<MapData, u64>,
     stop: &AtomicBool,
     timeout_ms: &AtomicU64,
 ) {
@@ -136,6 +144,12 @@ fn run(
                 let swept = sweep(&mut queries, Duration::from_millis(timeout))?;
                 if swept.removed > 0 {
                     add(&mut events, QueryEvent::TimedOut, swept.removed)?;
+                }
+                for (slot, n) in swept.by_slot {
+                    let now = timed_out.get(&slot, 0).unwrap_or(0);
+                    timed_out
+                        .set(slot, now + n, 0)
+                        .with_context(|| format!("writing TIMED_OUT[{slot}]"))?;
                 }
             }
             let in_flight = in_flight(&events)?;
@@ -202,16 +216,22 @@ pub fn sweep(
     for_each(IterableMap::map(queries), |key, value| {
         seen += 1;
         if now.saturating_sub(value.sent_ns) > timeout {
-            stale.push(*key);
+            stale.push((*key, value.slot));
         }
     })?;
     // A record's answer may have come since it was read: the kernel deleted
     // it then, and counted it answered.
-    let removed = stale
-        .iter()
-        .filter(|key| queries.remove(key).is_ok())
-        .count() as u64;
-    Ok(Sweep { seen, removed })
+    let mut by_slot = BTreeMap::new();
+    for (key, slot) in &stale {
+        if queries.remove(key).is_ok() {
+            *by_slot.entry(*slot).or_insert(0) += 1;
+        }
+    }
+    Ok(Sweep {
+        seen,
+        removed: by_slot.values().sum(),
+        by_slot,
+    })
 }
 
 /// Calls `f` for every record, read `BATCH` at a time.

@@ -10,8 +10,8 @@ use aya::{
 };
 use log::warn;
 use xdp_common::{
-    Backend, BackendCounter, Endpoint, FLOW_EVENT_COUNT, FORWARD_EVENT_COUNT, FRAGMENT_CAPACITY,
-    FlowKey, FlowSettings, FlowValue, ForwardConf, FragmentKey, FragmentValue,
+    Backend, BackendCounter, DnsStats, Endpoint, FLOW_EVENT_COUNT, FORWARD_EVENT_COUNT,
+    FRAGMENT_CAPACITY, FlowKey, FlowSettings, FlowValue, ForwardConf, FragmentKey, FragmentValue,
     MAX_BACKENDS_PER_SERVICE, QUERY_EVENT_COUNT, QueryKey, QueryValue, REASON_COUNT, Ring,
     ServiceConf, names,
 };
@@ -31,7 +31,7 @@ pub fn write_forward(ebpf: &mut Ebpf, conf: &ForwardConf) -> Result<()> {
 
 /// Each map's capacity in entries for these limits and flow table size; the
 /// maps not listed have a fixed size.
-pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 11] {
+pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 14] {
     let services = limits.services;
     let slots = services * MAX_BACKENDS_PER_SERVICE;
     [
@@ -42,6 +42,9 @@ pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 
         (names::NTH_STATE, services),
         (names::BACKENDS, slots),
         (names::BACKEND_STATS, slots),
+        (names::BACKEND_DNS, slots),
+        (names::OUTSTANDING, slots),
+        (names::TIMED_OUT, slots),
         // Replies are recognised by (backend address, port, protocol).
         (names::BACKEND_SOURCES, slots * 2),
         // `[flows] size` sizes each state table.
@@ -90,6 +93,9 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
             size_of::<FragmentValue>(),
         ),
         (names::QUERY_EVENTS, u32s, size_of::<u64>()),
+        (names::BACKEND_DNS, u32s, size_of::<DnsStats>()),
+        (names::OUTSTANDING, u32s, size_of::<u64>()),
+        (names::TIMED_OUT, u32s, size_of::<u64>()),
     ]
     .into_iter()
     .map(|(name, key, value)| {
@@ -216,7 +222,15 @@ impl Store for KernelMaps {
             .context("building per-CPU zeros")?;
         let mut map: PerCpuArray<_, BackendCounter> = typed(&mut self.ebpf, names::BACKEND_STATS)?;
         map.set(slot, zeros, 0)
-            .with_context(|| format!("clearing the counters of backend slot {slot}"))
+            .with_context(|| format!("clearing the counters of backend slot {slot}"))?;
+        // Its DNS counters too; not its queries in flight (OUTSTANDING less
+        // TIMED_OUT), which the old backend's answers and timeouts
+        // still settle.
+        let zeros = PerCpuValues::try_from(vec![DnsStats::default(); cpus])
+            .context("building per-CPU zeros")?;
+        let mut map: PerCpuArray<_, DnsStats> = typed(&mut self.ebpf, names::BACKEND_DNS)?;
+        map.set(slot, zeros, 0)
+            .with_context(|| format!("clearing the DNS counters of backend slot {slot}"))
     }
 
     fn write_ring(&mut self, key: u32, ring: &Ring) -> Result<()> {

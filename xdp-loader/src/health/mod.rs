@@ -18,6 +18,7 @@ use tokio::{sync::mpsc, task::JoinHandle, time::MissedTickBehavior};
 
 use crate::config::{HealthCheck, human};
 
+pub mod passive;
 pub mod probe;
 
 use probe::{Probe, ProbeError, Transport};

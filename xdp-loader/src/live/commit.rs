@@ -143,6 +143,7 @@ impl<S: Store> Live<S> {
             select: match select {
                 Select::Nth => SelectMode::Nth,
                 Select::Random => SelectMode::Random,
+                Select::LeastOutstanding => SelectMode::LeastOutstanding,
             } as u32,
             ..Ring::default()
         };

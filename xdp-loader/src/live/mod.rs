@@ -249,10 +249,10 @@ impl<S: Store> Live<S> {
             };
             let generation = live.store.read_active(id)? & 1;
             let ring = live.store.read_ring(ring_key(id, generation))?;
-            let select = if ring.select == SelectMode::Random as u32 {
-                Select::Random
-            } else {
-                Select::Nth
+            let select = match ring.select {
+                s if s == SelectMode::Random as u32 => Select::Random,
+                s if s == SelectMode::LeastOutstanding as u32 => Select::LeastOutstanding,
+                _ => Select::Nth,
             };
             let mut slots = vec![None; MAX_BACKENDS_PER_SERVICE as usize];
             let mut down = BTreeSet::new();

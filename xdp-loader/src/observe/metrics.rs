@@ -8,8 +8,10 @@ use std::fmt;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text},
-    metrics::{TypedMetric, counter::ConstCounter, gauge::ConstGauge},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+    },
+    metrics::{MetricType, TypedMetric, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use tokio::sync::oneshot;
@@ -153,6 +155,62 @@ impl Collector for SnapshotCollector {
             "dnsteer_backend_new_flows",
             "Flows that started on the backend",
             backends().map(|(svc, b)| (backend_labels(svc, b), ConstCounter::new(b.new_flows))),
+        )?;
+        // What each backend did with its UDP queries, as the kernel saw them pass.
+        family(
+            out,
+            "dnsteer_backend_queries",
+            "UDP query records written for the backend",
+            backends().map(|(svc, b)| (backend_labels(svc, b), ConstCounter::new(b.dns.queries))),
+        )?;
+        family(
+            out,
+            "dnsteer_backend_answers",
+            "Answers from the backend that found their query, by RCODE (noerror, nxdomain, servfail, refused, other)",
+            backends().flat_map(|(svc, b)| {
+                b.dns.rcodes.iter().map(move |(rcode, &n)| {
+                    (
+                        [
+                            ("service", svc),
+                            ("backend", b.address.as_str()),
+                            ("rcode", rcode.as_str()),
+                        ],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
+        family(
+            out,
+            "dnsteer_backend_query_timeouts",
+            "UDP queries the backend did not answer within [flows] query_timeout",
+            backends().map(|(svc, b)| (backend_labels(svc, b), ConstCounter::new(b.dns.timeouts))),
+        )?;
+        family(
+            out,
+            "dnsteer_backend_queries_in_flight",
+            "UDP queries steered to the backend and not answered yet",
+            backends().map(|(svc, b)| (backend_labels(svc, b), ConstGauge::new(b.dns.in_flight))),
+        )?;
+        family(
+            out,
+            "dnsteer_backend_answer_latency_seconds",
+            "Time from a UDP query passing the XDP program to its answer passing the TC program",
+            backends().map(|(svc, b)| {
+                let bounds = snap.latency_bucket_le_seconds.iter().copied();
+                let buckets = bounds
+                    .chain([f64::MAX])
+                    .zip(b.dns.latency_buckets.iter().copied())
+                    .collect();
+                (
+                    backend_labels(svc, b),
+                    ConstHistogram {
+                        sum: b.dns.latency_sum_seconds,
+                        count: b.dns.answers,
+                        buckets,
+                    },
+                )
+            }),
         )?;
         family(
             out,
@@ -320,6 +378,30 @@ fn backend_labels<'a>(service: &'a str, b: &'a BackendStats) -> [(&'static str, 
     [("service", service), ("backend", b.address.as_str())]
 }
 
+/// A histogram as the kernel counted it: per-bucket counts (the encoder sums
+/// them into Prometheus' cumulative ones), the last bucket's bound `f64::MAX`
+/// (written `+Inf`).
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl TypedMetric for ConstHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Writes one labelled metric family; nothing when it has no series, as `Family` does.
 fn family<L, M>(
     out: &mut DescriptorEncoder,
@@ -356,8 +438,13 @@ fn scalar<M: EncodeMetric + TypedMetric>(
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
+    use xdp_common::LATENCY_BUCKETS;
+
     use super::*;
-    use crate::observe::stats::{FlowStats, HealthStats, ServiceStats};
+    use crate::observe::{
+        read::latency_bounds,
+        stats::{BackendDns, FlowStats, HealthStats, ServiceStats},
+    };
 
     const WEIRD: &str = "odd \"svc\" C:\\dir\nline2";
 
@@ -376,7 +463,34 @@ mod tests {
             bytes: packets * 100,
             new_flows: packets / 10,
             health,
+            dns: dns(packets),
             per_cpu: None,
+        }
+    }
+
+    /// `packets` queries, all but one answered: half within the first
+    /// bucket, half within the third, and one NXDOMAIN.
+    fn dns(packets: u64) -> BackendDns {
+        let answers = packets.saturating_sub(1);
+        let mut latency_buckets = vec![0; LATENCY_BUCKETS];
+        latency_buckets[0] = answers / 2;
+        latency_buckets[2] = answers - answers / 2;
+        BackendDns {
+            queries: packets,
+            answers,
+            timeouts: 0,
+            in_flight: packets - answers,
+            rcodes: [
+                ("noerror", answers.saturating_sub(1)),
+                ("nxdomain", answers.min(1)),
+                ("servfail", 0),
+                ("refused", 0),
+                ("other", 0),
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into(),
+            latency_buckets,
+            latency_sum_seconds: answers as f64 * 1e-5,
         }
     }
 
@@ -490,6 +604,7 @@ mod tests {
                 insert_failed: 0,
                 fragment_unmatched: 0,
             },
+            latency_bucket_le_seconds: latency_bounds(),
         }
     }
 
@@ -530,9 +645,17 @@ mod tests {
                     family = Some(name.to_owned());
                 } else {
                     let sample = Self::sample(line);
+                    // A histogram's samples carry the family's name and a suffix.
+                    let name = match family.as_deref().map(|f| types.get(f)) {
+                        Some(Some(kind)) if kind == "histogram" => ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| sample.name.strip_suffix(s))
+                            .unwrap_or(&sample.name),
+                        _ => &sample.name,
+                    };
                     assert_eq!(
                         family.as_deref(),
-                        Some(sample.name.as_str()),
+                        Some(name),
                         "sample outside its family: {line:?}"
                     );
                     samples.push(sample);
@@ -787,6 +910,11 @@ mod tests {
             ("dnsteer_flow_table_capacity", "gauge"),
             ("dnsteer_flow_events_total", "counter"),
             ("dnsteer_flow_table_evictions_total", "counter"),
+            ("dnsteer_backend_queries_total", "counter"),
+            ("dnsteer_backend_answers_total", "counter"),
+            ("dnsteer_backend_query_timeouts_total", "counter"),
+            ("dnsteer_backend_queries_in_flight", "gauge"),
+            ("dnsteer_backend_answer_latency_seconds", "histogram"),
             ("dnsteer_queries_in_flight", "gauge"),
             ("dnsteer_queries_peak_in_flight", "gauge"),
             ("dnsteer_query_table_capacity", "gauge"),
@@ -805,9 +933,59 @@ mod tests {
             m.help.keys().collect::<Vec<_>>(),
             m.types.keys().collect::<Vec<_>>()
         );
-        for name in expected.keys() {
-            assert!(!m.series(name).is_empty(), "{name} has no series");
+        for (name, kind) in &expected {
+            // A histogram's series are its buckets.
+            let series = match *kind {
+                "histogram" => format!("{name}_bucket"),
+                _ => (*name).to_owned(),
+            };
+            assert!(!m.series(&series).is_empty(), "{name} has no series");
         }
+    }
+
+    #[test]
+    fn answer_latency_is_a_cumulative_histogram_of_the_kernel_buckets() {
+        let snap = snapshot();
+        let m = Exposition::parse(&encode(&snap));
+        let b = &snap.services[0].backends[0];
+        let (service, backend) = (snap.services[0].name.as_str(), b.address.as_str());
+        // Bucket bounds as the encoder writes them; read back as numbers.
+        let bucket = |le: f64| {
+            m.samples
+                .iter()
+                .find(|s| {
+                    s.name == "dnsteer_backend_answer_latency_seconds_bucket"
+                        && s.labels.get("service").map(String::as_str) == Some(service)
+                        && s.labels.get("backend").map(String::as_str) == Some(backend)
+                        && s.labels.get("le").map(|v| {
+                            if v == "+Inf" {
+                                f64::INFINITY
+                            } else {
+                                v.parse().unwrap()
+                            }
+                        }) == Some(le)
+                })
+                .unwrap_or_else(|| panic!("no bucket le={le}"))
+                .value
+        };
+        let bounds = latency_bounds();
+        assert_eq!(bounds.len(), LATENCY_BUCKETS - 1);
+        assert_eq!(bounds[0], 16.384e-6);
+        let (first, third) = (b.dns.latency_buckets[0], b.dns.latency_buckets[2]);
+        assert_eq!(bucket(bounds[0]), first as f64);
+        assert_eq!(bucket(bounds[1]), first as f64, "cumulative");
+        assert_eq!(bucket(bounds[2]), (first + third) as f64);
+        assert_eq!(bucket(f64::INFINITY), b.dns.answers as f64);
+        let l = [("service", service), ("backend", backend)];
+        assert_eq!(
+            m.get("dnsteer_backend_answer_latency_seconds_count", &l),
+            b.dns.answers as f64
+        );
+        assert!(
+            (m.get("dnsteer_backend_answer_latency_seconds_sum", &l) - b.dns.latency_sum_seconds)
+                .abs()
+                < 1e-9
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod http;
 pub mod metrics;
-mod read;
+pub(crate) mod read;
 pub mod stats;
 mod text;
 

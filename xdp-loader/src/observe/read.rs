@@ -9,14 +9,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapType, PerCpuArray};
 use xdp_common::{
-    ANY_IPV4, ANY_IPV6, Backend, BackendCounter, Endpoint, FlowEvent, ForwardConf, ForwardEvent,
-    MAX_BACKENDS_PER_SERVICE, QueryEvent, Reason, Ring, SelectMode, ServiceConf, backend_slot,
-    backend_state, names, ring_key,
+    ANY_IPV4, ANY_IPV6, Backend, BackendCounter, DnsStats, Endpoint, FlowEvent, ForwardConf,
+    ForwardEvent, LATENCY_BASE_NS, LATENCY_BUCKETS, MAX_BACKENDS_PER_SERVICE, QueryEvent, Reason,
+    Ring, SelectMode, ServiceConf, backend_slot, backend_state, names, rcode_class, ring_key,
 };
 
 use super::stats::{
-    BackendStats, Capacity, CpuCounter, FlowStats, ForwardStats, JSON_VERSION, MapStats,
-    QueryStats, ServiceStats, Snapshot,
+    BackendDns, BackendStats, Capacity, CpuCounter, FlowStats, ForwardStats, JSON_VERSION,
+    MapStats, QueryStats, ServiceStats, Snapshot,
 };
 use crate::{
     config::Protocol,
@@ -40,6 +40,9 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     let backends: Array<MapData, Backend> = typed(instance, names::BACKENDS)?;
     let backend_stats: PerCpuArray<MapData, BackendCounter> =
         typed(instance, names::BACKEND_STATS)?;
+    let dns_stats: PerCpuArray<MapData, DnsStats> = typed(instance, names::BACKEND_DNS)?;
+    let outstanding: Array<MapData, u64> = typed(instance, names::OUTSTANDING)?;
+    let timeouts: Array<MapData, u64> = typed(instance, names::TIMED_OUT)?;
     let reasons: PerCpuArray<MapData, u64> = typed(instance, names::REASONS)?;
 
     let mut listen: BTreeMap<u32, Vec<String>> = BTreeMap::new();
@@ -68,10 +71,10 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             protocol: Protocol::from_mask(conf.protocols)
                 .map_or("none", |p| p.as_str())
                 .to_owned(),
-            select: if ring.select == SelectMode::Random as u32 {
-                "random"
-            } else {
-                "nth"
+            select: match ring.select {
+                s if s == SelectMode::Random as u32 => "random",
+                s if s == SelectMode::LeastOutstanding as u32 => "least_outstanding",
+                _ => "nth",
             }
             .to_owned(),
             listen: listen.remove(&id).map(sorted).unwrap_or_default(),
@@ -124,6 +127,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
                 bytes: sum.bytes,
                 new_flows: sum.new_flows,
                 health: None,
+                dns: dns(&dns_stats, &outstanding, &timeouts, slot)?,
                 per_cpu: per_cpu.then_some(cpus),
             });
         }
@@ -167,6 +171,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
         reasons_per_cpu: per_cpu.then_some(split),
         flows: flows(instance, entries(names::AFFINITY) + entries(names::FLOWS))?,
         queries: queries(instance)?,
+        latency_bucket_le_seconds: latency_bounds(),
         forward,
         capacity,
         memory_bytes: maps.iter().map(|m| m.memory_bytes).sum(),
@@ -230,6 +235,54 @@ fn memlock(fd: &impl AsFd) -> Option<u64> {
     info.lines()
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A backend's DNS counters: per CPU, and the queries in flight kept in two
+/// shared counters (records written less answers; records the loader removed).
+fn dns(
+    per_cpu: &PerCpuArray<MapData, DnsStats>,
+    outstanding: &Array<MapData, u64>,
+    timeouts: &Array<MapData, u64>,
+    slot: u32,
+) -> Result<BackendDns> {
+    let cpus = per_cpu
+        .get(&slot, 0)
+        .with_context(|| format!("reading the DNS counters of slot {slot}"))?;
+    let mut sum = DnsStats::default();
+    for c in cpus.iter() {
+        sum.queries += c.queries;
+        sum.answers += c.answers;
+        sum.latency_sum_ns += c.latency_sum_ns;
+        for (s, n) in sum.rcodes.iter_mut().zip(c.rcodes) {
+            *s += n;
+        }
+        for (s, n) in sum.latency.iter_mut().zip(c.latency) {
+            *s += n;
+        }
+    }
+    let written = outstanding.get(&slot, 0).unwrap_or(0);
+    let timed_out = timeouts.get(&slot, 0).unwrap_or(0);
+    let in_flight = written.wrapping_sub(timed_out);
+    Ok(BackendDns {
+        queries: sum.queries,
+        answers: sum.answers,
+        timeouts: timed_out,
+        in_flight: if (in_flight as i64) < 0 { 0 } else { in_flight },
+        rcodes: rcode_class::NAMES
+            .iter()
+            .zip(sum.rcodes)
+            .map(|(name, n)| ((*name).to_owned(), n))
+            .collect(),
+        latency_buckets: sum.latency.to_vec(),
+        latency_sum_seconds: sum.latency_sum_ns as f64 / 1e9,
+    })
+}
+
+/// The latency buckets' upper bounds in seconds, the last (slower) one aside.
+pub fn latency_bounds() -> Vec<f64> {
+    (0..LATENCY_BUCKETS - 1)
+        .map(|k| (LATENCY_BASE_NS << k) as f64 / 1e9)
+        .collect()
 }
 
 fn queries(instance: &Instance) -> Result<QueryStats> {

@@ -19,7 +19,7 @@ pub use crate::{control::KubernetesStats, health::HealthStats};
 pub const JSON_VERSION: u32 = 1;
 
 /// Everything `dnsteer stats` reports, as one consistent-enough read of the maps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: u32,
     pub interface: String,
@@ -43,6 +43,10 @@ pub struct Snapshot {
     /// UDP queries in flight: the records their answers need.
     #[serde(default)]
     pub queries: QueryStats,
+    /// The upper bounds, in seconds, of the answer latency buckets
+    /// (`backends[].dns.latency_buckets`), 16.384 µs doubling to 4.29 s.
+    #[serde(default)]
+    pub latency_bucket_le_seconds: Vec<f64>,
     /// How steered packets leave the node, and what the fast path did.
     #[serde(default)]
     pub forward: ForwardStats,
@@ -56,6 +60,9 @@ pub struct Snapshot {
     #[serde(default)]
     pub memory_bytes: u64,
 }
+
+// Its floats are fixed bounds and sums of whole nanoseconds, never NaN.
+impl Eq for Snapshot {}
 
 /// `forward`: the mode and the fast path's counters, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,10 +190,37 @@ pub struct BackendStats {
     /// for a removed backend, or when no `dnsteer run` answers.
     #[serde(default)]
     pub health: Option<HealthStats>,
+    /// Its UDP queries and their answers, as the kernel saw them pass.
+    #[serde(default)]
+    pub dns: BackendDns,
     /// One entry per possible CPU; only with `--per-cpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_cpu: Option<Vec<CpuCounter>>,
 }
+
+/// What a backend did with the UDP queries steered to it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendDns {
+    /// Query records written for it.
+    pub queries: u64,
+    /// Answers that found their query's record.
+    pub answers: u64,
+    /// Queries removed unanswered after `[flows] query_timeout`.
+    pub timeouts: u64,
+    /// Queries in flight: `queries - answers - timeouts`.
+    pub in_flight: u64,
+    /// Answers by RCODE: `noerror`, `nxdomain`, `servfail`, `refused`, `other`.
+    pub rcodes: BTreeMap<String, u64>,
+    /// Answers by latency: entry `k` counts those within
+    /// `latency_bucket_le_seconds[k]` of their query (and above the bound
+    /// before); the last entry, one more than the bounds, the slower ones.
+    pub latency_buckets: Vec<u64>,
+    /// The answers' latencies summed, in seconds.
+    pub latency_sum_seconds: f64,
+}
+
+// Sums of whole nanoseconds, never NaN.
+impl Eq for BackendDns {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuCounter {

@@ -14,6 +14,7 @@ fn backend(address: &str, state: &str, health: Option<HealthStats>) -> BackendSt
         bytes: 740,
         new_flows: 10,
         health,
+        dns: BackendDns::default(),
         per_cpu: None,
     }
 }
@@ -101,6 +102,7 @@ fn add_health_matches_members_by_address_and_skips_removed_slots() {
         reasons_per_cpu: None,
         flows: FlowStats::default(),
         queries: QueryStats::default(),
+        latency_bucket_le_seconds: Vec::new(),
     };
     let text = render(&snapshot, None);
     assert!(text.contains("FAILING OPEN"), "{text}");
@@ -164,6 +166,7 @@ fn ipv6_addresses_read_in_brackets_and_widen_the_table() {
         reasons_per_cpu: None,
         flows: FlowStats::default(),
         queries: QueryStats::default(),
+        latency_bucket_le_seconds: Vec::new(),
         forward: ForwardStats::default(),
         capacity: Capacity::default(),
         maps: Vec::new(),
@@ -179,4 +182,65 @@ fn ipv6_addresses_read_in_brackets_and_widen_the_table() {
     assert_eq!(column(long), column("[2001:db8::2]:53"), "{text}");
     assert_eq!(column(long), column("backend "), "{text}");
     assert!(text.contains("listen [2001:db8::10]:53"), "{text}");
+}
+
+#[test]
+fn a_backend_with_queries_gets_a_dns_line() {
+    let mut b = backend("10.0.0.2:53", "active", None);
+    b.dns = BackendDns {
+        queries: 101,
+        answers: 100,
+        timeouts: 1,
+        in_flight: 0,
+        rcodes: [("noerror", 97), ("servfail", 3)]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into(),
+        latency_buckets: {
+            let mut v = vec![0; 20];
+            (v[5], v[6], v[10]) = (50, 49, 1);
+            v
+        },
+        latency_sum_seconds: 0.05,
+    };
+    let snapshot = Snapshot {
+        version: JSON_VERSION,
+        interface: "eth3".to_owned(),
+        running: true,
+        persistent: false,
+        forward: ForwardStats::default(),
+        capacity: Capacity::default(),
+        maps: Vec::new(),
+        memory_bytes: 0,
+        cpus: 2,
+        services: vec![ServiceStats {
+            name: "dns".to_owned(),
+            protocol: "udp".to_owned(),
+            select: "least_outstanding".to_owned(),
+            listen: vec!["192.0.2.10:53".to_owned()],
+            packets: 101,
+            bytes: 7474,
+            fail_open: false,
+            backends: vec![b],
+            kubernetes: None,
+        }],
+        reasons: BTreeMap::new(),
+        reasons_per_cpu: None,
+        flows: FlowStats::default(),
+        queries: QueryStats::default(),
+        latency_bucket_le_seconds: crate::observe::read::latency_bounds(),
+    };
+    let text = render(&snapshot, None);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("dns "))
+        .unwrap_or_else(|| panic!("no dns line in\n{text}"));
+    assert!(
+        line.contains("answers 100 (servfail 3,") && line.contains("timeouts 1"),
+        "{line}"
+    );
+    // 50 of 100 within 524 µs (bucket 5), 99 within 1.05 ms (bucket 6).
+    assert!(
+        line.contains("mean 500 µs, p50 ≤ 524 µs, p99 ≤ 1.05 ms"),
+        "{line}"
+    );
 }

@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::stats::{HealthStats, KubernetesStats, MapStats, Snapshot};
+use super::stats::{BackendDns, HealthStats, KubernetesStats, MapStats, Snapshot};
 
 /// `12.3 MiB`, `4.0 KiB`, `512 B`.
 pub fn bytes_text(n: u64) -> String {
@@ -143,6 +143,13 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
                 health,
                 rate(old, b.packets)
             );
+            if b.dns.queries > 0 {
+                let _ = writeln!(
+                    s,
+                    "    {}",
+                    dns_text(&b.dns, &now.latency_bucket_le_seconds)
+                );
+            }
             if let Some(cpus) = &b.per_cpu {
                 for (cpu, c) in cpus.iter().enumerate() {
                     let _ = writeln!(
@@ -232,4 +239,55 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
         each.join(", ")
     );
     s
+}
+
+/// A backend's UDP queries in one line: answers by RCODE, timeouts, in
+/// flight, and the latency's mean and the bucket bounds of its median and 99th
+/// percentile.
+fn dns_text(dns: &BackendDns, bounds: &[f64]) -> String {
+    let rcode = |name: &str| dns.rcodes.get(name).copied().unwrap_or(0);
+    let mut line = format!(
+        "dns  answers {} (servfail {}, nxdomain {}, refused {}, other {})  timeouts {}  in flight {}",
+        dns.answers,
+        rcode("servfail"),
+        rcode("nxdomain"),
+        rcode("refused"),
+        rcode("other"),
+        dns.timeouts,
+        dns.in_flight
+    );
+    if dns.answers > 0 {
+        let at = |q: f64| {
+            let want = (q * dns.answers as f64).ceil() as u64;
+            let mut seen = 0;
+            for (k, n) in dns.latency_buckets.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    return bounds
+                        .get(k)
+                        .map_or_else(|| "> 4.3 s".to_owned(), |le| format!("≤ {}", seconds(*le)));
+                }
+            }
+            "?".to_owned()
+        };
+        let _ = write!(
+            line,
+            "  latency mean {}, p50 {}, p99 {}",
+            seconds(dns.latency_sum_seconds / dns.answers as f64),
+            at(0.5),
+            at(0.99)
+        );
+    }
+    line
+}
+
+/// `512 µs`, `1.05 ms`, `2.1 s`.
+fn seconds(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
 }

@@ -44,6 +44,8 @@ const SERVICE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// A service whose one backend is its own address and port.
 const SELF_SERVICE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+/// The same backends as SERVICE, picked by least_outstanding.
+const LEAST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
 /// Frames the attached program may see from the interface itself during a case.
 const STRAY: u64 = 10;
 
@@ -340,6 +342,10 @@ fn config(with_self: bool) -> String {
         "interface = \"{IFACE}\"\n\n[[service]]\nname = \"dns\"\nlisten = [\"{SERVICE}:53\"]\nselect = \"nth\"\n\
          backends = [\"10.100.13.2:53\", \"10.100.13.3:53\", \"10.100.13.4:53\", \"10.100.13.5:53\"]\n"
     );
+    config.push_str(&format!(
+        "\n[[service]]\nname = \"least\"\nlisten = [\"{LEAST}:53\"]\nselect = \"least_outstanding\"\n\
+         backends = [\"10.100.13.2:53\", \"10.100.13.3:53\", \"10.100.13.4:53\", \"10.100.13.5:53\"]\n"
+    ));
     if with_self {
         config.push_str(&format!(
             "\n[[service]]\nname = \"self\"\nlisten = [\"{SELF_SERVICE}:53\"]\nbackends = [\"{SELF_SERVICE}:53\"]\n"
@@ -474,6 +480,33 @@ pub fn measure(
         format!("reply_rewritten +{rewritten}, query records consumed +{answered}");
     cases.push(case);
     cases.push(reply_case);
+
+    progress(&format!(
+        "single runs: new query to a least_outstanding service and its reply, {single_packets} packets"
+    ));
+    let before = counters(&dnsteer)?;
+    let (mut case, _) = query_and_reply(
+        "new query, least_outstanding",
+        &prog,
+        &reply,
+        single_packets,
+        |i| {
+            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i / 50_000);
+            query_frame(src, 10_000 + (i % 50_000) as u16, LEAST, 53)
+        },
+    )?;
+    let after = counters(&dnsteer)?;
+    let (steered, misses, inserted) = (
+        after.steered - before.steered,
+        after.misses - before.misses,
+        after.queries_inserted - before.queries_inserted,
+    );
+    ensure!(
+        steered == n && misses == n && inserted == n,
+        "least_outstanding: steered +{steered}, flow misses +{misses}, query records +{inserted}, want {n} each"
+    );
+    case.checked = format!("steered +{steered}, flow misses +{misses}, query records +{inserted}");
+    cases.push(case);
 
     progress(&format!(
         "single runs: query on a known flow (a new DNS ID each) and its reply, {single_packets} packets"

@@ -786,6 +786,7 @@ fn targets(md: &mut String, results: &Results, s: &Summary) {
         for (case, floor, target) in [
             ("query, flow hit, same ID", "repeat", 4.0),
             ("new query", "single", 8.0),
+            ("new query, least_outstanding", "single", 8.0),
             ("query, flow hit", "single", 4.0),
             ("reply", "single", 4.0),
         ] {
