@@ -7,6 +7,7 @@
 mod bind;
 pub mod dns;
 pub mod dnsteer;
+pub mod kubeapi;
 pub mod load;
 mod netns;
 pub mod responder;
@@ -19,6 +20,7 @@ pub use bind::{
     WHOAMI_NAME, ZONE, huge_txt,
 };
 pub use netns::NetNs;
+pub use tempdir::TempDir;
 pub use tools::require_root_tools;
 pub use topology::{
     BACKEND_IFACE, BackendHost, CLIENT_IFACE, DnsControl, Topology, TopologyConfig,

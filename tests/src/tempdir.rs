@@ -10,14 +10,14 @@ use anyhow::{Context, Result};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-pub(crate) struct TempDir {
+pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
     /// Creates `$TMPDIR/dnsteer-<tag>-<pid>-<n>`; `create_dir` fails on an existing path,
     /// so a leftover from a crashed run with the same pid is skipped, never reused.
-    pub(crate) fn new(tag: &str) -> Result<Self> {
+    pub fn new(tag: &str) -> Result<Self> {
         let base = std::env::temp_dir();
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -32,7 +32,7 @@ impl TempDir {
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod doctor;
 pub mod health;
+pub mod kubernetes;
 pub mod live;
 pub mod observe;
 

@@ -58,6 +58,10 @@ enum Command {
         /// one left running; `dnsteer stop` removes it. Same as `persist = true`.
         #[arg(long)]
         persist: bool,
+        /// The cluster for services with `kubernetes = { ... }`; without it,
+        /// KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
     },
     /// Detach dnsteer from an interface and remove its pins: asks a running
     /// `dnsteer run` to exit, or removes a persistent data path left running.
@@ -310,6 +314,7 @@ fn add_health(snapshot: &mut stats::Snapshot) {
             && response.ok
         {
             stats::add_health(service, response.fail_open, &response.backends);
+            service.kubernetes = response.kubernetes;
         }
     }
 }
@@ -329,6 +334,7 @@ fn main() -> Result<()> {
             xdp_mode,
             metrics_listen,
             persist,
+            kubeconfig,
         } => {
             doctor::log_at_start(&config, iface.as_deref(), xdp_mode);
             // Two workers: probes keep their timing while the run loop waits out
@@ -344,6 +350,7 @@ fn main() -> Result<()> {
                 xdp_mode,
                 metrics_listen,
                 persist,
+                kubeconfig,
             }))
         }
         Command::Stop { iface } => stop_command(iface),

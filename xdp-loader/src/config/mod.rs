@@ -22,7 +22,10 @@ use std::{
 
 pub use query::{ProbeQuery, Rcode};
 use validate::Origin;
-pub use validate::parse;
+pub use validate::{
+    kubernetes::{KubernetesSource, PortRef},
+    parse,
+};
 use values::one_of;
 pub use values::{human, parse_backend_addr, parse_duration};
 pub use xdp_common::MAX_WEIGHT;
@@ -105,11 +108,32 @@ pub struct Service {
     pub listen: Vec<Listen>,
     pub protocol: Protocol,
     pub select: Select,
+    /// Empty when `kubernetes` feeds the service.
     pub backends: Vec<BackendSpec>,
     /// `[service.health]`: none means every member counts as healthy.
     pub health: Option<HealthCheck>,
+    /// The backends come from a Kubernetes Service instead of `backends`
+    /// (and the listen addresses too, when `listen` is empty).
+    pub kubernetes: Option<KubernetesSource>,
     /// `[service.passive]`: none means no backend is ejected for its answers.
     pub passive: Option<PassiveCheck>,
+}
+
+impl Service {
+    /// The family of its listen addresses, else of its Kubernetes source's
+    /// endpoints (IPv4 unless said otherwise), else of its first backend.
+    pub fn family(&self) -> Family {
+        self.listen
+            .first()
+            .map(|l| Family::of(l.addr))
+            .or_else(|| {
+                self.kubernetes
+                    .as_ref()
+                    .map(|k| k.family.unwrap_or(Family::Ipv4))
+            })
+            .or_else(|| self.backends.first().map(|b| Family::of(b.addr.ip())))
+            .unwrap_or(Family::Ipv4)
+    }
 }
 
 /// When a backend is ejected for what its answers show (passive health):

@@ -161,6 +161,7 @@ fn example_parses() {
             select: Select::Nth,
             backends,
             health: None,
+            kubernetes: None,
             passive: None,
         }],
         flows: FlowSettings::default(),

@@ -18,6 +18,8 @@ use super::{
     },
 };
 
+pub(super) mod kubernetes;
+
 /// Parses and validates `text`; `origin` only names the file in messages.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     let at = Origin(origin);
@@ -136,6 +138,7 @@ struct RawService {
     /// Each a string or a table, checked one by one so a bad entry is named.
     backends: Option<Vec<toml::Value>>,
     health: Option<RawHealth>,
+    kubernetes: Option<kubernetes::RawKubernetes>,
     passive: Option<RawPassive>,
 }
 
@@ -286,11 +289,40 @@ impl Origin<'_> {
         self.service_name(i, &name)?;
 
         let at = format!("service[{i}] {name:?}");
-        let listen = self.listen(&at, raw.listen)?;
+        let kubernetes = match raw.kubernetes {
+            Some(raw) => Some(self.kubernetes(&at, raw)?),
+            None => None,
+        };
+        // Left to the Service's external and load-balancer addresses.
+        let listen = match (&kubernetes, raw.listen) {
+            (Some(_), None) => Vec::new(),
+            (_, listen) => self.listen(&at, listen)?,
+        };
         let protocol = self.keyword(format_args!("{at}: protocol"), raw.protocol, Protocol::Udp)?;
         let select = self.keyword(format_args!("{at}: select"), raw.select, Select::Nth)?;
-        let backends = self.backends(&at, raw.backends)?;
+        let backends = match (&kubernetes, raw.backends) {
+            (Some(k), Some(list)) => {
+                return Err(self.invalid(
+                    format_args!("{at}: backends"),
+                    entries(list.len()),
+                    format!(
+                        "this service takes its backends from kubernetes = {{ ... }} (Service {k}); keep either backends or kubernetes"
+                    ),
+                ));
+            }
+            (Some(_), None) => Vec::new(),
+            (None, None) => {
+                return Err(self.missing(
+                    format_args!("{at}: backends"),
+                    r#"add backends = ["10.0.0.2:53", { addr = "10.0.0.3:53", weight = 3 }], or take them from a Kubernetes Service with kubernetes = { namespace = "dns", service = "bind", port = "dns" }"#,
+                ));
+            }
+            (None, list) => self.backends(&at, list)?,
+        };
         self.one_family(&at, &listen, &backends)?;
+        if let Some(k) = &kubernetes {
+            self.kubernetes_family(&at, k, &listen)?;
+        }
         let listen = listen.into_iter().map(|(l, _)| l).collect();
         let backends = backends.into_iter().map(|(b, _, _)| b).collect();
         let health = match raw.health {
@@ -308,6 +340,7 @@ impl Origin<'_> {
             select,
             backends,
             health,
+            kubernetes,
             passive,
         })
     }

@@ -136,6 +136,28 @@ pub struct Response {
     /// The service's backends after the request.
     #[serde(default)]
     pub backends: Vec<BackendView>,
+    /// The Kubernetes watch feeding the service, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStats>,
+}
+
+/// How the watch of a Kubernetes-fed service stands, as `stats` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesStats {
+    /// `NAMESPACE/SERVICE port PORT`.
+    pub source: String,
+    /// A complete list is in and no watch is failing; while false the
+    /// backends stay as they were last seen.
+    pub connected: bool,
+    /// When the API server last sent something (a list or an event), in
+    /// milliseconds since the Unix epoch; null before it ever did.
+    pub last_sync_unix_ms: Option<u64>,
+    /// Failed lists and watches (and `410 Gone` relists) since the start.
+    pub watch_errors: u64,
+    /// Endpoints in the Service's EndpointSlices, whatever their state.
+    pub endpoints_seen: u64,
+    /// The last error, while not connected.
+    pub last_error: Option<String>,
 }
 
 impl Response {
@@ -147,6 +169,7 @@ impl Response {
             service: service.to_owned(),
             fail_open: false,
             backends: Vec::new(),
+            kubernetes: None,
         }
     }
 }

@@ -13,7 +13,7 @@ mod state;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use log::{error, info};
+use log::{error, info, warn};
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
@@ -29,6 +29,7 @@ use crate::{
     control::{self, Op, server::Pending},
     datapath::{Datapath, caps},
     health::Monitor,
+    kubernetes::{Feed, Others},
     observe::metrics::{self, Scrape},
 };
 
@@ -45,6 +46,8 @@ pub struct RunOptions {
     /// Keep the data path when exiting, and adopt one left running (or
     /// `persist = true` in the config).
     pub persist: bool,
+    /// The cluster of services with `kubernetes = { ... }`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -60,6 +63,10 @@ impl RunOptions {
         Ok(config)
     }
 }
+
+/// How long `dnsteer run` waits for the first lists of its Kubernetes-fed
+/// services before it attaches.
+const KUBERNETES_FIRST_SYNC: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stops a spawned task when dropped (the metrics server and the sources on shutdown).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -111,11 +118,37 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let (monitor, probe_results) = Monitor::new();
     let persist = opts.persist || config.persist;
+    if let Some(path) = &opts.kubeconfig {
+        std::fs::metadata(path)
+            .with_context(|| format!("--kubeconfig {}: cannot read it", path.display()))?;
+    }
+    let (mut feed, mut kube_updates) = Feed::new(opts.kubeconfig.clone());
+    feed.sync(&config);
+    // The first packet should already see Kubernetes's backends: wait a
+    // little for the first lists (an adopted data path keeps its own meanwhile).
+    let deadline = tokio::time::Instant::now() + KUBERNETES_FIRST_SYNC;
+    while !feed.synced() {
+        match tokio::time::timeout_at(deadline, kube_updates.recv()).await {
+            Ok(Some(update)) => {
+                feed.on(update);
+            }
+            Ok(None) | Err(_) => {
+                warn!(
+                    "no backends from Kubernetes yet for {} after {}; starting with what the data path has, they apply as they come",
+                    feed.unsynced().join(", "),
+                    config::human(KUBERNETES_FIRST_SYNC)
+                );
+                break;
+            }
+        }
+    }
     let daemon = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            let datapath = Datapath::start(&config, persist)?;
-            Daemon::new(datapath, &config, monitor)
+            let datapath = Datapath::start_with(&config, persist, |live| {
+                feed.desired(&config, |name| live.current(name), Others::AsConfigured)
+            })?;
+            Daemon::new(datapath, &config, monitor, feed)
         })
         .await
         .context("starting the data path panicked")??
@@ -143,6 +176,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             events.clone(),
             Event::Probe,
         )),
+        tokio::spawn(sources::kubernetes(kube_updates, events.clone())),
         tokio::spawn(sources::config_file(
             opts.config.clone(),
             sighup,
@@ -193,6 +227,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     .await?;
                 }
                 Event::Probe(result) => blocking(&mut daemon, move |d| d.on_probe(result)).await?,
+                Event::Kubernetes(update) => {
+                    blocking(&mut daemon, move |d| d.on_kubernetes(update)).await?
+                }
                 Event::Tick => blocking(&mut daemon, Daemon::on_tick).await?,
             },
             Some(reply) = scrape_requests.recv() => {

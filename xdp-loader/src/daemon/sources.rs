@@ -28,6 +28,7 @@ use tokio::{
 use crate::{
     control::{Request, Response},
     health::ProbeResult,
+    kubernetes::Update,
     live::Change,
 };
 
@@ -48,6 +49,9 @@ pub enum Event {
     },
     /// One health probe's outcome.
     Probe(ProbeResult),
+    /// What a Kubernetes watch says: a service's desired backends (or listen
+    /// addresses), or the watch's own state.
+    Kubernetes(Update),
     /// A second passed: time to judge the backends' answers (passive health).
     Tick,
 }
@@ -57,6 +61,16 @@ pub type Events = mpsc::Sender<Event>;
 
 /// How many events may wait for the daemon; a source waits when it is this far behind.
 pub const QUEUE: usize = 64;
+
+/// Passes a Kubernetes source's updates on as [`Event::Kubernetes`], until
+/// the daemon is gone.
+pub async fn kubernetes(mut from: mpsc::UnboundedReceiver<Update>, events: Events) {
+    while let Some(update) = from.recv().await {
+        if events.send(Event::Kubernetes(update)).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// Sends [`Event::Reload`] when the config file at `path` changes (checked
 /// every second) or on SIGHUP, until the daemon is gone.

@@ -14,13 +14,14 @@ use log::{error, info, warn};
 use super::RunOptions;
 use crate::{
     config::{self, Config, PassiveCheck, Protocol},
-    control::{BackendView, Op, Request, Response},
+    control::{BackendView, KubernetesStats, Op, Request, Response},
     datapath::{Datapath, pins},
     health::{
         Monitor, ProbeResult,
         passive::{Counts, Tracker, Transition},
         probe::Transport,
     },
+    kubernetes::{Feed, Others, Update},
     live::Change,
     observe::stats::{self, Snapshot},
 };
@@ -34,6 +35,9 @@ pub struct Daemon {
     monitor: Monitor,
     /// Services whose every weighted backend is down, as last logged.
     failing_open: BTreeSet<String>,
+    /// The Kubernetes source: what it says the backends of the services it
+    /// feeds are, filled into the config before it is applied.
+    feed: Feed,
     /// Passive health, per member of a service with `[service.passive]`.
     passive: BTreeMap<(String, SocketAddr), Tracker>,
 }
@@ -41,12 +45,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts probing and brings the fast path in line with a data path that
     /// already holds `config`.
-    pub fn new(datapath: Datapath, config: &Config, monitor: Monitor) -> Result<Self> {
+    pub fn new(datapath: Datapath, config: &Config, monitor: Monitor, feed: Feed) -> Result<Self> {
         let mut daemon = Daemon {
             datapath,
             config: config.clone(),
             monitor,
             failing_open: BTreeSet::new(),
+            feed,
             passive: BTreeMap::new(),
         };
         daemon.datapath.sync_fast_path()?;
@@ -108,7 +113,12 @@ impl Daemon {
                 return;
             }
         }
-        match self.datapath.live_mut().apply(&new) {
+        self.feed.sync(&new);
+        let live = self.datapath.live();
+        let wanted = self
+            .feed
+            .desired(&new, |name| live.current(name), Others::AsConfigured);
+        match self.datapath.live_mut().apply(&wanted) {
             Ok(lines) if lines.is_empty() => info!("reload ({why}): no changes"),
             Ok(lines) => {
                 for line in lines {
@@ -336,8 +346,54 @@ impl Daemon {
             if let Ok((views, fail_open)) = self.views(&service.name) {
                 stats::add_health(service, fail_open, &views);
             }
+            service.kubernetes = self.kubernetes_stats(&service.name);
         }
         Ok(snapshot)
+    }
+
+    /// Takes in what a Kubernetes watch said. A new backend (or listen) set
+    /// is applied like a config in which only the services Kubernetes feeds
+    /// differ: each one's set flips atomically, and a backend that is gone
+    /// is removed as `dnsteer backends remove` removes one.
+    pub fn on_kubernetes(&mut self, update: Update) {
+        if !self.feed.on(update) {
+            return;
+        }
+        let live = self.datapath.live();
+        let wanted = self
+            .feed
+            .desired(&self.config, |name| live.current(name), Others::AsTheyAre);
+        match self.datapath.live_mut().apply(&wanted) {
+            Ok(lines) => {
+                for line in lines {
+                    info!("{line} (kubernetes)");
+                }
+            }
+            Err(err) => error!("kubernetes: applying the new backends failed part way: {err:#}"),
+        }
+        if let Err(err) = self.datapath.sync_fast_path() {
+            error!("kubernetes: fast path: {err:#}");
+        }
+        self.sync_health();
+    }
+
+    /// The Kubernetes watch of service `name`, for stats and the control socket.
+    fn kubernetes_stats(&self, name: &str) -> Option<KubernetesStats> {
+        let service = self.config.services.iter().find(|s| s.name == name)?;
+        let source = service.kubernetes.as_ref()?;
+        let status = self.feed.status(name).cloned().unwrap_or_default();
+        Some(KubernetesStats {
+            source: source.to_string(),
+            connected: status.connected,
+            last_sync_unix_ms: status.last_sync.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64)
+            }),
+            watch_errors: status.watch_errors,
+            endpoints_seen: status.endpoints_seen,
+            last_error: status.last_error,
+        })
     }
 
     /// Applies one change to a service's backend set from `source`, logs it,
@@ -367,6 +423,7 @@ impl Daemon {
                 service: String::new(),
                 fail_open: false,
                 backends: Vec::new(),
+                kubernetes: None,
             };
         }
         let service = request.service.as_str();
@@ -374,6 +431,28 @@ impl Daemon {
             Ok(change) => change,
             Err(err) => return Response::error(service, err),
         };
+        // A service Kubernetes feeds takes its backends from there only.
+        if change.is_some() {
+            let name = self
+                .datapath
+                .live()
+                .resolve_name(service)
+                .unwrap_or_else(|_| service.to_owned());
+            if let Some(source) = self
+                .config
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.kubernetes.as_ref())
+            {
+                return Response::error(
+                    service,
+                    format!(
+                        "service {name:?} takes its backends from Kubernetes (the EndpointSlices of Service {source}); change them there (scale, roll out, or the pods' readiness), or put backends instead of kubernetes in the config"
+                    ),
+                );
+            }
+        }
         let message = match &change {
             None => None,
             Some(change) => match self.change(service, change, "dnsteer backends") {
@@ -393,6 +472,12 @@ impl Daemon {
                     .unwrap_or_default(),
                 fail_open,
                 backends,
+                kubernetes: self
+                    .datapath
+                    .live()
+                    .resolve_name(service)
+                    .ok()
+                    .and_then(|name| self.kubernetes_stats(&name)),
             },
             Err(err) => Response::error(service, format!("{err:#}")),
         }
@@ -409,16 +494,33 @@ pub fn describe(config: &Config, daemon: &Daemon) {
     );
     for service in &config.services {
         let listen: Vec<String> = service.listen.iter().map(ToString::to_string).collect();
-        let backends: Vec<String> = service.backends.iter().map(ToString::to_string).collect();
-        info!(
-            "service {}: {} {} -> select {} over {} backend(s): {}",
-            service.name,
-            service.protocol.as_str(),
-            listen.join(", "),
-            service.select.as_str(),
-            backends.len(),
-            backends.join(", ")
-        );
+        if let Some(source) = &service.kubernetes {
+            let listen = if listen.is_empty() {
+                format!(
+                    "the Service's external and load-balancer addresses on {}",
+                    config.interface
+                )
+            } else {
+                listen.join(", ")
+            };
+            info!(
+                "service {}: {} {listen} -> select {} over the endpoints of Kubernetes Service {source}",
+                service.name,
+                service.protocol.as_str(),
+                service.select.as_str(),
+            );
+        } else {
+            let backends: Vec<String> = service.backends.iter().map(ToString::to_string).collect();
+            info!(
+                "service {}: {} {} -> select {} over {} backend(s): {}",
+                service.name,
+                service.protocol.as_str(),
+                listen.join(", "),
+                service.select.as_str(),
+                backends.len(),
+                backends.join(", ")
+            );
+        }
         if let Some(h) = &service.health {
             info!(
                 "service {}: health query {} every {} (timeout {}), down after {} failures, up after {} successes, expecting {}",

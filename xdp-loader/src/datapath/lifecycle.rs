@@ -55,6 +55,17 @@ impl Datapath {
     /// are swapped into its links atomically. A failed adoption leaves the old
     /// data path attached and its pins in place.
     pub fn start(config: &Config, persist: bool) -> Result<Self> {
+        Self::start_with(config, persist, |_| config.clone())
+    }
+
+    /// [`Self::start`], applying what `wanted` makes of the state found (an
+    /// adopted data path's, or none) instead of `config` itself: a source
+    /// that has not been heard from yet keeps what is there.
+    pub fn start_with(
+        config: &Config,
+        persist: bool,
+        wanted: impl FnOnce(&Live<KernelMaps>) -> Config,
+    ) -> Result<Self> {
         let iface = config.interface.as_str();
         let mut pins = Pins::claim(iface)?;
         if persist && pins.ephemeral {
@@ -98,7 +109,8 @@ impl Datapath {
         } else {
             Live::new(store).with_max_services(limits.services)
         };
-        let lines = live.apply(config)?;
+        let wanted = wanted(&live);
+        let lines = live.apply(&wanted)?;
         if adopt {
             info!(
                 "adopted the data path pinned under {}: flows kept, {} change(s) to match {}",

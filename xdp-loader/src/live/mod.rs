@@ -472,6 +472,14 @@ impl<S: Store> Live<S> {
             .is_some_and(|s| s.fail_open)
     }
 
+    /// What service `name` holds now, as a config would say it: its members
+    /// with their weights, and its listen entries. None if there is no such service.
+    pub fn current(&self, name: &str) -> Option<(Vec<BackendSpec>, Vec<crate::config::Listen>)> {
+        self.id_of(name)
+            .and_then(|id| self.services[id as usize].as_ref())
+            .map(|s| (s.specs(), s.listen.clone()))
+    }
+
     /// The members (active, draining, down) of service `name`.
     pub fn members(&self, name: &str) -> Vec<SocketAddr> {
         self.id_of(name)

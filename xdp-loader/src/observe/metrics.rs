@@ -97,6 +97,47 @@ impl Collector for SnapshotCollector {
             }),
         )?;
 
+        let watched = || services().filter_map(|s| s.kubernetes.as_ref().map(|k| (s, k)));
+        family(
+            out,
+            "dnsteer_kubernetes_connected",
+            "1 when the service's Kubernetes watch has a complete list and is not failing; 0 while its backends stay as last seen",
+            watched().map(|(s, k)| {
+                (
+                    service_labels(&s.name),
+                    ConstGauge::new(u32::from(k.connected)),
+                )
+            }),
+        )?;
+        family(
+            out,
+            "dnsteer_kubernetes_last_sync_timestamp_seconds",
+            "When the Kubernetes API server last sent something about the service (a list or an event), Unix time",
+            watched().filter_map(|(s, k)| {
+                Some((
+                    service_labels(&s.name),
+                    ConstGauge::new(k.last_sync_unix_ms? as f64 / 1e3),
+                ))
+            }),
+        )?;
+        family(
+            out,
+            "dnsteer_kubernetes_watch_errors",
+            "Failed lists and watches of the service's Kubernetes objects (410 Gone relists included)",
+            watched().map(|(s, k)| (service_labels(&s.name), ConstCounter::new(k.watch_errors))),
+        )?;
+        family(
+            out,
+            "dnsteer_kubernetes_endpoints_seen",
+            "Endpoints in the service's EndpointSlices, whatever their conditions",
+            watched().map(|(s, k)| {
+                (
+                    service_labels(&s.name),
+                    ConstGauge::new(k.endpoints_seen as i64),
+                )
+            }),
+        )?;
+
         family(
             out,
             "dnsteer_backend_packets",
@@ -479,6 +520,7 @@ mod tests {
             packets: 170,
             bytes: 17000,
             fail_open: false,
+            kubernetes: None,
             backends: vec![
                 backend(
                     "10.0.0.1:53",
@@ -499,6 +541,7 @@ mod tests {
             packets: 5,
             bytes: 500,
             fail_open: true,
+            kubernetes: None,
             backends: vec![backend(
                 "10.0.1.1:5353",
                 "down",

@@ -81,6 +81,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             packets: 0,
             bytes: 0,
             fail_open: false,
+            kubernetes: None,
             backends: Vec::new(),
         };
         for index in 0..MAX_BACKENDS_PER_SERVICE {

@@ -13,7 +13,7 @@ pub use super::{
     text::{address_width, bytes_text, health_text, render},
 };
 use crate::control::BackendView;
-pub use crate::health::HealthStats;
+pub use crate::{control::KubernetesStats, health::HealthStats};
 
 /// Version of the JSON shape; bumped only for incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -167,6 +167,10 @@ pub struct ServiceStats {
     #[serde(default)]
     pub fail_open: bool,
     pub backends: Vec<BackendStats>,
+    /// The Kubernetes watch feeding the service; null for a service with
+    /// `backends` in the config (and without a daemon to ask).
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

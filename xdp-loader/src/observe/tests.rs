@@ -56,6 +56,7 @@ fn add_health_matches_members_by_address_and_skips_removed_slots() {
         packets: 20,
         bytes: 1480,
         fail_open: false,
+        kubernetes: None,
         backends: vec![
             backend("10.0.0.2:53", "active", None),
             backend("10.0.0.3:53", "removed", None),
@@ -148,6 +149,7 @@ fn ipv6_addresses_read_in_brackets_and_widen_the_table() {
         packets: 20,
         bytes: 1480,
         fail_open: false,
+        kubernetes: None,
         backends: vec![
             backend(long, "active", None),
             backend("[2001:db8::2]:53", "active", None),
@@ -219,6 +221,7 @@ fn a_backend_with_queries_gets_a_dns_line() {
             bytes: 7474,
             fail_open: false,
             backends: vec![b],
+            kubernetes: None,
         }],
         reasons: BTreeMap::new(),
         reasons_per_cpu: None,

@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::stats::{BackendDns, HealthStats, MapStats, Snapshot};
+use super::stats::{BackendDns, HealthStats, KubernetesStats, MapStats, Snapshot};
 
 /// `12.3 MiB`, `4.0 KiB`, `512 B`.
 pub fn bytes_text(n: u64) -> String {
@@ -35,6 +35,34 @@ pub fn health_text(h: &HealthStats) -> String {
     let plural = if h.transitions == 1 { "" } else { "s" };
     let _ = write!(text, " ({} transition{plural})", h.transitions);
     text
+}
+
+/// One line on a Kubernetes-fed service's watch.
+pub fn kubernetes_text(k: &KubernetesStats) -> String {
+    let synced = match k.last_sync_unix_ms {
+        Some(ms) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            format!(
+                "last sync {:.1}s ago",
+                now.saturating_sub(ms) as f64 / 1000.0
+            )
+        }
+        None => "never synced".to_owned(),
+    };
+    let state = if k.connected {
+        "watching".to_owned()
+    } else {
+        format!(
+            "NOT CONNECTED, keeping the last backends ({})",
+            k.last_error.as_deref().unwrap_or("no answer yet")
+        )
+    };
+    format!(
+        "kubernetes {}: {state}, {synced}, {} endpoints seen, {} watch errors",
+        k.source, k.endpoints_seen, k.watch_errors
+    )
 }
 
 /// The text form. With `previous` (from `--watch`), adds packets per second.
@@ -73,6 +101,9 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
                 ""
             }
         );
+        if let Some(k) = &svc.kubernetes {
+            let _ = writeln!(s, "  {}", kubernetes_text(k));
+        }
         let checked = svc.backends.iter().any(|b| b.health.is_some());
         let w = address_width(svc.backends.iter().map(|b| b.address.as_str()));
         let _ = writeln!(
