@@ -433,9 +433,6 @@ fn wait_state(dnsteer: &Dnsteer, address: &str, state: &str, limit: Duration) ->
             (now - start).as_secs_f64(),
             now.elapsed().as_secs_f64()
         ));
-        if now.elapsed() > Duration::from_millis(300) {
-            eprintln!("DEBUG slow stats poll: {}", polls.last().unwrap());
-        }
         if seen == state {
             return now;
         }
