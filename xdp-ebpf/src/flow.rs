@@ -12,7 +12,10 @@
 //! as iptables' `--state NEW` did. TCP flows start only at a SYN, a FIN
 //! shortens the record's life to the closing timeout, and an RST ends it at once.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::LruHashMap,
+};
 use xdp_common::{
     Addr, FLOW_CLOSING, FlowEvent, FlowKey, FlowSettings, FlowValue, PROTO_TCP, Reason, direction,
     parse::{Headers, tcp},
@@ -46,12 +49,7 @@ pub fn query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
 /// A UDP query follows its flow's `AFFINITY` record while that is usable.
 #[inline(always)]
 fn udp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
-    let key = FlowKey::new(
-        (pkt.src, pkt.sport),
-        (pkt.dst, pkt.dport),
-        pkt.proto,
-        direction::QUERY,
-    );
+    let key = query_key(pkt);
     let record = AFFINITY.get_ptr_mut(key);
     if let Some(record) = record {
         // SAFETY: a pointer into the map's value, valid for this program run.
@@ -74,13 +72,7 @@ fn udp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
     }
     let (slot, backend) = select::backend(service, pkt.ipv6).ok_or(Reason::NoBackend)?;
     let value = FlowValue::new(now, backend.addr, backend.port, slot);
-    if record.is_none() && AFFINITY.insert(key, value, BPF_NOEXIST as u64).is_ok() {
-        stats::flow(FlowEvent::Inserted);
-    } else {
-        // Full or raced: the LRU evicts instead of failing; an error would
-        // only cost the flow its affinity.
-        let _ = AFFINITY.insert(key, value, BPF_ANY as u64);
-    }
+    insert(&AFFINITY, &key, &value, record.is_none());
     Ok(Target {
         slot,
         addr: backend.addr,
@@ -92,12 +84,7 @@ fn udp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
 /// A TCP segment follows its connection's `FLOWS` record; only a SYN opens one.
 #[inline(always)]
 fn tcp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
-    let key = FlowKey::new(
-        (pkt.src, pkt.sport),
-        (pkt.dst, pkt.dport),
-        pkt.proto,
-        direction::QUERY,
-    );
+    let key = query_key(pkt);
     let record = FLOWS.get_ptr_mut(key);
     if let Some(record) = record {
         // SAFETY: a pointer into the map's value, valid for this program run;
@@ -138,9 +125,14 @@ fn tcp_query(pkt: &Headers, service: u32, now: u64) -> Result<Target, Reason> {
     // Both records are written before the rewrite, so the answer can never
     // overtake its reply record.
     let query = FlowValue::new(now, backend.addr, backend.port, slot);
-    insert(&key, &query, record.is_none());
+    insert(&FLOWS, &key, &query, record.is_none());
     let reply = FlowValue::new(now, pkt.dst, pkt.dport, slot);
-    insert(&reply_key(pkt, backend.addr, backend.port), &reply, true);
+    insert(
+        &FLOWS,
+        &reply_key(pkt, backend.addr, backend.port),
+        &reply,
+        true,
+    );
     Ok(Target {
         slot,
         addr: backend.addr,
@@ -226,7 +218,12 @@ fn answer_as(reply: &FlowKey, pkt: &Headers, slot: u32, now: u64) {
             return;
         }
     }
-    insert(reply, &FlowValue::new(now, pkt.dst, pkt.dport, slot), true);
+    insert(
+        &FLOWS,
+        reply,
+        &FlowValue::new(now, pkt.dst, pkt.dport, slot),
+        true,
+    );
 }
 
 /// Why a query record may not be followed, or `None` when it may.
@@ -271,17 +268,35 @@ fn reply_key(pkt: &Headers, backend_addr: Addr, backend_port: [u8; 2]) -> FlowKe
     )
 }
 
-/// Writes a record, counting it as inserted only when its key was new, so
-/// userspace can derive LRU evictions from inserted - deleted - present.
+/// Writes a record into `table` (`FLOWS` or `AFFINITY`), counting it as
+/// inserted only when its key was new, so userspace can derive LRU evictions
+/// from inserted - deleted - present.
 #[inline(always)]
-fn insert(key: &FlowKey, value: &FlowValue, maybe_new: bool) {
-    if maybe_new && FLOWS.insert(key, value, BPF_NOEXIST as u64).is_ok() {
+fn insert(
+    table: &LruHashMap<FlowKey, FlowValue>,
+    key: &FlowKey,
+    value: &FlowValue,
+    maybe_new: bool,
+) {
+    if maybe_new && table.insert(key, value, BPF_NOEXIST as u64).is_ok() {
         stats::flow(FlowEvent::Inserted);
         return;
     }
-    // An LRU map evicts instead of failing when full; an error here would only
-    // cost this flow its affinity, not worth dropping the packet for.
-    let _ = FLOWS.insert(key, value, BPF_ANY as u64);
+    // An LRU map evicts instead of failing when full (or another CPU raced
+    // this one to the key); an error here would only cost this flow its
+    // affinity, not worth dropping the packet for.
+    let _ = table.insert(key, value, BPF_ANY as u64);
+}
+
+/// The key of the packet's flow as its queries see it: client to service address.
+#[inline(always)]
+fn query_key(pkt: &Headers) -> FlowKey {
+    FlowKey::new(
+        (pkt.src, pkt.sport),
+        (pkt.dst, pkt.dport),
+        pkt.proto,
+        direction::QUERY,
+    )
 }
 
 #[inline(always)]
