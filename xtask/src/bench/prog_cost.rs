@@ -149,6 +149,61 @@ struct Counters {
     queries_answered: u64,
 }
 
+impl Counters {
+    /// How far each counter moved since `before`.
+    fn since(self, before: Counters) -> Counters {
+        Counters {
+            steered: self.steered - before.steered,
+            not_service: self.not_service - before.not_service,
+            hits: self.hits - before.hits,
+            misses: self.misses - before.misses,
+            reply_rewritten: self.reply_rewritten - before.reply_rewritten,
+            queries_inserted: self.queries_inserted - before.queries_inserted,
+            queries_answered: self.queries_answered - before.queries_answered,
+        }
+    }
+
+    /// That each of `n` queries was steered, took its flow's record (`hit`)
+    /// or started a flow, and wrote its query's record; what moved, for the
+    /// report.
+    fn check_queries(&self, what: &str, n: u64, hit: bool) -> Result<String> {
+        let (flow, flows) = if hit {
+            ("flow hits", self.hits)
+        } else {
+            ("flow misses", self.misses)
+        };
+        let moved = format!(
+            "steered +{}, {flow} +{flows}, query records +{}",
+            self.steered, self.queries_inserted
+        );
+        ensure!(
+            self.steered == n && flows == n && self.queries_inserted == n,
+            "{what}: {moved}, want {n} each"
+        );
+        Ok(moved)
+    }
+
+    /// That each of `n` answers was translated and consumed its query's record.
+    fn check_replies(&self, what: &str, n: u64) -> Result<String> {
+        let moved = format!(
+            "reply_rewritten +{}, query records consumed +{}",
+            self.reply_rewritten, self.queries_answered
+        );
+        ensure!(
+            self.reply_rewritten == n && self.queries_answered == n,
+            "{what}: {moved}, want {n} each"
+        );
+        Ok(moved)
+    }
+}
+
+/// Query `i` of a run of new flows to `dst`: a source address per 50,000
+/// ports from `base` on, so no 5-tuple comes twice.
+fn new_flow_frame(base: Ipv4Addr, dst: Ipv4Addr, i: u32) -> Vec<u8> {
+    let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
+    query_frame(src, 10_000 + (i % 50_000) as u16, dst, 53)
+}
+
 fn counters(dnsteer: &Dnsteer) -> Result<Counters> {
     let json: serde_json::Value = serde_json::from_str(&dnsteer.stats(&["--json"])?)?;
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
@@ -448,36 +503,16 @@ pub fn measure(
     progress(&format!(
         "single runs: new query (a new flow each) and its reply, {single_packets} packets"
     ));
+    let n = u64::from(single_packets);
     let before = counters(&dnsteer)?;
     let (mut case, mut reply_case) =
         query_and_reply("new query", &prog, &reply, single_packets, |i| {
-            // A source address per 50,000 ports: no 5-tuple twice.
-            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i / 50_000);
-            query_frame(src, 10_000 + (i % 50_000) as u16, SERVICE, 53)
+            new_flow_frame(Ipv4Addr::new(198, 18, 0, 0), SERVICE, i)
         })?;
-    let after = counters(&dnsteer)?;
-    let n = u64::from(single_packets);
-    let (steered, misses, inserted) = (
-        after.steered - before.steered,
-        after.misses - before.misses,
-        after.queries_inserted - before.queries_inserted,
-    );
-    ensure!(
-        steered == n && misses == n && inserted == n,
-        "new queries: steered +{steered}, flow misses +{misses}, query records +{inserted}, want {n} each"
-    );
-    case.checked = format!("steered +{steered}, flow misses +{misses}, query records +{inserted}");
-    let (rewritten, answered) = (
-        after.reply_rewritten - before.reply_rewritten,
-        after.queries_answered - before.queries_answered,
-    );
-    ensure!(
-        rewritten == n && answered == n,
-        "replies to new queries: reply_rewritten +{rewritten}, answered +{answered}, want {n} each"
-    );
+    let moved = counters(&dnsteer)?.since(before);
+    case.checked = moved.check_queries("new queries", n, false)?;
     reply_case.name = "reply to a new query".to_owned();
-    reply_case.checked =
-        format!("reply_rewritten +{rewritten}, query records consumed +{answered}");
+    reply_case.checked = moved.check_replies("replies to new queries", n)?;
     cases.push(case);
     cases.push(reply_case);
 
@@ -490,22 +525,12 @@ pub fn measure(
         &prog,
         &reply,
         single_packets,
-        |i| {
-            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i / 50_000);
-            query_frame(src, 10_000 + (i % 50_000) as u16, LEAST, 53)
-        },
+        |i| new_flow_frame(Ipv4Addr::new(198, 19, 0, 0), LEAST, i),
     )?;
-    let after = counters(&dnsteer)?;
-    let (steered, misses, inserted) = (
-        after.steered - before.steered,
-        after.misses - before.misses,
-        after.queries_inserted - before.queries_inserted,
-    );
-    ensure!(
-        steered == n && misses == n && inserted == n,
-        "least_outstanding: steered +{steered}, flow misses +{misses}, query records +{inserted}, want {n} each"
-    );
-    case.checked = format!("steered +{steered}, flow misses +{misses}, query records +{inserted}");
+    case.checked =
+        counters(&dnsteer)?
+            .since(before)
+            .check_queries("least_outstanding", n, false)?;
     cases.push(case);
 
     progress(&format!(
@@ -518,28 +543,10 @@ pub fn measure(
         query_and_reply("query, flow hit", &prog, &reply, single_packets, |i| {
             query_frame_with_id(CLIENT, 40000, SERVICE, 53, (i % 65_536) as u16)
         })?;
-    let after = counters(&dnsteer)?;
-    let (steered, hits, inserted) = (
-        after.steered - before.steered,
-        after.hits - before.hits,
-        after.queries_inserted - before.queries_inserted,
-    );
-    ensure!(
-        steered == n && hits == n && inserted == n,
-        "flow hits: steered +{steered}, hits +{hits}, query records +{inserted}, want {n} each"
-    );
-    case.checked = format!("steered +{steered}, flow hits +{hits}, query records +{inserted}");
-    let (rewritten, answered) = (
-        after.reply_rewritten - before.reply_rewritten,
-        after.queries_answered - before.queries_answered,
-    );
-    ensure!(
-        rewritten == n && answered == n,
-        "replies: reply_rewritten +{rewritten}, answered +{answered}, want {n} each"
-    );
+    let moved = counters(&dnsteer)?.since(before);
+    case.checked = moved.check_queries("flow hits", n, true)?;
     reply_case.name = "reply".to_owned();
-    reply_case.checked =
-        format!("reply_rewritten +{rewritten}, query records consumed +{answered}");
+    reply_case.checked = moved.check_replies("replies", n)?;
     cases.push(case);
     cases.push(reply_case);
 
