@@ -552,15 +552,7 @@ impl Loaded {
             PerCpuArray::try_from(self.ebpf().map(names::BACKEND_DNS).unwrap()).unwrap();
         let mut sum = DnsStats::default();
         for c in stats.get(&slot, 0).unwrap().iter() {
-            sum.queries += c.queries;
-            sum.answers += c.answers;
-            sum.latency_sum_ns += c.latency_sum_ns;
-            for (s, n) in sum.rcodes.iter_mut().zip(c.rcodes) {
-                *s += n;
-            }
-            for (s, n) in sum.latency.iter_mut().zip(c.latency) {
-                *s += n;
-            }
+            sum.add(c);
         }
         let outstanding: Array<_, u64> =
             Array::try_from(self.ebpf().map(names::OUTSTANDING).unwrap()).unwrap();

@@ -433,6 +433,21 @@ pub struct DnsStats {
 const _: () =
     assert!(core::mem::size_of::<DnsStats>() == 8 * (3 + rcode_class::COUNT + LATENCY_BUCKETS));
 
+impl DnsStats {
+    /// Adds `other`'s counts: one CPU's, when summing over CPUs.
+    pub fn add(&mut self, other: &DnsStats) {
+        self.queries += other.queries;
+        self.answers += other.answers;
+        self.latency_sum_ns += other.latency_sum_ns;
+        for (sum, n) in self.rcodes.iter_mut().zip(other.rcodes) {
+            *sum += n;
+        }
+        for (sum, n) in self.latency.iter_mut().zip(other.latency) {
+            *sum += n;
+        }
+    }
+}
+
 /// Which way a `FLOWS` record is looked up.
 pub mod direction {
     /// Client -> service address: the key of a query, the value names the backend.

@@ -250,15 +250,7 @@ fn dns(
         .with_context(|| format!("reading the DNS counters of slot {slot}"))?;
     let mut sum = DnsStats::default();
     for c in cpus.iter() {
-        sum.queries += c.queries;
-        sum.answers += c.answers;
-        sum.latency_sum_ns += c.latency_sum_ns;
-        for (s, n) in sum.rcodes.iter_mut().zip(c.rcodes) {
-            *s += n;
-        }
-        for (s, n) in sum.latency.iter_mut().zip(c.latency) {
-            *s += n;
-        }
+        sum.add(c);
     }
     let written = outstanding.get(&slot, 0).unwrap_or(0);
     let timed_out = timeouts.get(&slot, 0).unwrap_or(0);
