@@ -11,6 +11,7 @@ pub mod kubeapi;
 pub mod load;
 mod netns;
 pub mod responder;
+pub mod tap;
 mod tempdir;
 mod tools;
 mod topology;

@@ -103,6 +103,10 @@ pub struct QueryRecord {
     /// Taken just before the query was sent.
     pub sent: Instant,
     pub target: SocketAddr,
+    /// The query's source port on the client (each query has a socket of its own).
+    pub port: u16,
+    /// The query's DNS message ID.
+    pub id: u16,
     pub answer: Answer,
     /// From `sent` until the generator read the reply; None when nothing was read.
     pub rtt: Option<Duration>,
@@ -326,6 +330,7 @@ struct Shared<'a> {
 /// A query sent and not yet answered or expired.
 struct InFlight {
     socket: UdpSocket,
+    port: u16,
     id: u16,
     sent: Instant,
 }
@@ -401,6 +406,8 @@ impl Shared<'_> {
                     .unwrap_or(QueryRecord {
                         sent: query.sent,
                         target,
+                        port: query.port,
+                        id: query.id,
                         answer: Answer::Unanswered,
                         rtt: None,
                     });
@@ -476,12 +483,23 @@ impl Shared<'_> {
         epoll.add(socket.as_raw_fd(), slot as u64)?;
         let mut bytes = self.template.to_vec();
         bytes[..2].copy_from_slice(&id.to_be_bytes());
+        let port = socket
+            .local_addr()
+            .context("reading a UDP socket's port")?
+            .port();
         let sent = Instant::now();
         Ok(match socket.send_to(&bytes, target) {
-            Ok(_) => Ok(InFlight { socket, id, sent }),
+            Ok(_) => Ok(InFlight {
+                socket,
+                port,
+                id,
+                sent,
+            }),
             Err(e) => Err(QueryRecord {
                 sent,
                 target,
+                port,
+                id,
                 answer: Answer::Error(format!("sending to {target}: {e}")),
                 rtt: None,
             }),
@@ -516,6 +534,8 @@ impl Shared<'_> {
         Some(QueryRecord {
             sent: query.sent,
             target,
+            port: query.port,
+            id: query.id,
             answer,
             rtt,
         })
@@ -712,6 +732,8 @@ mod tests {
             .map(|(i, answer)| QueryRecord {
                 sent: t0 + Duration::from_millis(250 * i as u64),
                 target,
+                port: 40000,
+                id: i as u16,
                 answer,
                 rtt: None,
             })

@@ -229,6 +229,23 @@ pub struct BackendHost {
 }
 
 impl BackendHost {
+    /// The bytes waiting in this backend's UDP port-53 sockets' receive queues
+    /// (`rx_queue` of `/proc/net/udp` and `udp6`, summed): what named has received but
+    /// not yet read.
+    pub fn udp_receive_queue(&self) -> Result<u64> {
+        self.ns.enter(|| {
+            let mut queued = 0;
+            for table in ["udp", "udp6"] {
+                let path = format!("/proc/thread-self/net/{table}");
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+                queued += udp_queue_on_port(&text, DNS_PORT)
+                    .with_context(|| format!("parsing {path}"))?;
+            }
+            Ok(queued)
+        })
+    }
+
     /// Where this backend's named listens.
     pub fn dns_target(&self) -> SocketAddr {
         SocketAddr::from((self.addr, DNS_PORT))
@@ -465,6 +482,14 @@ impl<'a> DnsControl<'a> {
         self.dns_mut(i)?.stop()
     }
 
+    /// See [`BackendHost::udp_receive_queue`].
+    pub fn udp_receive_queue(&self, i: usize) -> Result<u64> {
+        self.backends
+            .get(i)
+            .with_context(|| format!("backend {i} does not exist"))?
+            .udp_receive_queue()
+    }
+
     /// Starts backend `i`'s named again and waits until it answers from the node.
     pub fn start(&mut self, i: usize) -> Result<()> {
         let backend = self.backend_mut(i)?;
@@ -498,6 +523,30 @@ impl<'a> DnsControl<'a> {
             .as_mut()
             .context("this topology was built with dns: false")
     }
+}
+
+/// The summed `rx_queue` of the sockets bound to local `port` in a `/proc/net/udp`
+/// table (`sl local_address rem_address st tx_queue:rx_queue ...`, hex).
+fn udp_queue_on_port(table: &str, port: u16) -> Result<u64> {
+    let mut queued = 0;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(queues)) = (fields.get(1), fields.get(4)) else {
+            bail!("a short line {line:?}");
+        };
+        let local_port = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            .with_context(|| format!("local address {local:?}"))?;
+        let rx = queues
+            .split_once(':')
+            .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+            .with_context(|| format!("queues {queues:?}"))?;
+        if local_port == port {
+            queued += rx;
+        }
+    }
+    Ok(queued)
 }
 
 impl Drop for Topology {
@@ -732,6 +781,17 @@ fn setup_backend(config: &TopologyConfig, node: &NetNs, i: usize) -> Result<Back
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_queue_sums_the_sockets_on_the_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  100: 0A000002:0035 00000000:0000 07 00000000:00000A00 00:00000000 00000000   106        0 1 2 0 0
+  101: 7F000001:0035 00000000:0000 07 00000000:00000100 00:00000000 00000000   106        0 1 2 0 0
+  102: 0A000002:0036 00000000:0000 07 00000000:00FF0000 00:00000000 00000000   106        0 1 2 0 0
+";
+        assert_eq!(udp_queue_on_port(table, 53).unwrap(), 0xa00 + 0x100);
+        assert!(udp_queue_on_port("header\n  1: junk\n", 53).is_err());
+    }
 
     #[test]
     fn default_config_is_valid_and_matches_the_documented_layout() {

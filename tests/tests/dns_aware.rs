@@ -493,8 +493,11 @@ fn dns_aware_passive_health_ejects_a_servfail_backend_and_readmits_it() {
             "down again",
             wait_state(&dnsteer, &victim, "down", STATE_LIMIT),
         ));
-        marks.push(("noerror", Instant::now()));
+        // Marked once the switch is made: every query sent after the mark is read
+        // under the new behaviour (a mark taken before it would let a query sent
+        // while this thread waits for the lock draw a SERVFAIL).
         responder.set_behaviour(Behaviour::default());
+        marks.push(("noerror", Instant::now()));
         let up = wait_state(&dnsteer, &victim, "active", STATE_LIMIT);
         marks.push(("up again", up));
         // It stays in, at least STAY and until the load ends.

@@ -5,18 +5,19 @@
 //! `dnsteer stats --json` along the way. Also: every backend down fails open.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
 use dnsteer::observe::stats::Snapshot;
 use testbed::{
-    NetNs, Topology, TopologyConfig, WHOAMI_NAME,
+    BACKEND_IFACE, NetNs, Topology, TopologyConfig, WHOAMI_NAME,
     dnsteer::{Dnsteer, Launch, binary, service_config},
     load::{self, Answer, PacedLoad, QueryRecord},
+    tap::{Direction, Seen, Tap},
 };
 
 const RATE: u32 = 2000;
@@ -176,8 +177,12 @@ fn a_dead_backend_is_taken_out_and_readmitted() {
     wait_health(&dnsteer, &victim, "up", Duration::from_secs(5));
 
     let load = PacedLoad::new(topo.service_targets(), WHOAMI_NAME, RATE, RUN);
+    // What reached the victim and what it answered, on its own interface.
+    let tap = Tap::start(&topo.backends[VICTIM].ns, BACKEND_IFACE).expect("tapping the victim");
+    let client_ip = IpAddr::V4(topo.config.client_addr);
     let start = Instant::now();
     let mut marks = BTreeMap::new();
+    let mut queued_at_stop = 0;
     let (client, mut dns) = topo.split();
     let node = dns.node();
     let (records, during) = thread::scope(|scope| {
@@ -190,6 +195,9 @@ fn a_dead_backend_is_taken_out_and_readmitted() {
             load::run_paced(client, &load, Some(&progress)).expect("query load")
         });
         thread::sleep((start + STOP_AT).saturating_duration_since(Instant::now()));
+        queued_at_stop = dns
+            .udp_receive_queue(VICTIM)
+            .expect("reading the victim's socket queue");
         marks.insert("stop", Instant::now());
         dns.stop(VICTIM).expect("stopping a backend's named");
         let down = wait_health(&dnsteer, &victim, "down", Duration::from_secs(10));
@@ -220,17 +228,45 @@ fn a_dead_backend_is_taken_out_and_readmitted() {
     let at = |k: &str| marks[k];
     let since_start = |t: Instant| (t - start).as_secs_f64();
 
-    // Loss: only while the probes had not yet taken it out.
+    // Loss: only queries the victim swallowed, and only while the probes had not yet
+    // taken it out.
+    let seen = tap.finish().expect("the victim's tap");
     let summary = load::summarize(&records);
     eprintln!("load: {summary}");
     let lost: Vec<&QueryRecord> = records
         .iter()
         .filter(|r| !matches!(r.answer, Answer::Answered(_)))
         .collect();
+    let first_run: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.at < at("start") && s.peer.ip() == client_ip)
+        .collect();
+    let swallowed = swallowed_by_stop(&first_run).unwrap_or_else(|e| panic!("{e}"));
+    let lost_keys: BTreeSet<(u16, u16)> = lost.iter().map(|r| (r.port, r.id)).collect();
+    let not_swallowed: Vec<_> = lost
+        .iter()
+        .filter(|r| !swallowed.contains(&(r.port, r.id)))
+        .take(5)
+        .collect();
     assert!(
-        lost.iter().all(|r| r.sent >= at("stop")),
-        "queries lost before the backend was stopped: {:?}",
-        &lost[..lost.len().min(5)]
+        not_swallowed.is_empty(),
+        "lost queries that {victim} never received, or answered: {not_swallowed:?}"
+    );
+    assert_eq!(
+        swallowed.len(),
+        lost_keys.len(),
+        "{victim} left queries unanswered that the client saw answered"
+    );
+    let before_stop: Vec<Duration> = lost
+        .iter()
+        .filter(|r| r.sent < at("stop"))
+        .map(|r| at("stop") - r.sent)
+        .collect();
+    eprintln!(
+        "{} lost queries, every one received by {victim} and never answered; {} of them sent before the stop ({:?} before it), with {queued_at_stop} bytes in named's receive queue",
+        lost.len(),
+        before_stop.len(),
+        before_stop
     );
     let window = lost
         .iter()
@@ -321,6 +357,18 @@ fn a_dead_backend_is_taken_out_and_readmitted() {
         mismatched.is_empty(),
         "metrics and stats differ: {mismatched:?}"
     );
+    // dnsteer's own count agrees: it sent the victim exactly what it answered and
+    // what it swallowed.
+    let answered_by_victim = records
+        .iter()
+        .filter(|r| r.answer == Answer::Answered(victim_ip))
+        .count() as u64;
+    assert_eq!(
+        backend(&stats, &victim).packets,
+        answered_by_victim + lost.len() as u64,
+        "queries steered to {victim} against the {answered_by_victim} it answered and the {} lost",
+        lost.len()
+    );
     let health = backend(&stats, &victim).health.clone().unwrap();
     assert_eq!((health.state.as_str(), health.transitions), ("up", 2));
     assert_eq!(
@@ -357,6 +405,70 @@ fn a_dead_backend_is_taken_out_and_readmitted() {
         0,
         "a second line for a transition: {log}"
     );
+}
+
+/// The queries (client port, DNS ID) that the victim received in its first run and
+/// never answered; Err if one of them was followed by a query it did answer. named
+/// answers a socket's queries in the order it reads them, so what a stop cuts off is
+/// the tail of what it received: an unanswered query before an answered one was lost
+/// while named was running.
+fn swallowed_by_stop(first_run: &[&Seen]) -> Result<BTreeSet<(u16, u16)>, String> {
+    let answered: BTreeSet<(u16, u16)> = first_run
+        .iter()
+        .filter(|s| s.direction == Direction::Answer)
+        .map(|s| (s.peer.port(), s.id))
+        .collect();
+    let received: Vec<(u16, u16)> = first_run
+        .iter()
+        .filter(|s| s.direction == Direction::Query)
+        .map(|s| (s.peer.port(), s.id))
+        .collect();
+    let tail = received
+        .iter()
+        .position(|q| !answered.contains(q))
+        .unwrap_or(received.len());
+    if let Some(later) = received[tail..].iter().find(|q| answered.contains(q)) {
+        return Err(format!(
+            "query {:?} was left unanswered while the later query {later:?} was answered: lost while named was running",
+            received[tail]
+        ));
+    }
+    Ok(received[tail..].iter().copied().collect())
+}
+
+#[test]
+fn what_a_stop_cuts_off_is_the_tail() {
+    let at = Instant::now();
+    let seen = |direction, port, id| Seen {
+        at,
+        direction,
+        peer: SocketAddr::from(([198, 51, 100, 7], port)),
+        id,
+    };
+    let (q, a) = (Direction::Query, Direction::Answer);
+    let run = [
+        seen(q, 1000, 1),
+        seen(a, 1000, 1),
+        seen(q, 1001, 2),
+        seen(q, 1002, 3),
+        seen(a, 1001, 2),
+        seen(q, 1003, 4),
+        seen(q, 1004, 5),
+    ];
+    let refs: Vec<&Seen> = run.iter().collect();
+    assert_eq!(
+        swallowed_by_stop(&refs).unwrap(),
+        BTreeSet::from([(1002, 3), (1003, 4), (1004, 5)])
+    );
+    // One dropped while named ran on: not explained by the stop.
+    let mut hole = run.to_vec();
+    hole.push(seen(a, 1004, 5));
+    let refs: Vec<&Seen> = hole.iter().collect();
+    let err = swallowed_by_stop(&refs).unwrap_err();
+    assert!(err.contains("(1002, 3)"), "{err}");
+    // Everything answered: nothing swallowed.
+    let refs: Vec<&Seen> = run[..2].iter().collect();
+    assert!(swallowed_by_stop(&refs).unwrap().is_empty());
 }
 
 #[test]

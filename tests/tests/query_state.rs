@@ -669,6 +669,8 @@ fn query_state_losses_are_explained_only_by_a_full_table() {
     let record = |ms: u64, answer: Answer| QueryRecord {
         sent: t0 + Duration::from_millis(ms),
         target,
+        port: 40000,
+        id: ms as u16,
         answer,
         rtt: Some(DELAY),
     };
