@@ -17,10 +17,14 @@ use xdp_common::{
     ForwardEvent, csum,
     forward::REDIRECT,
     ipv4_of,
-    parse::{ETH_HLEN, Headers, ipv4, ipv6, udp},
+    parse::{ETH_HLEN, Headers, Packet as _, ipv4, ipv6, udp},
 };
 
-use crate::{maps::FORWARD, packet::ptr_at, stats};
+use crate::{
+    maps::FORWARD,
+    packet::{self, ptr_at},
+    stats,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -161,7 +165,7 @@ fn redirect_query(ctx: &XdpContext, pkt: &Headers) -> Result<(u32, ForwardEvent)
 /// forwarded once more.
 #[inline(always)]
 pub fn ttl_left(ctx: &TcContext, pkt: &Headers) -> Option<[u8; 2]> {
-    let word: [u8; 2] = ctx.load(hops_at(pkt)).ok()?;
+    let word: [u8; 2] = packet::Tc(ctx).bytes(hops_at(pkt))?;
     (word[0] > 1).then_some(word)
 }
 
