@@ -1117,6 +1117,71 @@ fn packets_of_a_flow_stick_to_its_backend() {
 }
 
 #[test]
+fn a_retransmission_keeps_its_record_and_takes_the_latest_address_asked() {
+    pin_to_cpu0();
+    let prog = Loaded::new(CONFIG);
+    // nth walks B0..B3, so the fifth new flow, the same port asking the alias
+    // address with the same DNS ID, lands on B0 again: the same query record.
+    let mut cases = Vec::new();
+    for i in 0..4u16 {
+        let flow = query(VIP).sport(44000 + i);
+        cases.push(steered(
+            format!("new flow {i}"),
+            &flow,
+            B[i as usize],
+            NEW_FLOW,
+        ));
+    }
+    prog.check(&cases);
+    let key = QueryKey::new(
+        (a(*B[0].ip()), 53u16.to_be_bytes()),
+        (a(CLIENT), 44000u16.to_be_bytes()),
+        DNS_QUERY_ID,
+    );
+    let first = prog.query_record(&key).expect("the first query's record");
+    assert_eq!(first.asked, a(*VIP.ip()));
+
+    let alias = query(ALIAS).sport(44000);
+    prog.check(&[steered(
+        "the same port and ID to the alias",
+        &alias,
+        B[0],
+        NEW_FLOW,
+    )]);
+    let record = prog
+        .query_record(&key)
+        .expect("the retransmission's record");
+    assert_eq!(
+        (record.asked, record.asked_port, record.slot),
+        (a(*ALIAS.ip()), 53u16.to_be_bytes(), backend_slot(DNS_ID, 0)),
+        "the record names the latest address asked"
+    );
+    assert!(record.sent_ns >= first.sent_ns);
+
+    let again = query(VIP).sport(44000);
+    prog.check(&[steered(
+        "the same query to the service again",
+        &again,
+        B[0],
+        HIT,
+    )]);
+    let latest = prog
+        .query_record(&key)
+        .expect("the record after a plain retransmission");
+    assert_eq!(latest.asked, a(*VIP.ip()), "and back");
+    assert!(latest.sent_ns >= record.sent_ns);
+
+    let queries = prog.query_events();
+    assert_eq!(
+        (
+            queries[QueryEvent::Inserted as usize],
+            queries[QueryEvent::Retransmitted as usize]
+        ),
+        (4, 2)
+    );
+}
+
+#[test]
 fn tc_reply_table_translates_from_the_query_record() {
     pin_to_cpu0();
     let mut prog = Loaded::new(CONFIG);

@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
 };
-use xdp_common::{Addr, QueryEvent, QueryKey, QueryValue, parse::Headers};
+use xdp_common::{Addr, QueryEvent, QueryKey, QueryValue, parse::Headers, same_addr};
 
 use crate::{maps::QUERIES, stats};
 
@@ -39,13 +39,37 @@ pub fn track(pkt: &Headers, id: [u8; 2], backend: (Addr, [u8; 2]), slot: u32, no
             stats::dns_query(slot);
         }
         Err(EEXIST) => {
-            // The same question again from the same port: the latest names the
-            // address asked (one port may ask two addresses sharing a backend).
-            let _ = QUERIES.insert(key, value, BPF_ANY as u64);
+            retransmitted(&key, &value);
             stats::query(QueryEvent::Retransmitted);
         }
         Err(_) => stats::query(QueryEvent::InsertFailed),
     }
+}
+
+/// The same question again from the same port: its record takes the latest
+/// send time and, should it differ, the latest address asked (one port may ask
+/// two addresses sharing a backend).
+///
+/// Nearly always only the time changes: that is one aligned store into the
+/// record found by a lookup, where a map update takes the bucket's lock and
+/// swaps in a new element. Anything else is rewritten whole by the update, so
+/// an answer read on another CPU never sees half of an address.
+#[inline(always)]
+fn retransmitted(key: &QueryKey, value: &QueryValue) {
+    if let Some(record) = QUERIES.get_ptr_mut(key) {
+        // SAFETY: reads of the map's value, and an aligned u64 store into it,
+        // valid for this program run.
+        unsafe {
+            let same = same_addr(&(*record).asked, &value.asked)
+                && (*record).asked_port == value.asked_port
+                && (*record).slot == value.slot;
+            if same {
+                (*record).sent_ns = value.sent_ns;
+                return;
+            }
+        }
+    }
+    let _ = QUERIES.insert(key, value, BPF_ANY as u64);
 }
 
 /// The record of the query the UDP datagram `pkt` (DNS ID `id`, RCODE
