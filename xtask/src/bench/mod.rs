@@ -477,6 +477,14 @@ fn measure(
     check_interrupt()?;
     if results.wants("prog-cost") {
         say("program cost: BPF_PROG_TEST_RUN");
+        // Other work competes for the CPU and the caches the test runs use.
+        let quiet = wait_for_quiet(plan)?;
+        if quiet.busy_share() > BUSY_WARNING {
+            say(&format!(
+                "  warning: {:.0}% of the machine was busy with other work just before the program cost runs",
+                quiet.busy_share() * 100.0
+            ));
+        }
         match prog_cost::measure(
             dnsteer_bin,
             bed.pass_program()?,
@@ -484,7 +492,12 @@ fn measure(
             plan.prog_single_packets,
             &|line| say(&format!("program cost: {line}")),
         ) {
-            Ok(cost) => results.prog_cost = Some(cost),
+            Ok(cost) => {
+                results.prog_cost = Some(prog_cost::ProgCost {
+                    busy_before: Some(quiet.busy_share()),
+                    ..cost
+                })
+            }
             Err(e) if !INTERRUPTED.load(Ordering::SeqCst) => {
                 let why = format!("the program cost could not be measured: {e:#}");
                 say(&why);
@@ -549,6 +562,21 @@ fn put_on(
     }
 }
 
+/// The machine's use over the first second in which at most `BUSY_WARNING` of
+/// it was busy, or over the last one tried once `plan.quiet_wait_s` has passed.
+fn wait_for_quiet(plan: &Plan) -> Result<cpu::CpuUse> {
+    let waiting = Instant::now();
+    loop {
+        let quiet = cpu::background(BACKGROUND)?;
+        if quiet.busy_share() <= BUSY_WARNING
+            || waiting.elapsed().as_secs_f64() >= plan.quiet_wait_s
+        {
+            return Ok(quiet);
+        }
+        check_interrupt()?;
+    }
+}
+
 fn run_method(
     bed: &Bed,
     dnsteer_bin: &Path,
@@ -557,18 +585,8 @@ fn run_method(
     method: &Method,
 ) -> Result<MethodResult> {
     let mut result = MethodResult::new(method);
-    // Other work on the machine would count as this method's CPU time: wait
-    // for a quiet second, for a while.
-    let waiting = Instant::now();
-    let quiet = loop {
-        let quiet = cpu::background(BACKGROUND)?;
-        if quiet.busy_share() <= BUSY_WARNING
-            || waiting.elapsed().as_secs_f64() >= plan.quiet_wait_s
-        {
-            break quiet;
-        }
-        check_interrupt()?;
-    };
+    // Other work on the machine would count as this method's CPU time.
+    let quiet = wait_for_quiet(plan)?;
     result.background_busy = Some(quiet.busy_share());
     if quiet.busy_share() > BUSY_WARNING {
         say(&format!(

@@ -75,6 +75,10 @@ pub struct ProgCost {
     pub cases: Vec<Case>,
     /// Cases that could not run, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// The share of the machine busy with other work in the second before
+    /// the runs (the bench waits a while for a quiet one).
+    #[serde(default)]
+    pub busy_before: Option<f64>,
 }
 
 /// An Ethernet + IPv4 + UDP frame carrying a DNS query for whoami.example. A,
@@ -571,6 +575,7 @@ pub fn measure(
         single_packets,
         cases,
         skipped,
+        busy_before: None,
     })
 }
 

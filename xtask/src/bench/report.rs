@@ -1628,7 +1628,8 @@ fn prog_cost_table(md: &mut String, cost: &ProgCost) {
          `repeat` mode: one call with repeat = {}, the kernel's mean (whole ns) and the call's \
          wall time / repeat. The buffer is not restored between repeats, so the flow hit uses a \
          service whose one backend is its own address (the rewrite writes the same bytes back) \
-         and repeats one DNS ID (a retransmission: its query's record is rewritten). `single` \
+         and repeats one DNS ID (a retransmission: its query record's send time is updated in \
+         place). `single` \
          mode: {} calls of one packet each, the mean and median of the kernel's per-call figure \
          (which includes the kernel timer's own overhead, as the floor's does): each new query \
          has its own source address and port (past 65,536 flows every affinity insert evicts \
@@ -1637,6 +1638,18 @@ fn prog_cost_table(md: &mut String, cost: &ProgCost) {
          Each case checked dnsteer's counters.\n",
         cost.repeat, cost.single_packets
     );
+    if let Some(busy) = cost.busy_before {
+        let _ = writeln!(
+            md,
+            "Other work kept {:.0}% of the machine busy in the second before these runs{}.\n",
+            busy * 100.0,
+            if busy > super::BUSY_WARNING {
+                " (the bench waited for a quieter one and found none): the figures are from a busy machine"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(
         md,
         "| case | program | mode | ns/packet | median | wall ns/packet | × floor | checked |\n|---|---|---|---:|---:|---:|---:|---|"
