@@ -9,6 +9,7 @@ mod lifecycle;
 pub mod maps;
 pub mod pins;
 pub mod route;
+pub mod uplink;
 
 pub use lifecycle::Datapath;
 
