@@ -397,6 +397,56 @@ fn daemonset_runs_dnsteer_with_what_it_checks_for() {
     assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
 }
 
+/// What the dnsteer process itself takes besides the maps (its heap, the
+/// runtime, the kube client), with room.
+const PROCESS_BYTES: u64 = 64 << 20;
+
+/// A memory quantity as Kubernetes writes it (`512Mi`, `1Gi`, `300M`).
+fn bytes(quantity: &str) -> u64 {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (n, unit) = quantity.split_at(split);
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("quantity {quantity}"));
+    n * match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "K" | "k" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => panic!("unit of {quantity}"),
+    }
+}
+
+#[test]
+fn memory_limit_holds_the_maps_of_a_64_cpu_node() {
+    let objects = objects();
+    let ds: DaemonSet = one(&objects);
+    let c = dnsteer_container(&ds);
+    let limit = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| bytes(&q.0))
+        .expect("a memory limit");
+    let config = dnsteer_config(&objects);
+    let maps: u64 = dnsteer::datapath::memory::estimate(&config.limits, config.flows.size, 64)
+        .unwrap()
+        .iter()
+        .map(|m| m.bytes)
+        .sum();
+    assert!(
+        maps + PROCESS_BYTES <= limit,
+        "a 64-CPU node's maps take {} MiB, plus {} MiB for the process, over the limit {} MiB",
+        maps >> 20,
+        PROCESS_BYTES >> 20,
+        limit >> 20
+    );
+}
+
 /// Ports of the DNS components a node commonly runs, which dnsteer's
 /// listener on the host network must not take: CoreDNS (metrics, health,
 /// ready), NodeLocal DNSCache (metrics), kube-dns's sidecars, bind_exporter,

@@ -366,8 +366,16 @@ fn main() -> Result<()> {
                 Some(c) => Some(c.interface.clone()),
                 None => iface,
             };
-            let mode = config.map_or(XdpModeSetting::Auto, |c| c.xdp_mode);
+            let mode = config.as_ref().map_or(XdpModeSetting::Auto, |c| c.xdp_mode);
             for line in doctor::report(iface.as_deref(), mode) {
+                println!("{line}");
+            }
+            // The maps' memory on this node, for the config's table sizes (or the defaults).
+            let (limits, flows) = config.map_or_else(
+                || (Default::default(), config::FlowSettings::default().size),
+                |c| (c.limits, c.flows.size),
+            );
+            for line in dnsteer::datapath::memory::report(&limits, flows) {
                 println!("{line}");
             }
             Ok(())

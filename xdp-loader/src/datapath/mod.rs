@@ -7,6 +7,7 @@ pub mod caps;
 pub mod expiry;
 mod lifecycle;
 pub mod maps;
+pub mod memory;
 pub mod pins;
 pub mod route;
 pub mod uplink;
