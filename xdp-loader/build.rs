@@ -1,10 +1,13 @@
 //! Builds the kernel side (`xdp-ebpf`) for the bpf target with the nightly
-//! toolchain and bpf-linker, as aya's template does; `cargo xtask` installs both.
+//! toolchain `xdp-ebpf/rust-toolchain.toml` pins and bpf-linker, as aya's
+//! template does; `cargo xtask` installs both.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
+
+include!("../xdp-ebpf/nightly.rs");
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
@@ -17,6 +20,8 @@ fn main() -> anyhow::Result<()> {
         root_dir,
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf], Toolchain::default())
+    let toolchain = ebpf_toolchain(&root).map_err(|e| anyhow!(e))?;
+    println!("cargo:rerun-if-changed={root_dir}/rust-toolchain.toml");
+    aya_build::build_ebpf([ebpf], Toolchain::Custom(&toolchain))
         .context("building the eBPF program needs nightly's rust-src and bpf-linker: run `cargo xtask build` once to install them")
 }

@@ -65,8 +65,23 @@ pub struct Dnsteer {
     pin_root: PathBuf,
     run_args: Vec<String>,
     ready_timeout: Duration,
+    in_cluster: Option<InCluster>,
     dir: TempDir,
 }
+
+/// How a pod reaches its API server: `KUBERNETES_SERVICE_HOST`/`PORT`, and
+/// the service account's token, CA and namespace mounted at
+/// `/var/run/secrets/kubernetes.io/serviceaccount`, with no kubeconfig.
+#[derive(Debug, Clone)]
+pub struct InCluster {
+    /// Holds `token`, `ca.crt` and `namespace`; bind-mounted in place in a
+    /// mount namespace of dnsteer's own.
+    pub service_account: PathBuf,
+    pub api: std::net::SocketAddr,
+}
+
+/// Where a pod finds its service account.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 impl Dnsteer {
     /// Starts `dnsteer run` with `config` (TOML text) in `ns`, and waits until its
@@ -124,6 +139,42 @@ impl Dnsteer {
             pin_root,
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
             ready_timeout,
+            in_cluster: None,
+            dir,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    /// Starts `dnsteer run` as in a pod ([`InCluster`]): in the network
+    /// namespace (`nsenter --net`), then a private mount namespace where a tmpfs on `/run` (`/var/run`) gets
+    /// the service account directory bind-mounted at its real path; no
+    /// KUBECONFIG and a HOME without `.kube`.
+    pub fn start_in_cluster(
+        ns: &NetNs,
+        bin: &Path,
+        iface: &str,
+        config: &str,
+        run_args: &[&str],
+        in_cluster: InCluster,
+    ) -> Result<Self> {
+        let dir = TempDir::new("dnsteer")?;
+        fs::write(dir.path().join("dnsteer.toml"), config).context("writing the config")?;
+        let pin_root = PathBuf::from(format!(
+            "/sys/fs/bpf/dnsteer-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut me = Self {
+            child: None,
+            bin: bin.to_owned(),
+            ns: ns.path(),
+            launch: Launch::SharedMounts,
+            iface: iface.to_owned(),
+            pin_root,
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
+            ready_timeout: READY_TIMEOUT,
+            in_cluster: Some(in_cluster),
             dir,
         };
         me.spawn()?;
@@ -149,7 +200,30 @@ impl Dnsteer {
             .open(&path)
             .context("opening the log")?;
         let from = self.log().len();
-        let child = command(self.launch, &self.ns, &self.bin)
+        let mut cmd = match &self.in_cluster {
+            None => command(self.launch, &self.ns, &self.bin),
+            Some(pod) => {
+                let home = self.dir.path().join("home");
+                fs::create_dir_all(&home).context("creating a HOME without .kube")?;
+                // nsenter, unshare and sh exec in place: the child's pid stays
+                // dnsteer's. The host's BPF filesystem stays visible, so
+                // --persist pins outlive the mount namespace.
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", self.ns.display()))
+                    .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs dnsteer-test /run && mkdir -p {SERVICE_ACCOUNT_DIR} && mount --bind \"$0\" {SERVICE_ACCOUNT_DIR} && exec \"$@\""
+                    ))
+                    .arg(&pod.service_account)
+                    .arg(&self.bin)
+                    .env_remove("KUBECONFIG")
+                    .env("HOME", home)
+                    .env("KUBERNETES_SERVICE_HOST", pod.api.ip().to_string())
+                    .env("KUBERNETES_SERVICE_PORT", pod.api.port().to_string());
+                cmd
+            }
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(self.config_path())
             .args(&self.run_args)

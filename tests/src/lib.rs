@@ -8,6 +8,7 @@ mod bind;
 pub mod dns;
 pub mod dnsteer;
 pub mod kubeapi;
+pub mod kubetls;
 pub mod load;
 mod netns;
 pub mod responder;

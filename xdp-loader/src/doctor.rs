@@ -150,11 +150,18 @@ pub fn receive_buffer_note(iface: &str, mode: XdpModeSetting) -> Option<String> 
 /// will use (the config's, with the command line's overrides). Says nothing
 /// when the config cannot be read: `run` reports that.
 pub fn log_at_start(config_path: &Path, iface: Option<&str>, mode: Option<XdpModeSetting>) {
-    let Ok(config) = config::load(config_path) else {
+    let Ok(config) = config::load_with(config_path, iface) else {
         return;
     };
-    let iface = iface.unwrap_or(&config.interface);
-    if let Some(note) = receive_buffer_note(iface, mode.unwrap_or(config.xdp_mode)) {
+    let iface = if config.interface == config::AUTO_INTERFACE {
+        match crate::datapath::uplink::choose(&config) {
+            Ok((iface, _)) => iface,
+            Err(_) => return,
+        }
+    } else {
+        config.interface.clone()
+    };
+    if let Some(note) = receive_buffer_note(&iface, mode.unwrap_or(config.xdp_mode)) {
         log::warn!("{note}");
     }
 }

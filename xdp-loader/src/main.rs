@@ -45,8 +45,9 @@ enum Command {
         /// The TOML config (see examples/dnsteer.toml).
         #[arg(long, short)]
         config: PathBuf,
-        /// Overrides `interface` from the config.
-        #[arg(long)]
+        /// Overrides `interface` from the config, which may then leave it
+        /// out; "auto" as there.
+        #[arg(long, env = "DNSTEER_IFACE")]
         iface: Option<String>,
         /// Overrides `xdp_mode` from the config: auto, driver or skb.
         #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<XdpModeSetting>()))]
@@ -355,10 +356,26 @@ fn main() -> Result<()> {
         }
         Command::Stop { iface } => stop_command(iface),
         Command::Doctor { iface, config } => {
-            let config = config.map(|p| config::load(&p)).transpose()?;
-            let iface = iface.or_else(|| config.as_ref().map(|c| c.interface.clone()));
-            let mode = config.map_or(XdpModeSetting::Auto, |c| c.xdp_mode);
+            let config = config
+                .map(|p| config::load_with(&p, iface.as_deref()))
+                .transpose()?;
+            let iface = match config.as_ref() {
+                Some(c) if c.interface == config::AUTO_INTERFACE => {
+                    Some(dnsteer::datapath::uplink::choose(c)?.0)
+                }
+                Some(c) => Some(c.interface.clone()),
+                None => iface,
+            };
+            let mode = config.as_ref().map_or(XdpModeSetting::Auto, |c| c.xdp_mode);
             for line in doctor::report(iface.as_deref(), mode) {
+                println!("{line}");
+            }
+            // The maps' memory on this node, for the config's table sizes (or the defaults).
+            let (limits, flows) = config.map_or_else(
+                || (Default::default(), config::FlowSettings::default().size),
+                |c| (c.limits, c.flows.size),
+            );
+            for line in dnsteer::datapath::memory::report(&limits, flows) {
                 println!("{line}");
             }
             Ok(())

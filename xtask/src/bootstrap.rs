@@ -35,25 +35,64 @@ fn found(program: &str) -> bool {
         .is_ok()
 }
 
-/// Nightly's rust-src (for `-Z build-std=core`) and a bpf-linker built against the
-/// nightly toolchain's own libLLVM, so the two agree on the LLVM version.
+include!("../../xdp-ebpf/nightly.rs");
+
+/// The pinned nightly (`xdp-ebpf/rust-toolchain.toml`) as rustup names it here.
+pub fn nightly() -> Result<String> {
+    let ebpf_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xdp-ebpf");
+    ebpf_toolchain(&ebpf_dir).map_err(|e| anyhow!(e))
+}
+
+/// The pinned nightly with its rust-src (for `-Z build-std=core`) and a
+/// bpf-linker built against that toolchain's own libLLVM, so the two agree on
+/// the LLVM version.
 pub fn toolchain() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("the kernel side builds with the nightly toolchain; install it with `rustup toolchain install nightly`")?;
+    let nightly = nightly()?;
+    let installed = match output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        &nightly,
+        "--installed",
+    ])) {
+        Ok(installed) => installed,
+        Err(_) => {
+            eprintln!(
+                "xtask: installing the pinned nightly {nightly} (xdp-ebpf/rust-toolchain.toml)"
+            );
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                &nightly,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            output(Command::new("rustup").args([
+                "component",
+                "list",
+                "--toolchain",
+                &nightly,
+                "--installed",
+            ]))?
+        }
+    };
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("xtask: installing rust-src for the nightly toolchain");
+        eprintln!("xtask: installing rust-src for {nightly}");
         run(Command::new("rustup").args([
             "component",
             "add",
             "rust-src",
             "--toolchain",
-            "nightly",
+            &nightly,
         ]))?;
     }
     if found("bpf-linker") {
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot =
+        output(Command::new("rustup").args(["run", &nightly, "rustc", "--print", "sysroot"]))?;
     let lib_dir = std::path::Path::new(sysroot.trim()).join("lib");
     let lib = std::fs::read_dir(&lib_dir)
         .with_context(|| format!("listing {}", lib_dir.display()))?
@@ -76,12 +115,11 @@ pub fn toolchain() -> Result<()> {
         .to_owned();
     let link_name = lib.trim_start_matches("lib").trim_end_matches(".so");
     let dir = lib_dir.display();
-    eprintln!(
-        "xtask: installing bpf-linker 0.13 against the nightly toolchain's {lib} (about a minute)"
-    );
+    eprintln!("xtask: installing bpf-linker 0.13 against {nightly}'s {lib} (about a minute)");
     run(Command::new("cargo")
         .args([
             "install",
+            "--locked",
             "bpf-linker",
             "--version",
             "^0.13",

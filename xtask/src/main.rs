@@ -21,8 +21,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install missing build tools (nightly rust-src, bpf-linker) and build everything.
-    Build,
+    /// Install missing build tools (the pinned nightly, its rust-src, bpf-linker) and build
+    /// `dnsteer` with the locked dependencies.
+    Build {
+        /// The cargo profile: dev (target/debug) or release (target/release, what the image ships).
+        #[arg(long, default_value = "dev", value_parser = ["dev", "release"])]
+        profile: String,
+    },
     /// Build, then run `dnsteer run` with the given arguments (as root).
     Run {
         /// Arguments for `dnsteer run`, after `--`: e.g. `-- --config dnsteer.toml`.
@@ -74,12 +79,27 @@ fn cargo() -> Command {
 
 /// Builds the workspace's binaries (the eBPF object is built by xdp-loader's build script).
 fn build() -> Result<std::path::PathBuf> {
+    build_profile("dev")
+}
+
+/// `build` in cargo profile `profile`, with Cargo.lock as it is.
+fn build_profile(profile: &str) -> Result<std::path::PathBuf> {
     bootstrap::toolchain()?;
-    run(cargo().args(["build", "--package", "xdp-loader"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--profile",
+        profile,
+        "--package",
+        "xdp-loader",
+    ]))?;
+    let dir = if profile == "dev" { "debug" } else { profile };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.join("target/debug/dnsteer")
+    root.join("target")
+        .join(dir)
+        .join("dnsteer")
         .canonicalize()
-        .context("locating target/debug/dnsteer")
+        .with_context(|| format!("locating target/{dir}/dnsteer"))
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -94,7 +114,11 @@ fn require_root(what: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Task::Build => build().map(|_| ()),
+        Task::Build { profile } => {
+            let dnsteer = build_profile(&profile)?;
+            println!("{}", dnsteer.display());
+            Ok(())
+        }
         Task::Run { args } => {
             let dnsteer = build()?;
             require_root("dnsteer run")?;

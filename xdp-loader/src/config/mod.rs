@@ -24,7 +24,7 @@ pub use query::{ProbeQuery, Rcode};
 use validate::Origin;
 pub use validate::{
     kubernetes::{KubernetesSource, PortRef},
-    parse,
+    parse, parse_with,
 };
 use values::one_of;
 pub use values::{human, parse_backend_addr, parse_duration};
@@ -67,7 +67,8 @@ pub const MAX_HEALTH_COUNT: u32 = 100;
 /// A validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The interface the program attaches to.
+    /// The interface the program attaches to; [`AUTO_INTERFACE`] until
+    /// `dnsteer run` chooses one on this node.
     pub interface: String,
     pub xdp_mode: XdpModeSetting,
     /// How steered packets leave the node (`forward`).
@@ -435,13 +436,22 @@ pub enum ConfigError {
     },
 }
 
+/// `interface = "auto"`: the node's interface holding a listen address or
+/// the default route, chosen when `dnsteer run` starts.
+pub const AUTO_INTERFACE: &str = "auto";
+
 /// Reads, parses and validates the config at `path`; the interface is not looked up.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, None)
+}
+
+/// `load` with `iface` (`--iface`, `DNSTEER_IFACE`) in place of the file's `interface`.
+pub fn load_with(path: &Path, iface: Option<&str>) -> Result<Config, ConfigError> {
     let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    parse(&text, path)
+    parse_with(&text, path, iface)
 }
 
 /// Looks `interface` up on this host and returns its index.

@@ -922,3 +922,36 @@ fn select_least_outstanding() {
         Select::LeastOutstanding
     );
 }
+
+#[test]
+fn iface_stands_in_for_a_missing_interface() {
+    let text = BASE.replace("interface = \"eth3\"\n", "");
+    let message = parse_str(&text).unwrap_err().to_string();
+    for fragment in [
+        "interface is missing",
+        "\"auto\"",
+        "--iface",
+        "DNSTEER_IFACE",
+    ] {
+        assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+    }
+    let config = parse_with(&text, Path::new(FILE), Some("ens5")).unwrap();
+    assert_eq!(config.interface, "ens5");
+    // --iface wins over the file's.
+    let config = parse_with(BASE, Path::new(FILE), Some("ens5")).unwrap();
+    assert_eq!(config.interface, "ens5");
+    // A bad --iface is named as such.
+    let message = parse_with(&text, Path::new(FILE), Some("eth3:1"))
+        .unwrap_err()
+        .to_string();
+    assert!(message.starts_with("--iface"), "{message}");
+    assert!(message.contains("address label on eth3"), "{message}");
+}
+
+#[test]
+fn interface_auto_is_kept_for_run_to_choose() {
+    let config = parse_str(&set("interface", r#""auto""#)).unwrap();
+    assert_eq!(config.interface, AUTO_INTERFACE);
+    let config = parse_with(BASE, Path::new(FILE), Some("auto")).unwrap();
+    assert_eq!(config.interface, AUTO_INTERFACE);
+}

@@ -7,11 +7,11 @@ use serde::Deserialize;
 use xdp_common::{MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, SERVICE_NAME_LEN};
 
 use super::{
-    BackendSpec, Config, ConfigError, DEFAULT_WEIGHT, Family, FlowSettings, Forward, HealthCheck,
-    Limits, Listen, MAX_FLOW_SIZE, MAX_FLOW_TIMEOUT, MAX_HEALTH_COUNT, MAX_HEALTH_INTERVAL,
-    MAX_LIMIT_LISTENERS, MAX_LIMIT_SERVICES, MAX_QUERY_TIMEOUT, MIN_FLOW_SIZE, MIN_FLOW_TIMEOUT,
-    MIN_HEALTH_INTERVAL, MIN_HEALTH_TIMEOUT, PassiveCheck, ProbeQuery, Protocol, Rcode, Select,
-    Service, XdpModeSetting, human, parse_backend_addr,
+    AUTO_INTERFACE, BackendSpec, Config, ConfigError, DEFAULT_WEIGHT, Family, FlowSettings,
+    Forward, HealthCheck, Limits, Listen, MAX_FLOW_SIZE, MAX_FLOW_TIMEOUT, MAX_HEALTH_COUNT,
+    MAX_HEALTH_INTERVAL, MAX_LIMIT_LISTENERS, MAX_LIMIT_SERVICES, MAX_QUERY_TIMEOUT, MIN_FLOW_SIZE,
+    MIN_FLOW_TIMEOUT, MIN_HEALTH_INTERVAL, MIN_HEALTH_TIMEOUT, PassiveCheck, ProbeQuery, Protocol,
+    Rcode, Select, Service, XdpModeSetting, human, parse_backend_addr,
     values::{
         BACKEND_ENTRY_FORM, BACKEND_FORM, DURATION_FORM, duration_or_overflow, entries, quoted,
         size_range, table_hint, toml_integer, toml_weight, written,
@@ -22,18 +22,35 @@ pub(super) mod kubernetes;
 
 /// Parses and validates `text`; `origin` only names the file in messages.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, origin, None)
+}
+
+/// `parse`, with `iface` (from `--iface` or `DNSTEER_IFACE`) standing in for
+/// the file's `interface`, which it may then leave out.
+pub fn parse_with(text: &str, origin: &Path, iface: Option<&str>) -> Result<Config, ConfigError> {
     let at = Origin(origin);
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
         path: origin.to_path_buf(),
         message: e.to_string().trim_end().to_owned(),
     })?;
 
-    let interface = at.required(
-        "interface",
-        raw.interface,
-        r#"set interface = "eth0" to the interface the listen addresses arrive on (see `ip link`)"#,
-    )?;
-    at.interface_name(&interface)?;
+    let interface = match iface {
+        Some(iface) => {
+            let iface = iface.to_owned();
+            if iface != AUTO_INTERFACE {
+                Origin(Path::new("--iface")).interface_name(&iface)?;
+            }
+            iface
+        }
+        None => at.required(
+            "interface",
+            raw.interface,
+            r#"set interface = "eth0" to the interface the listen addresses arrive on (see `ip link`), interface = "auto" for the one holding a listen address or the default route, or give --iface / DNSTEER_IFACE"#,
+        )?,
+    };
+    if interface != AUTO_INTERFACE {
+        at.interface_name(&interface)?;
+    }
     let xdp_mode = at.keyword("xdp_mode", raw.xdp_mode, XdpModeSetting::Auto)?;
     let forward = at.keyword("forward", raw.forward, Forward::Stack)?;
 

@@ -1,6 +1,6 @@
 //! `dnsteer run`: validate, load, fill, attach, pin; take changes from the
 //! sources (config file edits and SIGHUP, the control socket, health probes);
-//! serve metrics; on SIGINT/SIGTERM undo it all.
+//! serve metrics and health; on SIGINT/SIGTERM undo it all.
 //!
 //! The loop here is the only place that changes the running state: it takes
 //! one [`sources::Event`] at a time and runs it on the daemon's state in tokio's
@@ -27,17 +27,20 @@ use self::{
 use crate::{
     config::{self, Config, XdpModeSetting},
     control::{self, Op, server::Pending},
-    datapath::{Datapath, caps},
+    datapath::{self, Datapath, caps},
     health::Monitor,
     kubernetes::{Feed, Others},
-    observe::metrics::{self, Scrape},
+    observe::{
+        metrics::{self, Scrape},
+        ready::Readiness,
+    },
 };
 
 /// What `dnsteer run` was asked to do.
 #[derive(Debug)]
 pub struct RunOptions {
     pub config: PathBuf,
-    /// Overrides the config's `interface`.
+    /// Overrides the config's `interface` (which may then be left out).
     pub iface: Option<String>,
     /// Overrides the config's `xdp_mode`.
     pub xdp_mode: Option<XdpModeSetting>,
@@ -51,11 +54,15 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Reads and validates the config, with the command line's overrides.
+    /// Reads and validates the config, with the command line's overrides,
+    /// and chooses this node's interface for `interface = "auto"`.
     pub(crate) fn load(&self) -> Result<Config> {
-        let mut config = config::load(&self.config)?;
-        if let Some(iface) = &self.iface {
-            config.interface = iface.clone();
+        let mut config = config::load_with(&self.config, self.iface.as_deref())?;
+        if config.interface == config::AUTO_INTERFACE {
+            let (iface, why) = datapath::uplink::choose(&config)
+                .with_context(|| format!("{}: interface = \"auto\"", self.config.display()))?;
+            info!("interface = \"auto\": steering on {iface}: {why}");
+            config.interface = iface;
         }
         if let Some(mode) = self.xdp_mode {
             config.xdp_mode = mode;
@@ -116,6 +123,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })?),
     };
 
+    // An observer: /metrics reads through the loop (scrapes wait until it
+    // runs); /healthz and /readyz answer from `ready` from the start, so a
+    // startup probe sees the process while it waits for Kubernetes.
+    let ready = Readiness::default();
+    let (scrapes, mut scrape_requests) = mpsc::channel::<Scrape>(16);
+    let _metrics = metrics_listener.map(|listener| {
+        info!(
+            "serving Prometheus metrics on http://{0}/metrics, liveness on /healthz, readiness on /readyz",
+            listener
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        );
+        AbortOnDrop(tokio::spawn(metrics::serve(listener, scrapes, ready.clone())))
+    });
+
     let (monitor, probe_results) = Monitor::new();
     let persist = opts.persist || config.persist;
     if let Some(path) = &opts.kubeconfig {
@@ -154,6 +176,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .context("starting the data path panicked")??
     };
     describe(&config, &daemon);
+    ready.set_attached();
+    ready.set_synced(daemon.kubernetes_synced());
     info!(
         "running; stop with Ctrl-C or SIGTERM, reload with SIGHUP or by editing {}, change backends with `dnsteer backends --iface {}`, watch with `dnsteer stats --iface {}`",
         opts.config.display(),
@@ -187,18 +211,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     .map(AbortOnDrop);
     drop(events);
 
-    // An observer: it reads through the loop, and changes nothing.
-    let (scrapes, mut scrape_requests) = mpsc::channel::<Scrape>(16);
-    let _metrics = metrics_listener.map(|listener| {
-        info!(
-            "serving Prometheus metrics on http://{}/metrics",
-            listener
-                .local_addr()
-                .map_or_else(|_| "?".to_owned(), |a| a.to_string())
-        );
-        AbortOnDrop(tokio::spawn(metrics::serve(listener, scrapes)))
-    });
-
     let opts = Arc::new(opts);
     let mut daemon = Some(daemon);
     let why = loop {
@@ -216,7 +228,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 Event::Reload(why) => {
                     let opts = opts.clone();
-                    blocking(&mut daemon, move |d| d.reload(&opts, why)).await?;
+                    let synced = blocking(&mut daemon, move |d| {
+                        d.reload(&opts, why);
+                        d.kubernetes_synced()
+                    })
+                    .await?;
+                    ready.set_synced(synced);
                 }
                 Event::Change { service, change, source } => {
                     blocking(&mut daemon, move |d| {
@@ -228,7 +245,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 Event::Probe(result) => blocking(&mut daemon, move |d| d.on_probe(result)).await?,
                 Event::Kubernetes(update) => {
-                    blocking(&mut daemon, move |d| d.on_kubernetes(update)).await?
+                    let synced = blocking(&mut daemon, move |d| {
+                        d.on_kubernetes(update);
+                        d.kubernetes_synced()
+                    })
+                    .await?;
+                    ready.set_synced(synced);
                 }
                 Event::Tick => blocking(&mut daemon, Daemon::on_tick).await?,
             },

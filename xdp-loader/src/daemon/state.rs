@@ -377,6 +377,11 @@ impl Daemon {
         self.sync_health();
     }
 
+    /// Whether every service fed by Kubernetes has had its first set.
+    pub fn kubernetes_synced(&self) -> bool {
+        self.feed.synced()
+    }
+
     /// The Kubernetes watch of service `name`, for stats and the control socket.
     fn kubernetes_stats(&self, name: &str) -> Option<KubernetesStats> {
         let service = self.config.services.iter().find(|s| s.name == name)?;

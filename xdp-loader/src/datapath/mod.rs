@@ -7,8 +7,10 @@ pub mod caps;
 pub mod expiry;
 mod lifecycle;
 pub mod maps;
+pub mod memory;
 pub mod pins;
 pub mod route;
+pub mod uplink;
 
 pub use lifecycle::Datapath;
 

@@ -69,6 +69,27 @@ impl utils::Backoff for Backoff {
     }
 }
 
+/// `err` with its causes (kube's `client error (Connect)` alone does not say
+/// that a certificate failed to verify), and what to check when the API
+/// server's certificate is the cause.
+fn explain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        source = cause.source();
+    }
+    if text.contains("certificate") {
+        text.push_str(
+            " (the API server's certificate does not verify against the CA dnsteer trusts: in a pod the service account's ca.crt, /var/run/secrets/kubernetes.io/serviceaccount/ca.crt; else the kubeconfig's certificate-authority)",
+        );
+    }
+    text
+}
+
 /// Whether a watcher error is `410 Gone`, after which kube's watcher relists.
 fn is_gone(err: &watcher::Error) -> bool {
     matches!(err, watcher::Error::WatchError(status) if status.code == 410)
@@ -214,17 +235,22 @@ impl Tracker {
             }
             Err(err) => {
                 self.status.watch_errors += 1;
+                let err = explain(&err);
                 if !self.failing.iter().any(|f| *f) && self.status.last_error.is_none() {
-                    let kept = self.sent.as_ref().map_or(0, Vec::len);
+                    let kept = match &self.sent {
+                        Some(sent) => format!("the last {} backend(s)", sent.len()),
+                        // Nothing listed yet: an adopted data path keeps its own.
+                        None => "the backends the data path has".to_owned(),
+                    };
                     warn!(
-                        "service {}: watching {} failed: {err}; keeping the last {kept} backend(s), retrying with backoff",
+                        "service {}: watching {} failed: {err}; keeping {kept}, retrying with backoff",
                         self.name, self.spec
                     );
                 } else {
                     debug!("service {}: watching {}: {err}", self.name, self.spec);
                 }
                 self.failing[stream] = true;
-                self.status.last_error = Some(err.to_string());
+                self.status.last_error = Some(err);
             }
         }
         // Connected: a complete list is in and no watch is failing.

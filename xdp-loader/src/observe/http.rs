@@ -1,5 +1,6 @@
-//! `/metrics` over HTTP/1.1, served by hyper: one request per connection, then
-//! close. Each scrape asks the run loop for the exposition text.
+//! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1, served by hyper: one
+//! request per connection, then close. Each scrape asks the run loop for the
+//! exposition text; the health endpoints answer from here, without the loop.
 
 use std::{convert::Infallible, io, time::Duration};
 
@@ -19,7 +20,10 @@ use tokio::{
     time::timeout,
 };
 
-use super::metrics::{CONTENT_TYPE, Scrape};
+use super::{
+    metrics::{CONTENT_TYPE, Scrape},
+    ready::Readiness,
+};
 
 /// How long a client gets to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,14 +33,20 @@ const MAX_HEAD: usize = 8 * 1024;
 /// How long a scrape waits for the run loop (Prometheus gives up after 10 s by default).
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves GET /metrics on `listener` until the task is dropped/aborted; each scrape
-/// sends a `Scrape` on `scrapes` and waits for the answer.
-pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
-    serve_with(listener, scrapes, HEAD_TIMEOUT).await;
+/// Serves GET /metrics, /healthz and /readyz on `listener` until the task is
+/// dropped/aborted; each scrape sends a `Scrape` on `scrapes` and waits for
+/// the answer, the health endpoints read `ready`.
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>, ready: Readiness) {
+    serve_with(listener, scrapes, ready, HEAD_TIMEOUT).await;
 }
 
 /// `serve` with the head time limit as a parameter, so a test need not wait 5 s.
-async fn serve_with(listener: TcpListener, scrapes: mpsc::Sender<Scrape>, head_timeout: Duration) {
+async fn serve_with(
+    listener: TcpListener,
+    scrapes: mpsc::Sender<Scrape>,
+    ready: Readiness,
+    head_timeout: Duration,
+) {
     let addr = listener
         .local_addr()
         .map_or_else(|_| "the metrics address".to_owned(), |a| a.to_string());
@@ -46,10 +56,10 @@ async fn serve_with(listener: TcpListener, scrapes: mpsc::Sender<Scrape>, head_t
         while connections.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let scrapes = scrapes.clone();
+                let (scrapes, ready) = (scrapes.clone(), ready.clone());
                 let service = service_fn(move |request| {
-                    let scrapes = scrapes.clone();
-                    async move { Ok::<_, Infallible>(answer(&request, &scrapes).await) }
+                    let (scrapes, ready) = (scrapes.clone(), ready.clone());
+                    async move { Ok::<_, Infallible>(answer(&request, &scrapes, &ready).await) }
                 });
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -87,6 +97,7 @@ fn out_of_resources(err: &io::Error) -> bool {
 async fn answer(
     request: &Request<Incoming>,
     scrapes: &mpsc::Sender<Scrape>,
+    ready: &Readiness,
 ) -> Response<Full<Bytes>> {
     let uri = request.uri();
     // The origin form (`/metrics`) or, as servers must accept (RFC 9112 §3.2.2), the absolute form.
@@ -100,19 +111,28 @@ async fn answer(
             "expected an HTTP request line such as `GET /metrics HTTP/1.1`",
         );
     }
-    if uri.path() != "/metrics" {
+    let path = uri.path();
+    if !["/metrics", "/healthz", "/readyz"].contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
-            "dnsteer serves its metrics on /metrics only",
+            "dnsteer serves /metrics, /healthz and /readyz only",
         );
     }
     match *request.method() {
         // hyper leaves the body out of a HEAD response and keeps its length.
-        Method::GET | Method::HEAD => scrape(scrapes).await,
+        Method::GET | Method::HEAD => match path {
+            "/metrics" => scrape(scrapes).await,
+            // The process answers: it is alive.
+            "/healthz" => text(StatusCode::OK, "ok"),
+            _ => match ready.waiting_for() {
+                None => text(StatusCode::OK, "ready"),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+            },
+        },
         _ => {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "/metrics answers GET and HEAD",
+                format!("{path} answers GET and HEAD"),
             );
             response
                 .headers_mut()
@@ -240,6 +260,11 @@ mod tests {
     /// Starts `serve` with a fake run loop that answers every scrape with `answer`,
     /// or with no run loop at all for `None`.
     async fn start(answer: Option<Result<String, String>>) -> SocketAddr {
+        start_with(answer, Readiness::default()).await
+    }
+
+    /// `start` with the readiness flags the health endpoints read.
+    async fn start_with(answer: Option<Result<String, String>>, ready: Readiness) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0");
@@ -255,8 +280,44 @@ mod tests {
             }
             None => drop(asked),
         }
-        tokio::spawn(serve(listener, scrapes));
+        tokio::spawn(serve(listener, scrapes, ready));
         addr
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_without_the_run_loop_and_readyz_follows_the_flags() {
+        let ready = Readiness::default();
+        // No run loop at all: /metrics fails, the health endpoints still answer.
+        let addr = start_with(None, ready.clone()).await;
+        let body = |a: &Answer| String::from_utf8_lossy(&a.body).into_owned();
+        let healthz = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert_eq!((healthz.status, body(&healthz).as_str()), (200, "ok\n"));
+
+        let readyz = exchange(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert_eq!(readyz.status, 503);
+        assert!(body(&readyz).contains("not attached"), "{readyz:?}");
+
+        ready.set_attached();
+        let readyz = exchange(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert_eq!(readyz.status, 503);
+        assert!(body(&readyz).contains("Kubernetes"), "{readyz:?}");
+
+        ready.set_synced(true);
+        let readyz = exchange(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert_eq!((readyz.status, body(&readyz).as_str()), (200, "ready\n"));
+        let head = exchange(addr, b"HEAD /readyz HTTP/1.1\r\n\r\n").await;
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty());
+
+        // A reload that adds a Kubernetes source not listed yet.
+        ready.set_synced(false);
+        assert_eq!(
+            exchange(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await.status,
+            503
+        );
+        let post = exchange(addr, b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(post.status, 405);
+        assert_eq!(post.headers["allow"], "GET, HEAD");
     }
 
     #[tokio::test]
@@ -412,7 +473,12 @@ mod tests {
                 let _ = scrape.send(Ok("x 1\n".to_owned()));
             }
         });
-        tokio::spawn(serve_with(listener, scrapes, Duration::from_millis(300)));
+        tokio::spawn(serve_with(
+            listener,
+            scrapes,
+            Readiness::default(),
+            Duration::from_millis(300),
+        ));
 
         let started = Instant::now();
         let mut stream = TcpStream::connect(addr).await.expect("connecting");
