@@ -134,7 +134,7 @@ pub fn toolchain() -> Result<()> {
 
 /// The programs the demo and the end-to-end tests drive, from Debian's packages.
 pub fn test_tools() -> Result<()> {
-    const TOOLS: [(&str, &str); 6] = [
+    const TOOLS: [(&str, &str); 7] = [
         ("ip", "iproute2"),
         ("sysctl", "procps"),
         ("named", "bind9"),
@@ -143,6 +143,8 @@ pub fn test_tools() -> Result<()> {
         ("ethtool", "ethtool"),
         // Writes a map of another layout where the restarts test pins one.
         ("bpftool", "bpftool"),
+        // Makes the CA and certificates of the HTTPS API server double.
+        ("openssl", "openssl"),
     ];
     let missing: Vec<&str> = TOOLS
         .iter()
