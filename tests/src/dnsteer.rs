@@ -123,6 +123,32 @@ impl Dnsteer {
         run_args: &[&str],
         ready_timeout: Duration,
     ) -> Result<Self> {
+        let args = (launch, ns, bin, iface, config, run_args);
+        Self::launch(args, ready_timeout, None)
+    }
+
+    /// Starts `dnsteer run` as in a pod ([`InCluster`]): in the network
+    /// namespace (`nsenter --net`), then a private mount namespace where a tmpfs on `/run` (`/var/run`) gets
+    /// the service account directory bind-mounted at its real path; no
+    /// KUBECONFIG and a HOME without `.kube`.
+    pub fn start_in_cluster(
+        ns: &NetNs,
+        bin: &Path,
+        iface: &str,
+        config: &str,
+        run_args: &[&str],
+        in_cluster: InCluster,
+    ) -> Result<Self> {
+        let args = (Launch::SharedMounts, ns, bin, iface, config, run_args);
+        Self::launch(args, READY_TIMEOUT, Some(in_cluster))
+    }
+
+    /// Writes the config, picks a pin root of its own, and starts it.
+    fn launch(
+        (launch, ns, bin, iface, config, run_args): (Launch, &NetNs, &Path, &str, &str, &[&str]),
+        ready_timeout: Duration,
+        in_cluster: Option<InCluster>,
+    ) -> Result<Self> {
         let dir = TempDir::new("dnsteer")?;
         fs::write(dir.path().join("dnsteer.toml"), config).context("writing the config")?;
         let pin_root = PathBuf::from(format!(
@@ -139,42 +165,7 @@ impl Dnsteer {
             pin_root,
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
             ready_timeout,
-            in_cluster: None,
-            dir,
-        };
-        me.spawn()?;
-        Ok(me)
-    }
-
-    /// Starts `dnsteer run` as in a pod ([`InCluster`]): in the network
-    /// namespace (`nsenter --net`), then a private mount namespace where a tmpfs on `/run` (`/var/run`) gets
-    /// the service account directory bind-mounted at its real path; no
-    /// KUBECONFIG and a HOME without `.kube`.
-    pub fn start_in_cluster(
-        ns: &NetNs,
-        bin: &Path,
-        iface: &str,
-        config: &str,
-        run_args: &[&str],
-        in_cluster: InCluster,
-    ) -> Result<Self> {
-        let dir = TempDir::new("dnsteer")?;
-        fs::write(dir.path().join("dnsteer.toml"), config).context("writing the config")?;
-        let pin_root = PathBuf::from(format!(
-            "/sys/fs/bpf/dnsteer-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut me = Self {
-            child: None,
-            bin: bin.to_owned(),
-            ns: ns.path(),
-            launch: Launch::SharedMounts,
-            iface: iface.to_owned(),
-            pin_root,
-            run_args: run_args.iter().map(|a| a.to_string()).collect(),
-            ready_timeout: READY_TIMEOUT,
-            in_cluster: Some(in_cluster),
+            in_cluster,
             dir,
         };
         me.spawn()?;

@@ -317,50 +317,14 @@ async fn source(
     watch(client, name, spec, want_listen, tx).await;
 }
 
-/// The addresses of interface `name` (none if it has none or is gone).
+/// The addresses of interface `name` (none if it has none or is gone); an
+/// IPv4 address with a label (`eth3:1`) counts as the device's.
 fn interface_addrs(name: &str) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return out;
-    }
-    let mut next = list;
-    while !next.is_null() {
-        // SAFETY: a node of the list getifaddrs returned, not freed yet.
-        let ifa = unsafe { &*next };
-        next = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: a NUL-terminated name owned by the list.
-        let ifname = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        // An IPv4 address with a label (`eth3:1`) is listed under the label.
-        let ifname = ifname.to_bytes();
-        let label_of = ifname
-            .strip_prefix(name.as_bytes())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b":"));
-        if !label_of {
-            continue;
-        }
-        // SAFETY: ifa_addr points at a sockaddr of the family it says.
-        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
-            libc::AF_INET => {
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::from(
-                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                ));
-            }
-            libc::AF_INET6 => {
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-            }
-            _ => {}
-        }
-    }
-    // SAFETY: the list from getifaddrs, freed once.
-    unsafe { libc::freeifaddrs(list) };
-    out
+    crate::datapath::uplink::addresses()
+        .into_iter()
+        .filter(|(holder, _)| holder.split(':').next() == Some(name))
+        .map(|(_, addr)| addr)
+        .collect()
 }
 
 #[cfg(test)]
