@@ -5,6 +5,7 @@
 //! when a test panics); nothing touches the root namespace.
 
 mod bind;
+pub mod cgroup;
 pub mod dns;
 pub mod dnsteer;
 pub mod kubeapi;

@@ -35,6 +35,8 @@ pub mod names {
     // The kernel keeps 15 bytes of a map's name, which is how stats finds a
     // map through an attached program: keep every name within them.
     pub const TIMED_OUT: &str = "TIMED_OUT";
+    pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
+    pub const SOCK_STATS: &str = "SOCK_STATS";
 
     const _: () = {
         let mut i = 0;
@@ -48,7 +50,7 @@ pub mod names {
     };
 
     /// Every map the loader pins, in a fixed order.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 23] = [
         SERVICES,
         SERVICE_CONF,
         RINGS,
@@ -70,6 +72,8 @@ pub mod names {
         BACKEND_DNS,
         OUTSTANDING,
         TIMED_OUT,
+        SOCK_REVERSE,
+        SOCK_STATS,
     ];
 }
 
@@ -95,6 +99,9 @@ pub const RING_ENTRIES: u32 = MAX_SERVICES * 2;
 pub const FLOW_CAPACITY: u32 = 65536;
 /// Fragmented answers whose later fragments are being translated at once.
 pub const FRAGMENT_CAPACITY: u32 = 8192;
+/// Sockets of the node's own clients whose service address the socket
+/// programs remember (`SOCK_REVERSE`), one entry per socket and backend.
+pub const SOCK_CAPACITY: u32 = 65536;
 /// Bytes of a service name kept in the kernel, NUL-padded.
 pub const SERVICE_NAME_LEN: usize = 32;
 
@@ -356,6 +363,46 @@ impl Backend {
         self.state == backend_state::ACTIVE || self.state == backend_state::DRAINING
     }
 }
+
+/// `SOCK_REVERSE` key: a socket (its cookie) that the socket programs sent
+/// to a backend in place of a service address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockKey {
+    pub cookie: u64,
+    /// The backend's address.
+    pub addr: Addr,
+    /// The backend's port, network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
+
+impl SockKey {
+    #[inline(always)]
+    pub const fn new(cookie: u64, addr: Addr, port: [u8; 2]) -> Self {
+        Self {
+            cookie,
+            addr,
+            port,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// `SOCK_STATS[slot]`: a backend's choices by the socket programs, shared by
+/// all CPUs (atomic adds: one per `sendmsg` or `connect`, not per packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockCounter {
+    /// Unconnected UDP sends drawn for this backend.
+    pub sendmsg: u64,
+    /// UDP sockets connected to it.
+    pub connect_udp: u64,
+    /// TCP connections made to it.
+    pub connect_tcp: u64,
+}
+const _: () = assert!(core::mem::size_of::<SockCounter>() == 24);
 
 /// Per backend, one per CPU: packets and bytes steered there, and flows started there.
 #[repr(C)]
@@ -846,6 +893,8 @@ mod pod {
     // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers and byte
     // arrays, with explicit padding fields, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::SockCounter {}
     unsafe impl aya::Pod for super::ServiceConf {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Ring {}

@@ -14,6 +14,10 @@
 //!   interfaces the backends are routed through) translates replies there and
 //!   sends them straight out the steering interface. See `forward.rs`.
 //!
+//! - `dnsteer_conn4/6`, `dnsteer_send4/6`, `dnsteer_recv4/6`, `dnsteer_peer4/6`
+//!   (cgroup v2 `sock_addr` hooks): the node's own clients, which no
+//!   interface hook sees, steered at their sockets. See `sock.rs`.
+//!
 //! Every packet leaves unchanged unless it is fully understood, and bumps exactly
 //! one `REASONS` counter saying why it went the way it went.
 #![no_std]
@@ -33,13 +37,14 @@ mod nat;
 mod packet;
 mod query;
 mod select;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK, xdp_action, xdp_md},
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use xdp_common::{
     Addr, Reason,
@@ -82,6 +87,46 @@ pub fn dnsteer_reply_in(ctx: TcContext) -> i32 {
         }
         None => TC_ACT_OK,
     }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn dnsteer_conn4(ctx: SockAddrContext) -> i32 {
+    sock::connect::<false>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn dnsteer_conn6(ctx: SockAddrContext) -> i32 {
+    sock::connect::<true>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn dnsteer_send4(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg::<false>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn dnsteer_send6(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg::<true>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn dnsteer_recv4(ctx: SockAddrContext) -> i32 {
+    sock::reverse_of::<false>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn dnsteer_recv6(ctx: SockAddrContext) -> i32 {
+    sock::reverse_of::<true>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn dnsteer_peer4(ctx: SockAddrContext) -> i32 {
+    sock::reverse_of::<false>(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn dnsteer_peer6(ctx: SockAddrContext) -> i32 {
+    sock::reverse_of::<true>(ctx.sock_addr)
 }
 
 /// What a program's main path leaves to a rarer one.

@@ -9,7 +9,8 @@ use xdp_common::{
     BACKEND_SLOTS, Backend, BackendCounter, DnsStats, Endpoint, FLOW_CAPACITY, FLOW_EVENT_COUNT,
     FORWARD_EVENT_COUNT, FRAGMENT_CAPACITY, FlowKey, FlowSettings, FlowValue, ForwardConf,
     FragmentKey, FragmentValue, MAX_BACKEND_SOURCES, MAX_LISTENERS, MAX_SERVICES,
-    QUERY_EVENT_COUNT, QueryKey, QueryValue, REASON_COUNT, RING_ENTRIES, Ring, ServiceConf,
+    QUERY_EVENT_COUNT, QueryKey, QueryValue, REASON_COUNT, RING_ENTRIES, Ring, SOCK_CAPACITY,
+    ServiceConf, SockCounter, SockKey,
 };
 
 /// Listen address (or `*`, address 0), port and protocol -> service id.
@@ -112,3 +113,14 @@ pub static OUTSTANDING: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);
 /// the query timeout. Written by the loader only.
 #[map]
 pub static TIMED_OUT: Array<u64> = Array::with_max_entries(BACKEND_SLOTS, 0);
+
+/// (socket cookie, backend) -> the service address and port the socket asked
+/// for: what `recvmsg` and `getpeername` hand back in place of the backend's.
+/// An LRU: a socket long closed makes room for a new one.
+#[map]
+pub static SOCK_REVERSE: LruHashMap<SockKey, Endpoint> =
+    LruHashMap::with_max_entries(SOCK_CAPACITY, 0);
+
+/// `backend_slot(service, i)` -> the socket programs' choices of it.
+#[map]
+pub static SOCK_STATS: Array<SockCounter> = Array::with_max_entries(BACKEND_SLOTS, 0);

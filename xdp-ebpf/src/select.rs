@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use xdp_common::{
-    Backend, Endpoint, RING_SIZE, Ring, SelectMode, any_addr, backend_slot, backend_state,
+    Addr, Backend, Endpoint, RING_SIZE, Ring, SelectMode, any_addr, backend_slot, backend_state,
     is_ipv4_mapped, parse::Headers, ring_key, select,
 };
 
@@ -21,6 +21,17 @@ pub fn service(pkt: &Headers) -> Option<u32> {
     let any = Endpoint::new(any_addr(pkt.ipv6), pkt.dport, pkt.proto);
     // SAFETY: ids are plain u32s copied out at once.
     let id = unsafe { SERVICES.get(exact).or_else(|| SERVICES.get(any)).copied() }?;
+    (SERVICE_CONF.get(id)?.in_use != 0).then_some(id)
+}
+
+/// The service listening on exactly `addr`, `port` and `proto`: the socket
+/// programs' lookup. A wildcard listen names the addresses packets arrive for
+/// on the interface, not every address a local socket may send to, so it is
+/// never one here.
+#[inline(always)]
+pub fn service_at(addr: Addr, port: [u8; 2], proto: u8) -> Option<u32> {
+    // SAFETY: ids are plain u32s copied out at once.
+    let id = unsafe { SERVICES.get(Endpoint::new(addr, port, proto)).copied() }?;
     (SERVICE_CONF.get(id)?.in_use != 0).then_some(id)
 }
 

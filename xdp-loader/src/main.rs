@@ -63,6 +63,10 @@ enum Command {
         /// KUBECONFIG, ~/.kube/config, then the in-cluster service account.
         #[arg(long, value_name = "FILE")]
         kubeconfig: Option<PathBuf>,
+        /// Overrides `[sockets] cgroup`: "auto" (the cgroup v2 root), "off",
+        /// or a cgroup v2 directory whose processes' sockets are steered.
+        #[arg(long, env = "DNSTEER_CGROUP", value_name = "auto|off|PATH", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<dnsteer::config::SocketCgroup>()))]
+        cgroup: Option<dnsteer::config::SocketCgroup>,
     },
     /// Detach dnsteer from an interface and remove its pins: asks a running
     /// `dnsteer run` to exit, or removes a persistent data path left running.
@@ -336,6 +340,7 @@ fn main() -> Result<()> {
             metrics_listen,
             persist,
             kubeconfig,
+            cgroup,
         } => {
             doctor::log_at_start(&config, iface.as_deref(), xdp_mode);
             // Two workers: probes keep their timing while the run loop waits out
@@ -352,6 +357,7 @@ fn main() -> Result<()> {
                 metrics_listen,
                 persist,
                 kubeconfig,
+                cgroup,
             }))
         }
         Command::Stop { iface } => stop_command(iface),

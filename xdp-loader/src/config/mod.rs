@@ -81,6 +81,34 @@ pub struct Config {
     pub persist: bool,
     /// The kernel maps' capacities: `[limits]`, or their defaults.
     pub limits: Limits,
+    /// Where the socket programs attach (`[sockets] cgroup`).
+    pub sockets: SocketCgroup,
+}
+
+/// `[sockets] cgroup`: the cgroup v2 directory whose processes (and every
+/// cgroup below it) have their sockets to a service address steered. Fixed
+/// for the life of the data path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SocketCgroup {
+    /// No socket steering: only what arrives on the interface is steered.
+    #[default]
+    Off,
+    /// The cgroup v2 root, found from `/proc/self/mounts`.
+    Auto,
+    Path(PathBuf),
+}
+
+impl FromStr for SocketCgroup {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            path if path.starts_with('/') => Ok(Self::Path(PathBuf::from(path))),
+            _ => Err(r#"use "auto" (the cgroup v2 root, from /proc/self/mounts), "off", or the absolute path of a cgroup v2 directory"#.to_owned()),
+        }
+    }
 }
 
 /// How many services and listen entries the kernel maps hold. Fixed for the

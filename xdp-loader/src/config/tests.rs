@@ -167,6 +167,7 @@ fn example_parses() {
         flows: FlowSettings::default(),
         persist: false,
         limits: Limits::default(),
+        sockets: SocketCgroup::Off,
     };
     assert_eq!(parse_str(EXAMPLE).unwrap(), expected);
 }

@@ -11,7 +11,7 @@ use super::{
     Forward, HealthCheck, Limits, Listen, MAX_FLOW_SIZE, MAX_FLOW_TIMEOUT, MAX_HEALTH_COUNT,
     MAX_HEALTH_INTERVAL, MAX_LIMIT_LISTENERS, MAX_LIMIT_SERVICES, MAX_QUERY_TIMEOUT, MIN_FLOW_SIZE,
     MIN_FLOW_TIMEOUT, MIN_HEALTH_INTERVAL, MIN_HEALTH_TIMEOUT, PassiveCheck, ProbeQuery, Protocol,
-    Rcode, Select, Service, XdpModeSetting, human, parse_backend_addr,
+    Rcode, Select, Service, SocketCgroup, XdpModeSetting, human, parse_backend_addr,
     values::{
         BACKEND_ENTRY_FORM, BACKEND_FORM, DURATION_FORM, duration_or_overflow, entries, quoted,
         size_range, table_hint, toml_integer, toml_weight, written,
@@ -120,6 +120,11 @@ pub fn parse_with(text: &str, origin: &Path, iface: Option<&str>) -> Result<Conf
         flows,
         persist: raw.persist.unwrap_or(false),
         limits,
+        sockets: at.keyword(
+            "sockets.cgroup",
+            raw.sockets.and_then(|s| s.cgroup),
+            SocketCgroup::Off,
+        )?,
     })
 }
 
@@ -135,6 +140,14 @@ struct RawConfig {
     service: Vec<RawService>,
     flows: Option<RawFlows>,
     limits: Option<RawLimits>,
+    sockets: Option<RawSockets>,
+}
+
+/// `[sockets]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSockets {
+    cgroup: Option<String>,
 }
 
 /// `[limits]`; values are checked by hand to name the field.

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub persist: bool,
     /// The cluster of services with `kubernetes = { ... }`.
     pub kubeconfig: Option<PathBuf>,
+    /// Overrides the config's `[sockets] cgroup`.
+    pub cgroup: Option<config::SocketCgroup>,
 }
 
 impl RunOptions {
@@ -66,6 +68,9 @@ impl RunOptions {
         }
         if let Some(mode) = self.xdp_mode {
             config.xdp_mode = mode;
+        }
+        if let Some(cgroup) = &self.cgroup {
+            config.sockets = cgroup.clone();
         }
         Ok(config)
     }

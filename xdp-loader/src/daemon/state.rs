@@ -90,6 +90,11 @@ impl Daemon {
                 new.forward.to_string(),
             ),
             (
+                "sockets.cgroup",
+                format!("{:?}", self.config.sockets),
+                format!("{:?}", new.sockets),
+            ),
+            (
                 "persist",
                 (opts.persist || self.config.persist).to_string(),
                 (opts.persist || new.persist).to_string(),

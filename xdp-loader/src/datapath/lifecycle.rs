@@ -2,7 +2,11 @@
 //! or adopted from a persistent instance, and the fast path's reply programs
 //! attached as backends come.
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{
@@ -18,7 +22,7 @@ use super::{
     expiry::Sweeper,
     maps::{self, KernelMaps},
     pins::{self, Pins},
-    route,
+    route, sockets,
 };
 use crate::{
     config::{self, Config, Forward, XdpModeSetting},
@@ -43,6 +47,47 @@ pub struct Datapath {
     reply_ins: BTreeSet<String>,
     /// Removes the records of queries nobody answered.
     sweeper: Sweeper,
+    /// The cgroup the socket programs are attached to.
+    sockets: Option<PathBuf>,
+}
+
+/// Attaches the socket programs where `setting` says. A failure is logged and
+/// leaves the interface's data path running: clients off the node are served
+/// either way. With `setting` off, a persistent data path's socket links are
+/// removed.
+fn socket_programs(
+    ebpf: &mut aya::Ebpf,
+    setting: &config::SocketCgroup,
+    pin_dir: Option<&Path>,
+) -> Option<PathBuf> {
+    let attached = sockets::resolve(setting).and_then(|cgroup| {
+        let Some(cgroup) = cgroup else {
+            return Ok(None);
+        };
+        sockets::attach(ebpf, &cgroup, pin_dir)?;
+        Ok(Some(cgroup))
+    });
+    match attached {
+        Ok(Some(cgroup)) => return Some(cgroup),
+        Ok(None) => info!(
+            "[sockets] cgroup = \"off\": the node's own clients are not steered (only what arrives on the interface is)"
+        ),
+        Err(err) => warn!(
+            "socket steering is off: {err:#}; the node's own clients (pods and processes on this node) get no answer from the service addresses, clients arriving on the interface are served as before"
+        ),
+    }
+    if let Some(dir) = pin_dir {
+        for name in sockets::PROGRAMS {
+            let pin = dir.join(format!("{}{name}", sockets::LINK_SOCK));
+            if pin.exists() {
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => info!("removed the socket link {}", pin.display()),
+                    Err(err) => warn!("removing {}: {err}", pin.display()),
+                }
+            }
+        }
+    }
+    None
 }
 
 impl Datapath {
@@ -182,6 +227,7 @@ impl Datapath {
             }
             mode
         };
+        let sockets = socket_programs(ebpf, &config.sockets, persist.then(|| pins.dir()));
         if !persist {
             pins.pin_maps(ebpf)?;
         }
@@ -198,7 +244,13 @@ impl Datapath {
             forward: config.forward,
             reply_ins,
             sweeper,
+            sockets,
         })
+    }
+
+    /// The cgroup whose sockets are steered, if any.
+    pub fn sockets(&self) -> Option<&Path> {
+        self.sockets.as_deref()
     }
 
     /// Applies a reloaded `[flows] query_timeout`.

@@ -10,6 +10,7 @@ pub mod maps;
 pub mod memory;
 pub mod pins;
 pub mod route;
+pub mod sockets;
 pub mod uplink;
 
 pub use lifecycle::Datapath;

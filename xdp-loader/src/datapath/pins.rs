@@ -394,9 +394,33 @@ fn attached_maps(iface: &str) -> Result<BTreeMap<String, u32>> {
                 // Each program names the maps it uses; together, all of them.
                 let mut all = tc_maps;
                 all.extend(maps);
+                all.extend(socket_maps(all.get(names::BACKENDS).copied())?);
                 return Ok(all);
             }
         }
     }
     bail!("no {XDP_PROGRAM} shares {TC_PROGRAM}'s counters on {iface}")
+}
+
+/// The maps of the socket programs sharing the backend table `backends`
+/// (its id), when the instance attached them.
+fn socket_maps(backends: Option<u32>) -> Result<BTreeMap<String, u32>> {
+    let mut found = BTreeMap::new();
+    let Some(backends) = backends else {
+        return Ok(found);
+    };
+    for prog in loaded_programs() {
+        let prog = prog.context("listing loaded programs")?;
+        let ours = prog
+            .name_as_str()
+            .is_some_and(|name| super::sockets::PROGRAMS.contains(&name));
+        if ours {
+            let maps = map_ids(&prog)?;
+            if maps.get(names::BACKENDS) == Some(&backends) {
+                found.extend(maps);
+                break;
+            }
+        }
+    }
+    Ok(found)
 }

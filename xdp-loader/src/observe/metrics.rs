@@ -521,6 +521,7 @@ mod tests {
             bytes: 17000,
             fail_open: false,
             kubernetes: None,
+            sockets: None,
             backends: vec![
                 backend(
                     "10.0.0.1:53",
@@ -542,6 +543,7 @@ mod tests {
             bytes: 500,
             fail_open: true,
             kubernetes: None,
+            sockets: None,
             backends: vec![backend(
                 "10.0.1.1:5353",
                 "down",

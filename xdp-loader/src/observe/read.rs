@@ -11,12 +11,13 @@ use aya::maps::{Array, HashMap, Map, MapData, MapType, PerCpuArray};
 use xdp_common::{
     ANY_IPV4, ANY_IPV6, Backend, BackendCounter, DnsStats, Endpoint, FlowEvent, ForwardConf,
     ForwardEvent, LATENCY_BASE_NS, LATENCY_BUCKETS, MAX_BACKENDS_PER_SERVICE, QueryEvent, Reason,
-    Ring, SelectMode, ServiceConf, backend_slot, backend_state, names, rcode_class, ring_key,
+    Ring, SelectMode, ServiceConf, SockCounter, backend_slot, backend_state, names, rcode_class,
+    ring_key,
 };
 
 use super::stats::{
     BackendDns, BackendStats, Capacity, CpuCounter, FlowStats, ForwardStats, JSON_VERSION,
-    MapStats, QueryStats, ServiceStats, Snapshot,
+    MapStats, QueryStats, ServiceStats, Snapshot, SocketBackend, SocketStats,
 };
 use crate::{
     config::Protocol,
@@ -44,6 +45,8 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     let outstanding: Array<MapData, u64> = typed(instance, names::OUTSTANDING)?;
     let timeouts: Array<MapData, u64> = typed(instance, names::TIMED_OUT)?;
     let reasons: PerCpuArray<MapData, u64> = typed(instance, names::REASONS)?;
+    // Found through the pins, or through the socket programs when attached.
+    let sock_stats: Option<Array<MapData, SockCounter>> = typed(instance, names::SOCK_STATS).ok();
 
     let mut listen: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for entry in services.iter() {
@@ -83,6 +86,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
             fail_open: false,
             kubernetes: None,
             backends: Vec::new(),
+            sockets: sock_stats.as_ref().map(|_| SocketStats::default()),
         };
         for index in 0..MAX_BACKENDS_PER_SERVICE {
             let slot = backend_slot(id, index);
@@ -119,6 +123,24 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
                 u16::from_be_bytes(backend.port),
             )
             .to_string();
+            if let (Some(map), Some(sockets)) = (&sock_stats, stats.sockets.as_mut()) {
+                let c = map
+                    .get(&slot, 0)
+                    .with_context(|| format!("reading socket counters of slot {slot}"))?;
+                let n = c.sendmsg + c.connect_udp + c.connect_tcp;
+                if n > 0 {
+                    sockets.choices += n;
+                    sockets.sendmsg += c.sendmsg;
+                    sockets.connect_udp += c.connect_udp;
+                    sockets.connect_tcp += c.connect_tcp;
+                    sockets.backends.push(SocketBackend {
+                        address: address.clone(),
+                        sendmsg: c.sendmsg,
+                        connect_udp: c.connect_udp,
+                        connect_tcp: c.connect_tcp,
+                    });
+                }
+            }
             stats.backends.push(BackendStats {
                 address,
                 state: state.to_owned(),
@@ -205,6 +227,12 @@ fn forward(instance: &Instance) -> Result<ForwardStats> {
 fn maps(instance: &Instance) -> Result<Vec<MapStats>> {
     names::ALL
         .iter()
+        // The socket programs' maps are reachable only when they are pinned
+        // or the programs attached.
+        .filter(|&&name| {
+            ![names::SOCK_REVERSE, names::SOCK_STATS].contains(&name)
+                || instance.map_info(name).is_ok()
+        })
         .map(|&name| {
             let info = instance.map_info(name)?;
             let kind = match info.map_type() {

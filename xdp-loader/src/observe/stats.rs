@@ -171,6 +171,32 @@ pub struct ServiceStats {
     /// `backends` in the config (and without a daemon to ask).
     #[serde(default)]
     pub kubernetes: Option<KubernetesStats>,
+    /// The socket programs' choices for the node's own clients (`[sockets]`);
+    /// null when the instance has no socket counters.
+    #[serde(default)]
+    pub sockets: Option<SocketStats>,
+}
+
+/// A service's choices by the socket programs: counted once per `connect()`
+/// or unconnected `sendmsg()`, where the XDP counters count packets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketStats {
+    /// Sums over the backends.
+    pub choices: u64,
+    pub sendmsg: u64,
+    pub connect_udp: u64,
+    pub connect_tcp: u64,
+    /// Backends with at least one choice, in slot order.
+    pub backends: Vec<SocketBackend>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketBackend {
+    /// `ADDR:PORT`, `[ADDR]:PORT` for IPv6.
+    pub address: String,
+    pub sendmsg: u64,
+    pub connect_udp: u64,
+    pub connect_tcp: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

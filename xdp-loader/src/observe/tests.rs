@@ -57,6 +57,7 @@ fn add_health_matches_members_by_address_and_skips_removed_slots() {
         bytes: 1480,
         fail_open: false,
         kubernetes: None,
+        sockets: None,
         backends: vec![
             backend("10.0.0.2:53", "active", None),
             backend("10.0.0.3:53", "removed", None),
@@ -150,6 +151,7 @@ fn ipv6_addresses_read_in_brackets_and_widen_the_table() {
         bytes: 1480,
         fail_open: false,
         kubernetes: None,
+        sockets: None,
         backends: vec![
             backend(long, "active", None),
             backend("[2001:db8::2]:53", "active", None),
@@ -222,6 +224,7 @@ fn a_backend_with_queries_gets_a_dns_line() {
             fail_open: false,
             backends: vec![b],
             kubernetes: None,
+            sockets: None,
         }],
         reasons: BTreeMap::new(),
         reasons_per_cpu: None,
