@@ -31,7 +31,7 @@ pub fn write_forward(ebpf: &mut Ebpf, conf: &ForwardConf) -> Result<()> {
 
 /// Each map's capacity in entries for these limits and flow table size; the
 /// maps not listed have a fixed size.
-pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 14] {
+pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 16] {
     let services = limits.services;
     let slots = services * MAX_BACKENDS_PER_SERVICE;
     [
@@ -51,6 +51,9 @@ pub fn capacities(limits: &Limits, flow_capacity: u32) -> [(&'static str, u32); 
         (names::FLOWS, flow_capacity),
         (names::AFFINITY, flow_capacity),
         (names::QUERIES, flow_capacity),
+        (names::SOCK_STATS, slots),
+        // A socket of the node's own clients is a flow of theirs.
+        (names::SOCK_REVERSE, flow_capacity),
     ]
 }
 
@@ -96,6 +99,16 @@ pub fn layouts(limits: &Limits, flow_capacity: u32) -> Vec<(&'static str, usize,
         (names::BACKEND_DNS, u32s, size_of::<DnsStats>()),
         (names::OUTSTANDING, u32s, size_of::<u64>()),
         (names::TIMED_OUT, u32s, size_of::<u64>()),
+        (
+            names::SOCK_REVERSE,
+            size_of::<xdp_common::SockKey>(),
+            size_of::<Endpoint>(),
+        ),
+        (
+            names::SOCK_STATS,
+            u32s,
+            size_of::<xdp_common::SockCounter>(),
+        ),
     ]
     .into_iter()
     .map(|(name, key, value)| {

@@ -146,6 +146,33 @@ impl Collector for SnapshotCollector {
         )?;
         family(
             out,
+            "dnsteer_backend_socket_choices",
+            "Times the socket programs chose the backend for a client on the node, by call (sendmsg, connect_udp, connect_tcp)",
+            self.0.services.iter().flat_map(|svc| {
+                svc.sockets.iter().flat_map(move |k| {
+                    k.backends.iter().flat_map(move |b| {
+                        [
+                            ("sendmsg", b.sendmsg),
+                            ("connect_udp", b.connect_udp),
+                            ("connect_tcp", b.connect_tcp),
+                        ]
+                        .into_iter()
+                        .map(move |(call, n)| {
+                            (
+                                [
+                                    ("service", svc.name.as_str()),
+                                    ("backend", b.address.as_str()),
+                                    ("call", call),
+                                ],
+                                ConstCounter::new(n),
+                            )
+                        })
+                    })
+                })
+            }),
+        )?;
+        family(
+            out,
             "dnsteer_backend_bytes",
             "Bytes (whole frames) steered to the backend",
             backends().map(|(svc, b)| (backend_labels(svc, b), ConstCounter::new(b.bytes))),

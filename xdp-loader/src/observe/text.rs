@@ -172,6 +172,20 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String
             rate(old.map(|o| o.packets), svc.packets),
             tw = w + 15
         );
+        if let Some(k) = svc.sockets.as_ref().filter(|k| k.choices > 0) {
+            let _ = writeln!(
+                s,
+                "  sockets (the node's own clients): {} choices (sendmsg {}, connect udp {}, connect tcp {})",
+                k.choices, k.sendmsg, k.connect_udp, k.connect_tcp
+            );
+            for b in &k.backends {
+                let _ = writeln!(
+                    s,
+                    "    {:<w$} sendmsg {:>10}  connect udp {:>8}  connect tcp {:>8}",
+                    b.address, b.sendmsg, b.connect_udp, b.connect_tcp
+                );
+            }
+        }
     }
     let _ = writeln!(s, "\nreasons");
     for (name, count) in &now.reasons {
