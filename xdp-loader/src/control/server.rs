@@ -1,5 +1,6 @@
 //! The daemon's side of the control socket: one task per client reads its
-//! request, hands it to the daemon's event loop and writes the answer back.
+//! request, answers a read (`list`) from the published view or hands a change
+//! to the daemon's event loop, and writes the answer back.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::{
 };
 
 use super::{Request, Response, allowed};
+use crate::daemon::view::Published;
 
 /// How long a control client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,22 +20,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request and where its answer goes.
 pub type Pending = (Request, oneshot::Sender<Response>);
 
-/// Accepts control clients on `listener` until the task is aborted; each
-/// request goes to `queue`.
-pub async fn accept(listener: UnixListener, queue: mpsc::Sender<Pending>) {
+/// Accepts control clients on `listener` until the task is aborted; reads
+/// are answered from `view`, every other request goes to `queue`.
+pub async fn accept(listener: UnixListener, queue: mpsc::Sender<Pending>, view: Published) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, queue.clone()));
+                tokio::spawn(serve(stream, queue.clone(), view.clone()));
             }
             Err(err) => warn!("control socket: accept failed: {err}"),
         }
     }
 }
 
-/// Reads one request from a control client, has the main loop answer it, and
-/// writes the answer back.
-async fn serve(stream: UnixStream, queue: mpsc::Sender<Pending>) {
+/// Reads one request from a control client, answers it from `view` (a read)
+/// or has the main loop answer it (a change), and writes the answer back.
+async fn serve(stream: UnixStream, queue: mpsc::Sender<Pending>, view: Published) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
         Err(err) => {
@@ -58,16 +60,19 @@ async fn serve(stream: UnixStream, queue: mpsc::Sender<Pending>) {
                 Err(err) => {
                     Response::error("", format!("bad request {:?}: {err}", line.trim_end()))
                 }
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    if queue.send((request, tx)).await.is_err() {
-                        return; // shutting down
+                Ok(request) => match view.answer(&request) {
+                    Some(response) => response,
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        if queue.send((request, tx)).await.is_err() {
+                            return; // shutting down
+                        }
+                        match rx.await {
+                            Ok(response) => response,
+                            Err(_) => return,
+                        }
                     }
-                    match rx.await {
-                        Ok(response) => response,
-                        Err(_) => return,
-                    }
-                }
+                },
             },
         }
     };

@@ -9,6 +9,7 @@
 
 pub mod sources;
 mod state;
+pub mod view;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -23,6 +24,7 @@ use tokio::{
 use self::{
     sources::{Event, QUEUE},
     state::{Daemon, describe},
+    view::Published,
 };
 use crate::{
     config::{self, Config, XdpModeSetting},
@@ -89,24 +91,44 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs `job` on the daemon in the blocking pool and gives the daemon back.
-/// A job that panics takes the daemon with it (its drop detaches the data
-/// path) and `run` ends with an error.
+/// Runs `job` on the daemon in the blocking pool, publishes what readers see
+/// afterwards to `view` (before the caller answers anyone) and gives the
+/// daemon back. A job that panics takes the daemon with it (its drop detaches
+/// the data path) and `run` ends with an error.
 async fn blocking<R: Send + 'static>(
     slot: &mut Option<Daemon>,
+    view: &Published,
     job: impl FnOnce(&mut Daemon) -> R + Send + 'static,
 ) -> Result<R> {
     let mut daemon = slot
         .take()
         .context("the daemon was lost to an earlier failure")?;
+    let view = view.clone();
     let (daemon, out) = tokio::task::spawn_blocking(move || {
         let out = job(&mut daemon);
+        view.set(daemon.view());
         (daemon, out)
     })
     .await
     .context("a change to the running state panicked; the data path is detached")?;
     *slot = Some(daemon);
     Ok(out)
+}
+
+/// Answers each scrape from the counters and the published `view`, in the
+/// blocking pool (map reads block) and never through the loop.
+async fn scrapes_from(view: Published, mut scrapes: mpsc::Receiver<Scrape>) {
+    while let Some(reply) = scrapes.recv().await {
+        let view = view.get();
+        let body = tokio::task::spawn_blocking(move || {
+            view.snapshot()
+                .map(|s| metrics::encode(&s))
+                .map_err(|err| format!("reading the counters: {err:#}"))
+        })
+        .await
+        .unwrap_or_else(|err| Err(format!("reading the counters panicked: {err}")));
+        let _ = reply.send(body);
+    }
 }
 
 /// `dnsteer run`: runs until SIGINT or SIGTERM.
@@ -128,11 +150,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })?),
     };
 
-    // An observer: /metrics reads through the loop (scrapes wait until it
-    // runs); /healthz and /readyz answer from `ready` from the start, so a
+    // An observer: /metrics reads the pinned counters with the view the loop
+    // publishes (scrapes never wait for a change); /healthz and /readyz answer from `ready` from the start, so a
     // startup probe sees the process while it waits for Kubernetes.
     let ready = Readiness::default();
-    let (scrapes, mut scrape_requests) = mpsc::channel::<Scrape>(16);
+    let (scrapes, scrape_requests) = mpsc::channel::<Scrape>(16);
     let _metrics = metrics_listener.map(|listener| {
         info!(
             "serving Prometheus metrics on http://{0}/metrics, liveness on /healthz, readiness on /readyz",
@@ -190,11 +212,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         config.interface
     );
 
-    // The sources, each a task feeding `inbox`.
+    // What readers see, published before any reader can ask.
+    let view = Published::default();
+    view.set(daemon.view());
+
+    // The sources, each a task feeding `inbox`; reads (`list`, scrapes) are
+    // answered from `view` beside them and never wait for the loop.
     let (events, mut inbox) = mpsc::channel::<Event>(QUEUE);
     let (requests, pending) = mpsc::channel::<Pending>(16);
     let _sources = [
-        tokio::spawn(control::server::accept(listener, requests)),
+        tokio::spawn(control::server::accept(listener, requests, view.clone())),
+        tokio::spawn(scrapes_from(view.clone(), scrape_requests)),
         tokio::spawn(sources::forward(
             pending,
             events.clone(),
@@ -225,7 +253,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Some(event) = inbox.recv() => match event {
                 Event::Request(request, reply) => {
                     let stop = request.op == Op::Stop;
-                    let response = blocking(&mut daemon, move |d| d.handle(&request)).await?;
+                    let response = blocking(&mut daemon, &view, move |d| d.handle(&request)).await?;
                     let _ = reply.send(response);
                     if stop {
                         break "dnsteer stop";
@@ -233,7 +261,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 Event::Reload(why) => {
                     let opts = opts.clone();
-                    let synced = blocking(&mut daemon, move |d| {
+                    let synced = blocking(&mut daemon, &view, move |d| {
                         d.reload(&opts, why);
                         d.kubernetes_synced()
                     })
@@ -241,33 +269,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     ready.set_synced(synced);
                 }
                 Event::Change { service, change, source } => {
-                    blocking(&mut daemon, move |d| {
+                    blocking(&mut daemon, &view, move |d| {
                         if let Err(err) = d.change(&service, &change, source) {
                             error!("{source}: service {service}: {err:#}");
                         }
                     })
                     .await?;
                 }
-                Event::Probe(result) => blocking(&mut daemon, move |d| d.on_probe(result)).await?,
+                Event::Probe(result) => blocking(&mut daemon, &view, move |d| d.on_probe(result)).await?,
                 Event::Kubernetes(update) => {
-                    let synced = blocking(&mut daemon, move |d| {
+                    let synced = blocking(&mut daemon, &view, move |d| {
                         d.on_kubernetes(update);
                         d.kubernetes_synced()
                     })
                     .await?;
                     ready.set_synced(synced);
                 }
-                Event::Tick => blocking(&mut daemon, Daemon::on_tick).await?,
+                Event::Tick => blocking(&mut daemon, &view, Daemon::on_tick).await?,
             },
-            Some(reply) = scrape_requests.recv() => {
-                let body = blocking(&mut daemon, |d| {
-                    d.snapshot()
-                        .map(|s| metrics::encode(&s))
-                        .map_err(|err| format!("reading the counters: {err:#}"))
-                })
-                .await?;
-                let _ = reply.send(body);
-            }
         }
     };
     let daemon = daemon.context("the daemon was lost to an earlier failure")?;

@@ -11,7 +11,10 @@ use std::{
 use anyhow::Result;
 use log::{error, info, warn};
 
-use super::RunOptions;
+use super::{
+    RunOptions,
+    view::{ServiceView, View},
+};
 use crate::{
     config::{self, Config, PassiveCheck, Protocol},
     control::{BackendView, KubernetesStats, Op, Request, Response},
@@ -341,6 +344,29 @@ impl Daemon {
             })
             .collect();
         Ok((backends, self.datapath.live().fail_open(&name)))
+    }
+
+    /// What readers see now: every service's backends, health and watch.
+    pub fn view(&self) -> View {
+        let services = self
+            .datapath
+            .live()
+            .names()
+            .into_iter()
+            .map(|name| {
+                let (backends, fail_open) = self.views(&name).unwrap_or_default();
+                ServiceView {
+                    kubernetes: self.kubernetes_stats(&name),
+                    name,
+                    backends,
+                    fail_open,
+                }
+            })
+            .collect();
+        View {
+            interface: self.config.interface.clone(),
+            services,
+        }
     }
 
     /// The counters, as `dnsteer stats --json` would print them.

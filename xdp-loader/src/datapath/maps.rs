@@ -343,6 +343,22 @@ impl Store for KernelMaps {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(extra) = slow_grace() {
+            std::thread::sleep(extra);
+        }
         Ok(())
     }
+}
+
+/// `DNSTEER_SLOW_GRACE_MS`, for tests only: each grace period lasts this much
+/// longer, as on a busy host where `membarrier` takes over a second, so a test
+/// can tell whether anything waits for a change in flight.
+fn slow_grace() -> Option<Duration> {
+    static EXTRA: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *EXTRA.get_or_init(|| {
+        std::env::var("DNSTEER_SLOW_GRACE_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+    })
 }
