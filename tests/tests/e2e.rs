@@ -266,11 +266,9 @@ fn limits_size_the_maps_and_stats_report_their_memory() {
         ),
         (256, 1024, 64, 65536)
     );
-    // Without socket programs attached, their maps are not reachable from
-    // another mount namespace.
     assert_eq!(
         small.maps.len(),
-        xdp_common::names::ALL.len() - 2,
+        xdp_common::names::ALL.len(),
         "{:?}",
         small.maps
     );

@@ -60,8 +60,8 @@ fn socket_programs(
     setting: &config::SocketCgroup,
     pin_dir: Option<&Path>,
 ) -> Option<PathBuf> {
-    let attached = sockets::resolve(setting).and_then(|cgroup| {
-        let Some(cgroup) = cgroup else {
+    let attached = sockets::load(ebpf).and_then(|()| {
+        let Some(cgroup) = sockets::resolve(setting)? else {
             return Ok(None);
         };
         sockets::attach(ebpf, &cgroup, pin_dir)?;

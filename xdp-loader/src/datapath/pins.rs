@@ -403,7 +403,7 @@ fn attached_maps(iface: &str) -> Result<BTreeMap<String, u32>> {
 }
 
 /// The maps of the socket programs sharing the backend table `backends`
-/// (its id), when the instance attached them.
+/// (its id): loaded by every instance, attached or not.
 fn socket_maps(backends: Option<u32>) -> Result<BTreeMap<String, u32>> {
     let mut found = BTreeMap::new();
     let Some(backends) = backends else {

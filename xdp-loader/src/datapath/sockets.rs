@@ -103,7 +103,19 @@ fn is_cgroup2(path: &Path) -> Result<bool> {
     Ok(st.f_type as i64 == CGROUP2_MAGIC)
 }
 
-/// Loads the socket programs and attaches them to `cgroup`. With `pin_dir`,
+/// Loads the socket programs, attached or not: a loaded program names its
+/// maps, which is how `stats` finds the socket maps of an instance whose pins
+/// it cannot see, as it finds the others through the attached programs.
+pub fn load(ebpf: &mut Ebpf) -> Result<()> {
+    for name in PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load()
+            .with_context(|| format!("loading {name} (the verifier's log follows)"))?;
+    }
+    Ok(())
+}
+
+/// Attaches the loaded socket programs to `cgroup`. With `pin_dir`,
 /// each link is pinned there; a link already pinned (a persistent data path
 /// being adopted) is replaced only after the new one is attached, so sockets
 /// are steered throughout.
@@ -111,8 +123,6 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pin_dir: Option<&Path>) -> Result<
     let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
     for name in PROGRAMS {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        prog.load()
-            .with_context(|| format!("loading {name} (the verifier's log follows)"))?;
         let id = prog
             .attach(&dir, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;

@@ -45,7 +45,7 @@ pub fn read(instance: &Instance, per_cpu: bool) -> Result<Snapshot> {
     let outstanding: Array<MapData, u64> = typed(instance, names::OUTSTANDING)?;
     let timeouts: Array<MapData, u64> = typed(instance, names::TIMED_OUT)?;
     let reasons: PerCpuArray<MapData, u64> = typed(instance, names::REASONS)?;
-    // Found through the pins, or through the socket programs when attached.
+    // Found through the pins, or through the loaded socket programs.
     let sock_stats: Option<Array<MapData, SockCounter>> = typed(instance, names::SOCK_STATS).ok();
 
     let mut listen: BTreeMap<u32, Vec<String>> = BTreeMap::new();
@@ -227,12 +227,6 @@ fn forward(instance: &Instance) -> Result<ForwardStats> {
 fn maps(instance: &Instance) -> Result<Vec<MapStats>> {
     names::ALL
         .iter()
-        // The socket programs' maps are reachable only when they are pinned
-        // or the programs attached.
-        .filter(|&&name| {
-            ![names::SOCK_REVERSE, names::SOCK_STATS].contains(&name)
-                || instance.map_info(name).is_ok()
-        })
         .map(|&name| {
             let info = instance.map_info(name)?;
             let kind = match info.map_type() {
