@@ -207,6 +207,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             events.clone(),
         )),
         tokio::spawn(sources::ticks(events.clone())),
+        tokio::spawn(sources::addresses(config.interface.clone(), events.clone())),
     ]
     .map(AbortOnDrop);
     drop(events);
@@ -253,6 +254,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     ready.set_synced(synced);
                 }
                 Event::Tick => blocking(&mut daemon, Daemon::on_tick).await?,
+                Event::Addresses => blocking(&mut daemon, Daemon::on_addresses).await?,
             },
             Some(reply) = scrape_requests.recv() => {
                 let body = blocking(&mut daemon, |d| {
