@@ -831,3 +831,75 @@ fn a_restart_while_the_api_server_is_away_keeps_the_backends() {
     );
     dnsteer.stop().expect("dnsteer stops");
 }
+
+/// `listen` left out follows the interface's addresses as they change
+/// (netlink address events), not only Kubernetes events: an external IP of
+/// the Service added to the interface gets steered, and once removed is not.
+#[test]
+fn listen_follows_addresses_added_to_and_removed_from_the_interface() {
+    let _serial = serial();
+    let topo = Topology::build(TopologyConfig {
+        backends: 2,
+        ..TopologyConfig::default()
+    })
+    .expect("test bed");
+    let iface = topo.config.node_iface.clone();
+    let b = topo.backend_targets();
+    let api = ApiServer::start_in(Some(&topo.node.path()), "127.0.0.1:0".parse().unwrap())
+        .expect("API double");
+    let dir = TempDir::new("kube-addr").expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    api.apply_slice(&slice(
+        NS,
+        "bind-a",
+        "bind",
+        PORT,
+        &[(b[0].ip(), Cond::Ready), (b[1].ip(), Cond::Ready)],
+    ));
+    // 192.0.2.12 is in the client's subnet but on no interface yet.
+    let first = IpAddr::V4(topo.config.service_addrs[0]);
+    let added: IpAddr = "192.0.2.12".parse().unwrap();
+    api.apply_service(&service(NS, "bind", PORT, &[first, added]));
+    let dnsteer = Dnsteer::start_with_args(
+        Launch::SharedMounts,
+        &topo.node,
+        &binary().unwrap(),
+        &iface,
+        &config(&iface, None),
+        &["--kubeconfig", kubeconfig.to_str().unwrap()],
+    )
+    .expect("dnsteer");
+    let log = || dnsteer.log();
+    wait_steered(&topo, SocketAddr::new(first, 53), true, &b, log);
+    assert!(
+        !steered(&topo.client, SocketAddr::new(added, 53), &b),
+        "{added} is on no interface, yet steered"
+    );
+
+    // No Kubernetes event from here on: only the interface changes.
+    topo.node
+        .run(&["ip", "addr", "add", "192.0.2.12/24", "dev", &iface])
+        .expect("adding the address");
+    wait_steered(&topo, SocketAddr::new(added, 53), true, &b, log);
+    assert!(
+        dnsteer
+            .log()
+            .contains(&format!("an address was added to {iface}")),
+        "{}",
+        dnsteer.log()
+    );
+    topo.node
+        .run(&["ip", "addr", "del", "192.0.2.12/24", "dev", &iface])
+        .expect("removing the address");
+    wait_steered(&topo, SocketAddr::new(added, 53), false, &b, log);
+    wait_steered(&topo, SocketAddr::new(first, 53), true, &b, log);
+    assert!(
+        dnsteer
+            .log()
+            .contains(&format!("an address was removed from {iface}")),
+        "{}",
+        dnsteer.log()
+    );
+    drop(api);
+}

@@ -240,6 +240,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             events.clone(),
         )),
         tokio::spawn(sources::ticks(events.clone())),
+        tokio::spawn(sources::addresses(config.interface.clone(), events.clone())),
     ]
     .map(AbortOnDrop);
     drop(events);
@@ -286,6 +287,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     ready.set_synced(synced);
                 }
                 Event::Tick => blocking(&mut daemon, &view, Daemon::on_tick).await?,
+                Event::Addresses => blocking(&mut daemon, &view, Daemon::on_addresses).await?,
             },
         }
     };

@@ -54,6 +54,8 @@ pub enum Event {
     Kubernetes(Update),
     /// A second passed: time to judge the backends' answers (passive health).
     Tick,
+    /// An address was added to or removed from the interface (netlink).
+    Addresses,
 }
 
 /// Where sources send their events.
@@ -107,6 +109,197 @@ pub async fn ticks(events: Events) {
         tick.tick().await;
         if events.send(Event::Tick).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Sends [`Event::Addresses`] when an IPv4 or IPv6 address is added to or
+/// removed from `interface` (rtnetlink `RTNLGRP_IPV4_IFADDR`/`IPV6_IFADDR`),
+/// one event per burst, until the daemon is gone. Without the socket (logged)
+/// the listen addresses are read again only on reload and Kubernetes events.
+pub async fn addresses(interface: String, events: Events) {
+    let socket = match netlink::AddrEvents::open() {
+        Ok(s) => s,
+        Err(err) => {
+            log::warn!(
+                "cannot watch the addresses of {interface} (netlink): {err}; a service without listen follows them only on reload"
+            );
+            return;
+        }
+    };
+    // SAFETY: the AsyncFd owns the socket, so the fd stays open while registered.
+    let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register(socket) }) else {
+        log::warn!(
+            "cannot watch the addresses of {interface}: registering the netlink socket failed"
+        );
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        // The index is read each time: the device may come back under a new one.
+        let index = netlink::index_of(&interface);
+        let mut mine = false;
+        loop {
+            match fd.get_ref().read_changes() {
+                Ok(Some(changes)) => {
+                    for (new, ifindex) in changes {
+                        if Some(ifindex) == index {
+                            log::info!(
+                                "an address was {} {interface}: reading its addresses again",
+                                if new { "added to" } else { "removed from" }
+                            );
+                            mine = true;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(err) => {
+                    // ENOBUFS: events were lost; read everything again.
+                    log::warn!(
+                        "netlink address events on {interface}: {err}; reading its addresses again"
+                    );
+                    mine = true;
+                }
+            }
+        }
+        if mine && events.send(Event::Addresses).await.is_err() {
+            return;
+        }
+    }
+}
+
+mod netlink {
+    use std::{
+        ffi::CString,
+        io,
+        os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    };
+
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_DELADDR: u16 = 21;
+    /// `struct nlmsghdr`: len u32, type u16, flags u16, seq u32, pid u32.
+    const NLMSG_HDRLEN: usize = 16;
+    /// `struct ifaddrmsg`: family, prefixlen, flags, scope (u8 each), index u32.
+    const IFADDRMSG_LEN: usize = 8;
+
+    /// A `NETLINK_ROUTE` socket subscribed to address events.
+    pub struct AddrEvents(OwnedFd);
+
+    impl AsRawFd for AddrEvents {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+
+    impl AddrEvents {
+        pub fn open() -> io::Result<Self> {
+            // SAFETY: plain syscalls on a socket this function owns.
+            unsafe {
+                let fd = libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    libc::NETLINK_ROUTE,
+                );
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let fd = OwnedFd::from_raw_fd(fd);
+                let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+                addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+                addr.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+                if libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                ) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(Self(fd))
+            }
+        }
+
+        /// One datagram's address events as (added, interface index);
+        /// `None` when nothing is waiting.
+        pub fn read_changes(&self) -> io::Result<Option<Vec<(bool, u32)>>> {
+            let mut buf = vec![0u8; 16384];
+            // SAFETY: reads into a buffer of the length given.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                return if err.kind() == io::ErrorKind::WouldBlock {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+            Ok(Some(parse(&buf[..n as usize])))
+        }
+    }
+
+    /// The address events in one netlink datagram.
+    pub fn parse(mut buf: &[u8]) -> Vec<(bool, u32)> {
+        let mut out = Vec::new();
+        while buf.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
+            if len < NLMSG_HDRLEN || len > buf.len() {
+                break;
+            }
+            if (kind == RTM_NEWADDR || kind == RTM_DELADDR) && len >= NLMSG_HDRLEN + IFADDRMSG_LEN {
+                let at = NLMSG_HDRLEN + 4;
+                let index = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());
+                out.push((kind == RTM_NEWADDR, index));
+            }
+            let aligned = (len + 3) & !3;
+            buf = &buf[aligned.min(buf.len())..];
+        }
+        out
+    }
+
+    /// The interface's index, if it exists.
+    pub fn index_of(name: &str) -> Option<u32> {
+        let name = CString::new(name).ok()?;
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        (index != 0).then_some(index)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parse_reads_new_and_deleted_addresses_and_skips_others() {
+            let msg = |kind: u16, index: u32| {
+                let mut m = Vec::new();
+                m.extend_from_slice(&28u32.to_ne_bytes());
+                m.extend_from_slice(&kind.to_ne_bytes());
+                m.extend_from_slice(&[0; 10]);
+                m.extend_from_slice(&[2, 24, 0, 0]);
+                m.extend_from_slice(&index.to_ne_bytes());
+                m.extend_from_slice(&[0; 4]);
+                m
+            };
+            let mut buf = msg(RTM_NEWADDR, 3);
+            buf.extend(msg(16, 9)); // RTM_NEWLINK
+            buf.extend(msg(RTM_DELADDR, 4));
+            assert_eq!(parse(&buf), vec![(true, 3), (false, 4)]);
+            assert!(parse(&buf[..10]).is_empty());
+        }
+
+        #[test]
+        fn index_of_knows_lo_and_not_a_missing_device() {
+            assert!(index_of("lo").is_some());
+            assert_eq!(index_of("no-such-if0"), None);
         }
     }
 }

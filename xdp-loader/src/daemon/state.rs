@@ -408,6 +408,31 @@ impl Daemon {
         self.sync_health();
     }
 
+    /// The interface's addresses changed (netlink): a service without
+    /// `listen` listens on those of its Service's addresses the interface now
+    /// holds; recomputed and applied as a Kubernetes event would be.
+    pub fn on_addresses(&mut self) {
+        let live = self.datapath.live();
+        let wanted = self
+            .feed
+            .desired(&self.config, |name| live.current(name), Others::AsTheyAre);
+        match self.datapath.live_mut().apply(&wanted) {
+            Ok(lines) => {
+                for line in lines {
+                    info!("{line} (addresses of {} changed)", self.config.interface);
+                }
+            }
+            Err(err) => error!(
+                "addresses of {} changed: applying the new listen addresses failed part way: {err:#}",
+                self.config.interface
+            ),
+        }
+        if let Err(err) = self.datapath.sync_fast_path() {
+            error!("addresses changed: fast path: {err:#}");
+        }
+        self.sync_health();
+    }
+
     /// Whether every service fed by Kubernetes has had its first set.
     pub fn kubernetes_synced(&self) -> bool {
         self.feed.synced()
