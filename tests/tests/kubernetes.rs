@@ -13,7 +13,8 @@
 //! endpoint took to get traffic after the API server announced it; the
 //! watch's state in `stats --json` and `/metrics`; `dnsteer backends add`
 //! refused with where the backends come from. Also: `listen` left to the
-//! Service's external IPs that are on the interface.
+//! Service's external IPs that are on the interface, and its ClusterIP (held by
+//! no interface) steered at XDP and at the node's sockets.
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +27,7 @@ use std::{
 use serde_json::Value;
 use testbed::{
     NetNs, TempDir, Topology, TopologyConfig, WHOAMI_NAME,
+    cgroup::Cgroup,
     dnsteer::{Dnsteer, Launch, binary},
     kubeapi::{ApiServer, Cond, service, slice},
     load::{self, Answer, PacedLoad, QueryRecord},
@@ -691,6 +693,113 @@ fn listen_from_the_service_external_ips_on_the_interface() {
     api.apply_service(&service(NS, "bind", PORT, &[second]));
     wait_steered(&topo, SocketAddr::new(second, 53), true, &b, log);
     wait_steered(&topo, SocketAddr::new(first, 53), false, &b, log);
+}
+
+/// The Service's ClusterIP is held by no interface: dnsteer listens on it all
+/// the same, so a query for it that is routed to the node is steered at XDP,
+/// and a process on the node (in the cgroup the socket programs are attached
+/// to) is steered at its socket and answered from the ClusterIP.
+#[test]
+fn the_cluster_ip_is_served_on_the_interface_and_at_the_nodes_sockets() {
+    let _serial = serial();
+    let topo = Topology::build(TopologyConfig {
+        backends: 2,
+        ..TopologyConfig::default()
+    })
+    .expect("test bed");
+    let iface = topo.config.node_iface.clone();
+    let b = topo.backend_targets();
+    let cgroup = Cgroup::new("kube-cluster-ip").expect("a cgroup v2 directory of the test's own");
+    let api = ApiServer::start_in(Some(&topo.node.path()), "127.0.0.1:0".parse().unwrap())
+        .expect("API double");
+    let dir = TempDir::new("kube-cluster-ip").expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    api.apply_slice(&slice(
+        NS,
+        "bind-a",
+        "bind",
+        PORT,
+        &[(b[0].ip(), Cond::Ready), (b[1].ip(), Cond::Ready)],
+    ));
+    let cluster_ip = SocketAddr::new("10.96.0.10".parse().unwrap(), PORT.1);
+    let mut bind = service(NS, "bind", PORT, &[]);
+    if let Some(spec) = bind.spec.as_mut() {
+        spec.cluster_ip = Some(cluster_ip.ip().to_string());
+        spec.cluster_ips = Some(vec![cluster_ip.ip().to_string()]);
+    }
+    api.apply_service(&bind);
+    let at = cgroup.path_for_other_mounts();
+    let dnsteer = Dnsteer::start_with_args(
+        Launch::SharedMounts,
+        &topo.node,
+        &binary().unwrap(),
+        &iface,
+        &config(&iface, None),
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--cgroup",
+            at.to_str().unwrap(),
+        ],
+    )
+    .expect("dnsteer");
+    wait_members(
+        &dnsteer,
+        &[(b[0], "active"), (b[1], "active")],
+        Duration::from_secs(10),
+    );
+    let log = || dnsteer.log();
+    // The client routes everything through the node.
+    wait_steered(&topo, cluster_ip, true, &b, log);
+    assert!(
+        dnsteer.log().contains(&format!(
+            "listening on the Service's addresses {cluster_ip}"
+        )),
+        "{}",
+        dnsteer.log()
+    );
+
+    // From the node itself: dig takes an answer only from the address it
+    // asked, so an answer shows the reply was handed back as the ClusterIP.
+    let mut answered = BTreeMap::new();
+    for _ in 0..20 {
+        let mut dig = topo.node.command("dig");
+        dig.args([
+            &format!("@{}", cluster_ip.ip()),
+            "+short",
+            "+time=2",
+            "+tries=1",
+            WHOAMI_NAME,
+            "A",
+        ]);
+        cgroup.enter(&mut dig);
+        let out = dig.output().expect("running dig");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ip: Ipv4Addr = text
+            .lines()
+            .find_map(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "dig @{cluster_ip} from the node: no answer: {text}\n{}",
+                    log()
+                )
+            });
+        *answered.entry(ip).or_insert(0u32) += 1;
+    }
+    println!("node-local queries for {cluster_ip} answered by {answered:?}");
+    let backends: Vec<IpAddr> = b.iter().map(SocketAddr::ip).collect();
+    assert!(
+        answered
+            .keys()
+            .all(|ip| backends.contains(&IpAddr::V4(*ip))),
+        "{answered:?}"
+    );
+    assert_eq!(
+        answered.len(),
+        2,
+        "nth spreads over both backends: {answered:?}"
+    );
 }
 
 /// Health probes apply on top of Kubernetes: a pod Kubernetes calls ready

@@ -14,7 +14,9 @@ use log::{info, warn};
 use tokio::{sync::mpsc, task::JoinHandle};
 use xdp_common::MAX_BACKENDS_PER_SERVICE;
 
-use super::{BackendSet, Backoff, EndpointState, Spec, Status, Update, client, watch};
+use super::{
+    BackendSet, Backoff, EndpointState, ServiceAddrs, Spec, Status, Update, client, watch,
+};
 use crate::config::{BackendSpec, Config, DEFAULT_WEIGHT, KubernetesSource, Listen, Service};
 
 /// What the data path holds for a service now: its members and listen entries.
@@ -35,7 +37,7 @@ pub struct Feed {
     tx: mpsc::UnboundedSender<Update>,
     tasks: BTreeMap<String, (Spec, bool, JoinHandle<()>)>,
     sets: BTreeMap<String, BackendSet>,
-    listen: BTreeMap<String, Vec<SocketAddr>>,
+    listen: BTreeMap<String, ServiceAddrs>,
     status: BTreeMap<String, Status>,
     /// Services whose set was cut to what a service holds, as last logged.
     cut: BTreeSet<String>,
@@ -116,8 +118,18 @@ impl Feed {
                 self.sets.insert(service, backends);
                 true
             }
-            Update::Listen { service, listen } if self.tasks.contains_key(&service) => {
-                self.listen.insert(service, listen);
+            Update::Listen {
+                service,
+                cluster,
+                listen,
+            } if self.tasks.contains_key(&service) => {
+                self.listen.insert(
+                    service,
+                    ServiceAddrs {
+                        cluster,
+                        outside: listen,
+                    },
+                );
                 true
             }
             Update::Status { service, status } if self.tasks.contains_key(&service) => {
@@ -148,8 +160,9 @@ impl Feed {
     }
 
     /// `config` with each Kubernetes-fed service's backends (active: weight
-    /// 1, draining: weight 0) and, without `listen`, its Service's addresses
-    /// that are addresses of `config.interface`. A service not heard from
+    /// 1, draining: weight 0) and, without `listen`, its Service's ClusterIPs
+    /// and those of its external and load-balancer addresses that are
+    /// addresses of `config.interface`. A service not heard from
     /// yet keeps what the data path has (`current`): an adopted data path
     /// is not emptied because the API server is unreachable.
     ///
@@ -185,8 +198,12 @@ impl Feed {
             match self.listen.get(&service.name) {
                 Some(addrs) => {
                     let local = local.get_or_insert_with(|| interface_addrs(&config.interface));
-                    let (mine, elsewhere): (Vec<SocketAddr>, Vec<SocketAddr>) =
-                        addrs.iter().partition(|a| local.contains(&a.ip()));
+                    let (mut mine, elsewhere): (Vec<SocketAddr>, Vec<SocketAddr>) =
+                        addrs.outside.iter().partition(|a| local.contains(&a.ip()));
+                    // No interface holds a ClusterIP: it is this node's to
+                    // serve (its sockets, what is routed to it) wherever it is.
+                    mine.splice(0..0, addrs.cluster.iter().copied());
+                    mine.dedup();
                     let said = (mine.clone(), elsewhere.clone());
                     if self.listen_logged.get(&service.name) != Some(&said) {
                         let list = |l: &[SocketAddr]| {

@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 pub use feed::{Current, Feed, Others};
-pub use slices::{BackendSet, backends, endpoints_seen, port_of, service_listen, state_of};
+pub use slices::{
+    BackendSet, ServiceAddrs, backends, endpoints_seen, port_of, service_addrs, state_of,
+};
 pub use watch::{Backoff, watch};
 
 pub use crate::config::PortRef;
@@ -86,10 +88,12 @@ pub enum Update {
         service: String,
         backends: BackendSet,
     },
-    /// The Service's external and load-balancer addresses (only when asked
-    /// for, see [`watch`]), before any filtering by the interface.
+    /// The Service's addresses (only when asked for, see [`watch`]): its
+    /// ClusterIPs, and its external and load-balancer addresses before any
+    /// filtering by the interface.
     Listen {
         service: String,
+        cluster: Vec<SocketAddr>,
         listen: Vec<SocketAddr>,
     },
     Status {

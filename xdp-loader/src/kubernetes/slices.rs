@@ -114,13 +114,22 @@ pub fn endpoints_seen<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -
     slices.into_iter().map(|s| s.endpoints.len()).sum()
 }
 
-/// The addresses a Service is reached at from outside the cluster
-/// (`spec.externalIPs` and `status.loadBalancer.ingress[].ip`) of the
-/// service's family, at the Service's port for `spec.port`; empty when the
-/// Service has no such port.
-pub fn service_listen(service: &Service, spec: &Spec) -> Vec<SocketAddr> {
+/// The addresses a Service is reached at, of the service's family, at the
+/// Service's port for `spec.port`; both empty when the Service has no such
+/// port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceAddrs {
+    /// `spec.clusterIP(s)`: virtual, held by no interface, listened on by
+    /// every node (a headless Service has none).
+    pub cluster: Vec<SocketAddr>,
+    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip`: listened
+    /// on where they are addresses of the interface.
+    pub outside: Vec<SocketAddr>,
+}
+
+pub fn service_addrs(service: &Service, spec: &Spec) -> ServiceAddrs {
     let Some(svc) = service.spec.as_ref() else {
-        return Vec::new();
+        return ServiceAddrs::default();
     };
     let port = svc.ports.as_deref().unwrap_or_default().iter().find_map(|p| {
         if !protocol_matches(p.protocol.as_deref(), spec.protocol) {
@@ -141,9 +150,19 @@ pub fn service_listen(service: &Service, spec: &Spec) -> Vec<SocketAddr> {
         matches.then_some(number)
     });
     let Some(port) = port else {
-        return Vec::new();
+        return ServiceAddrs::default();
     };
-    let external = svc.external_ips.iter().flatten();
+    let at = |ips: &mut dyn Iterator<Item = &String>| {
+        let mut out: Vec<SocketAddr> = ips
+            // "None" marks a headless Service.
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .filter(|ip| Family::of(*ip) == spec.family)
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    };
     let ingress = service
         .status
         .as_ref()
@@ -152,15 +171,10 @@ pub fn service_listen(service: &Service, spec: &Spec) -> Vec<SocketAddr> {
         .into_iter()
         .flatten()
         .filter_map(|i| i.ip.as_ref());
-    let mut out: Vec<SocketAddr> = external
-        .chain(ingress)
-        .filter_map(|ip| ip.parse::<IpAddr>().ok())
-        .filter(|ip| Family::of(*ip) == spec.family)
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+    ServiceAddrs {
+        cluster: at(&mut svc.cluster_ips.iter().flatten().chain(&svc.cluster_ip)),
+        outside: at(&mut svc.external_ips.iter().flatten().chain(ingress)),
+    }
 }
 
 #[cfg(test)]
@@ -388,9 +402,11 @@ mod tests {
     }
 
     #[test]
-    fn listen_from_external_and_load_balancer_ips() {
+    fn addresses_from_cluster_external_and_load_balancer_ips() {
         let service = Service {
             spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                cluster_ips: Some(vec!["10.96.0.10".into(), "fd00:96::10".into()]),
                 external_ips: Some(vec!["192.0.2.10".into(), "2001:db8::10".into()]),
                 ports: Some(vec![
                     ServicePort {
@@ -430,30 +446,47 @@ mod tests {
             }),
             ..Default::default()
         };
+        let outside = |service: &Service, spec: &Spec| service_addrs(service, spec).outside;
         let want = vec![addr("192.0.2.10:53"), addr("192.0.2.11:53")];
-        assert_eq!(service_listen(&service, &dns()), want);
+        assert_eq!(outside(&service, &dns()), want);
+        assert_eq!(
+            service_addrs(&service, &dns()).cluster,
+            vec![addr("10.96.0.10:53")]
+        );
+        assert_eq!(
+            service_addrs(
+                &service,
+                &spec(PortRef::Name("dns".into()), Family::Ipv6, Protocol::Udp)
+            ),
+            ServiceAddrs {
+                cluster: vec![addr("[fd00:96::10]:53")],
+                outside: vec![addr("[2001:db8::10]:53")],
+            }
+        );
+        let mut headless = service.clone();
+        if let Some(spec) = headless.spec.as_mut() {
+            spec.cluster_ip = Some("None".into());
+            spec.cluster_ips = Some(vec!["None".into()]);
+        }
+        assert_eq!(service_addrs(&headless, &dns()).cluster, vec![]);
         // The pods' port number finds the Service port that targets it.
         assert_eq!(
-            service_listen(
+            outside(
                 &service,
                 &spec(PortRef::Number(5353), Family::Ipv4, Protocol::Udp)
             ),
             want
         );
         assert_eq!(
-            service_listen(
-                &service,
-                &spec(PortRef::Name("dns".into()), Family::Ipv6, Protocol::Udp)
-            ),
-            vec![addr("[2001:db8::10]:53")]
-        );
-        assert_eq!(
-            service_listen(
+            service_addrs(
                 &service,
                 &spec(PortRef::Name("nope".into()), Family::Ipv4, Protocol::Udp)
             ),
-            vec![]
+            ServiceAddrs::default()
         );
-        assert_eq!(service_listen(&Service::default(), &dns()), vec![]);
+        assert_eq!(
+            service_addrs(&Service::default(), &dns()),
+            ServiceAddrs::default()
+        );
     }
 }

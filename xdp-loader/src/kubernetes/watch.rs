@@ -21,7 +21,8 @@ use log::{debug, info, warn};
 use tokio::sync::mpsc;
 
 use super::{
-    BackendSet, EndpointState, SERVICE_NAME_LABEL, Spec, Status, Update, WATCH_TIMEOUT, slices,
+    BackendSet, EndpointState, SERVICE_NAME_LABEL, ServiceAddrs, Spec, Status, Update,
+    WATCH_TIMEOUT, slices,
 };
 
 /// Exponential backoff between failed lists or watches: 250 ms doubling to
@@ -182,7 +183,7 @@ struct Tracker {
     sent: Option<BackendSet>,
     service: Option<Service>,
     service_listing: Option<Option<Service>>,
-    listen_sent: Option<Vec<SocketAddr>>,
+    listen_sent: Option<ServiceAddrs>,
     /// The last item of each watch (slices, Service) was an error.
     failing: [bool; 2],
     status: Status,
@@ -332,16 +333,17 @@ impl Tracker {
         if self.service_listing.is_some() {
             return;
         }
-        let listen = self
+        let addrs = self
             .service
             .as_ref()
-            .map(|s| slices::service_listen(s, &self.spec))
+            .map(|s| slices::service_addrs(s, &self.spec))
             .unwrap_or_default();
-        if self.listen_sent.as_ref() != Some(&listen) {
-            self.listen_sent = Some(listen.clone());
+        if self.listen_sent.as_ref() != Some(&addrs) {
+            self.listen_sent = Some(addrs.clone());
             out.push(Update::Listen {
                 service: self.name.clone(),
-                listen,
+                cluster: addrs.cluster,
+                listen: addrs.outside,
             });
         }
     }
