@@ -57,6 +57,33 @@ impl Cgroup {
     }
 }
 
+impl Cgroup {
+    /// Runs `f` with this whole process inside the cgroup, then moves it back
+    /// where it was: a socket `f` creates stays in the cgroup for its life
+    /// (a socket's cgroup is its creator's at `socket()`). Other threads move
+    /// too for that moment, so `f` should be quick.
+    pub fn with_process_in<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        let own = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+        let from = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| anyhow!("no cgroup v2 line in /proc/self/cgroup: {own}"))?;
+        let root = self
+            .path
+            .parent()
+            .context("the cgroup has a parent")?
+            .to_path_buf();
+        let back = root.join(from.trim_start_matches('/')).join("cgroup.procs");
+        let me = std::process::id().to_string();
+        fs::write(self.path.join("cgroup.procs"), &me)
+            .with_context(|| format!("moving this process into {}", self.path.display()))?;
+        let out = f();
+        fs::write(&back, &me)
+            .with_context(|| format!("moving this process back to {}", back.display()))?;
+        Ok(out)
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         // Empty once every process the test started has exited.

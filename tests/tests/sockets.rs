@@ -4,15 +4,24 @@
 //! service's listen address. Every query must be answered, from the address
 //! asked (dig drops an answer from any other), spread over the backends, and
 //! the socket counters must match the backends that answered; the XDP path
-//! sees none of it.
+//! sees none of it. A resolver's connected UDP socket whose backend is
+//! removed is closed under it and reconnects to a serving one.
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     process::Command,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
 };
 
 use dnsteer::observe::stats::Snapshot;
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RData, RecordType},
+};
 use testbed::{
     Topology, TopologyConfig, WHOAMI_NAME,
     cgroup::Cgroup,
@@ -194,4 +203,177 @@ fn a_path_that_is_not_cgroup_v2_is_named_and_the_interface_still_steers() {
     );
     let got = testbed::dns::kdig(&topo.client, listen[0], WHOAMI_NAME).expect("kdig");
     assert_eq!(got.len(), 1, "{got:?}");
+}
+
+const CONNECTED_QUERIES: usize = 1000;
+const CONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
+/// Between one answer and the next query: 1000 queries take about 5 s, so
+/// the change lands mid-run.
+const CONNECTED_PACE: Duration = Duration::from_millis(5);
+/// Answers before the change.
+const CONNECTED_BEFORE: usize = 200;
+
+/// What the connected client saw, in order: when each query was sent and which
+/// backend answered it.
+struct Connected {
+    answers: Vec<(Instant, Ipv4Addr)>,
+    timeouts: usize,
+    /// Errors the kernel reported, after each of which the client reconnected.
+    reconnects: Vec<String>,
+}
+
+/// A resolver's long-lived connected UDP socket, created in `cgroup` (in the
+/// node's namespace): one query at a time, reconnecting only on an error
+/// the kernel reports. `last` holds the answers so far and the last
+/// answering backend.
+fn connected_client(
+    cgroup: &Cgroup,
+    service: SocketAddr,
+    last: &Mutex<(usize, Option<Ipv4Addr>)>,
+) -> Connected {
+    let socket = cgroup
+        .with_process_in(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("joining the cgroup")
+        .expect("a UDP socket");
+    socket.connect(service).expect("connect");
+    socket
+        .set_read_timeout(Some(CONNECTED_TIMEOUT))
+        .expect("a read timeout");
+    let name = Name::from_ascii(WHOAMI_NAME).unwrap();
+    let mut seen = Connected {
+        answers: Vec::new(),
+        timeouts: 0,
+        reconnects: Vec::new(),
+    };
+    let mut buf = [0u8; 512];
+    for _ in 0..CONNECTED_QUERIES {
+        thread::sleep(CONNECTED_PACE);
+        let mut query = Message::query();
+        query.add_query(Query::query(name.clone(), RecordType::A));
+        let bytes = query.to_vec().unwrap();
+        let sent = Instant::now();
+        // The send too may fail once the socket was closed under it.
+        let got = socket.send(&bytes).and_then(|_| {
+            loop {
+                let n = socket.recv(&mut buf)?;
+                match Message::from_vec(&buf[..n]) {
+                    Ok(reply) if reply.metadata.id == query.metadata.id => break Ok(reply),
+                    _ => continue,
+                }
+            }
+        });
+        match got {
+            Ok(reply) => {
+                let ip = reply
+                    .answers
+                    .iter()
+                    .find_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0),
+                        _ => None,
+                    })
+                    .expect("an A record");
+                seen.answers.push((sent, ip));
+                *last.lock().unwrap() = (seen.answers.len(), Some(ip));
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                seen.timeouts += 1;
+            }
+            Err(e) => {
+                seen.reconnects.push(e.to_string());
+                socket.connect(service).expect("reconnect");
+            }
+        }
+    }
+    seen
+}
+
+/// A connected UDP socket whose backend is removed is closed by dnsteer, so
+/// the client's next call fails and its reconnect draws a serving backend:
+/// no query times out, and none is answered by the removed backend once the
+/// removal is done.
+#[test]
+fn a_connected_socket_whose_backend_leaves_is_closed_and_reconnects() {
+    let topo = Topology::build(TopologyConfig {
+        backends: 4,
+        ..TopologyConfig::default()
+    })
+    .expect("test bed");
+    let cgroup = Cgroup::new("connected").expect("a cgroup v2 directory of the test's own");
+    let iface = &topo.config.node_iface;
+    let listen = topo.service_targets();
+    let b = topo.backend_targets();
+    let config = service_config(iface, "nth", &listen[..1], &b[..3]);
+    let dnsteer = Dnsteer::start_with_args(
+        Launch::IpNetnsExec,
+        &topo.node,
+        &binary().unwrap(),
+        iface,
+        &config,
+        &["--cgroup", cgroup.path_for_other_mounts().to_str().unwrap()],
+    )
+    .expect("dnsteer run");
+
+    let last = Mutex::new((0, None));
+    let (seen, removed, removed_at) = thread::scope(|s| {
+        let client = s.spawn(|| {
+            topo.node
+                .enter(|| connected_client(&cgroup, listen[0], &last))
+        });
+        // Once the client is well under way, take away the backend it is on.
+        let victim = loop {
+            if let (CONNECTED_BEFORE.., Some(ip)) = *last.lock().unwrap() {
+                break ip;
+            }
+            thread::sleep(CONNECTED_PACE);
+        };
+        let victim = *b.iter().find(|t| t.ip() == victim).expect("a backend");
+        dnsteer
+            .backends(&["remove", &victim.to_string()])
+            .expect("backends remove");
+        let removed_at = Instant::now();
+        dnsteer
+            .backends(&["add", &b[3].to_string()])
+            .expect("backends add");
+        (client.join().expect("the client"), victim, removed_at)
+    });
+
+    let after: BTreeMap<Ipv4Addr, usize> = seen
+        .answers
+        .iter()
+        .filter(|(sent, _)| *sent > removed_at)
+        .fold(BTreeMap::new(), |mut m, (_, ip)| {
+            *m.entry(*ip).or_default() += 1;
+            m
+        });
+    println!(
+        "{} answered, {} timed out, reconnects {:?}; removed {removed}; answers after the removal by backend {after:?}",
+        seen.answers.len(),
+        seen.timeouts,
+        seen.reconnects
+    );
+    assert_eq!(seen.timeouts, 0, "{}", dnsteer.log());
+    assert!(
+        !seen.reconnects.is_empty(),
+        "the kernel reported no error: the socket was not closed\n{}",
+        dnsteer.log()
+    );
+    assert_eq!(
+        seen.answers.len() + seen.reconnects.len(),
+        CONNECTED_QUERIES,
+        "every query answered or failed at once"
+    );
+    assert!(
+        after
+            .keys()
+            .all(|ip| std::net::IpAddr::V4(*ip) != removed.ip()),
+        "answered by {removed} after its removal\n{}",
+        dnsteer.log()
+    );
+    assert!(
+        dnsteer
+            .log()
+            .contains(&format!("UDP socket(s) of this node to {removed}")),
+        "{}",
+        dnsteer.log()
+    );
 }

@@ -105,7 +105,9 @@ async fn blocking<R: Send + 'static>(
         .context("the daemon was lost to an earlier failure")?;
     let view = view.clone();
     let (daemon, out) = tokio::task::spawn_blocking(move || {
+        let serving = daemon.datapath.live().serving();
         let out = job(&mut daemon);
+        daemon.datapath.close_sockets_of_left(&serving);
         view.set(daemon.view());
         (daemon, out)
     })

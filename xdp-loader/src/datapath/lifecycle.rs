@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -251,6 +252,29 @@ impl Datapath {
     /// The cgroup whose sockets are steered, if any.
     pub fn sockets(&self) -> Option<&Path> {
         self.sockets.as_deref()
+    }
+
+    /// Backends that were serving before a change (`before`, from
+    /// [`Live::serving`]) and are not now: the node's UDP sockets the socket
+    /// programs connected to them are closed, so none stays silent. Logged.
+    pub fn close_sockets_of_left(&mut self, before: &BTreeSet<SocketAddr>) {
+        if self.sockets.is_none() {
+            return;
+        }
+        let now = self.live.serving();
+        let left: BTreeSet<SocketAddr> = before.difference(&now).copied().collect();
+        match sockets::close_left(&self.live.store().ebpf, &left) {
+            Ok(closed) => {
+                for (backend, n) in closed {
+                    info!(
+                        "closed {n} connected UDP socket(s) of this node to {backend}, which left; they reconnect to a serving backend"
+                    );
+                }
+            }
+            Err(err) => warn!(
+                "backends {left:?} left, but their connected UDP sockets could not be closed: {err:#}"
+            ),
+        }
     }
 
     /// Applies a reloaded `[flows] query_timeout`.

@@ -10,6 +10,7 @@ pub mod maps;
 pub mod memory;
 pub mod pins;
 pub mod route;
+pub mod sockdiag;
 pub mod sockets;
 pub mod uplink;
 

@@ -2,18 +2,25 @@
 //! with a persistent data path, and swapped make-before-break on adoption.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs::{self, File},
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
+    maps::{HashMap, MapData},
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
 };
 use log::info;
+use xdp_common::{Endpoint, SockKey, addr_of, names};
 
-use super::attach::{pin_link, program};
+use super::{
+    attach::{pin_link, program},
+    sockdiag::SockDiag,
+};
 use crate::config::SocketCgroup;
 
 /// The socket programs in `EBPF_OBJECT`, one per hook.
@@ -151,6 +158,51 @@ pub fn pinned(pin_dir: &Path) -> bool {
     PROGRAMS
         .iter()
         .any(|name| pin_dir.join(format!("{LINK_SOCK}{name}")).exists())
+}
+
+/// Closes the connected UDP sockets (of this network namespace) that the
+/// socket programs connected to a backend in `left`: each is disconnected
+/// with `ECONNABORTED`, so its owner's next call fails at once and its
+/// reconnect draws a live backend. TCP connections are left to drain.
+/// Returns how many were closed per backend.
+pub fn close_left(ebpf: &Ebpf, left: &BTreeSet<SocketAddr>) -> Result<BTreeMap<SocketAddr, usize>> {
+    let mut closed = BTreeMap::new();
+    if left.is_empty() {
+        return Ok(closed);
+    }
+    let steered: HashMap<&MapData, SockKey, Endpoint> = HashMap::try_from(
+        ebpf.map(names::SOCK_REVERSE)
+            .with_context(|| format!("no map {}", names::SOCK_REVERSE))?,
+    )?;
+    let diag = SockDiag::open().context("opening a sock_diag socket")?;
+    let connected = diag
+        .connected_udp()
+        .context("listing the connected UDP sockets (sock_diag)")?;
+    for sock in connected.iter().filter(|s| left.contains(&s.peer)) {
+        let key = SockKey::new(
+            sock.cookie,
+            addr_of(sock.peer.ip()),
+            sock.peer.port().to_be_bytes(),
+        );
+        // Only sockets dnsteer connected: not, say, a probe of its own.
+        if steered.get(&key, 0).is_err() {
+            continue;
+        }
+        match diag.destroy(sock) {
+            Ok(()) => *closed.entry(sock.peer).or_default() += 1,
+            // Closed by its owner meanwhile.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "closing a UDP socket connected to {} (sock_diag SOCK_DESTROY)",
+                        sock.peer
+                    )
+                });
+            }
+        }
+    }
+    Ok(closed)
 }
 
 #[cfg(test)]

@@ -480,6 +480,21 @@ impl<S: Store> Live<S> {
             .map(|s| (s.specs(), s.listen.clone()))
     }
 
+    /// Every backend that keeps its flows: a member of some service (active
+    /// or draining) and not down. One that leaves this set has the node's
+    /// connected sockets to it closed.
+    pub fn serving(&self) -> BTreeSet<SocketAddr> {
+        self.services
+            .iter()
+            .flatten()
+            .flat_map(|s| {
+                s.members()
+                    .map(|(_, slot)| slot.addr)
+                    .filter(move |addr| !s.down.contains(addr))
+            })
+            .collect()
+    }
+
     /// The members (active, draining, down) of service `name`.
     pub fn members(&self, name: &str) -> Vec<SocketAddr> {
         self.id_of(name)
